@@ -1,0 +1,428 @@
+// Package configs is fhirferry's configuration model: YAML decoded strictly
+// (an unknown key is an error that names its line), ${ENV} expansion for
+// secrets, defaults, and one validation pass that reports every problem.
+package configs
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"reflect"
+	"regexp"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Config is a whole fhirferry configuration file.
+type Config struct {
+	// DataDir holds run state, spooled files and the default DuckDB file.
+	DataDir   string          `yaml:"data_dir"`
+	Log       Log             `yaml:"log"`
+	Admin     Admin           `yaml:"admin"`
+	Views     Views           `yaml:"views"`
+	Transform TransformConfig `yaml:"transform"`
+	Daemon    Daemon          `yaml:"daemon"`
+	Sources   []Source        `yaml:"sources"`
+	Sinks     []Sink          `yaml:"sinks"`
+}
+
+// Log configures log/slog output.
+type Log struct {
+	Level  string `yaml:"level"`  // debug, info, warn, error
+	Format string `yaml:"format"` // text or json
+}
+
+// Admin is the daemon's HTTP endpoint: /metrics, /healthz, /readyz, /status
+// and the local trigger API. It binds to localhost unless told otherwise.
+type Admin struct {
+	Listen string `yaml:"listen"`
+}
+
+// Views selects the SQL-on-FHIR ViewDefinitions the pipeline evaluates.
+type Views struct {
+	// Defaults turns the embedded default pack on (the default).
+	Defaults *bool `yaml:"defaults"`
+	// Dir is a folder of the user's own ViewDefinition JSON files.
+	Dir string `yaml:"dir"`
+}
+
+// DefaultsOn reports whether the embedded view pack is used.
+func (v Views) DefaultsOn() bool { return v.Defaults == nil || *v.Defaults }
+
+// TransformConfig bounds the streaming transform's memory and parallelism.
+type TransformConfig struct {
+	BatchRows    int      `yaml:"batch_rows"`
+	Workers      int      `yaml:"workers"`
+	QueueDepth   int      `yaml:"queue_depth"`
+	MaxLineBytes ByteSize `yaml:"max_line_bytes"`
+}
+
+// Daemon configures the scheduler of `fhirferry daemon`.
+type Daemon struct {
+	MaxConcurrentRuns int      `yaml:"max_concurrent_runs"`
+	Jitter            Duration `yaml:"jitter"`
+	StopTimeout       Duration `yaml:"stop_timeout"`
+}
+
+// Export levels.
+const (
+	LevelSystem  = "system"
+	LevelPatient = "patient"
+	LevelGroup   = "group"
+)
+
+// Source is one Bulk Data server (and export level) to pull from.
+type Source struct {
+	Name     string   `yaml:"name"`
+	BaseURL  string   `yaml:"base_url"`
+	Level    string   `yaml:"level"`
+	GroupID  string   `yaml:"group_id"`
+	Schedule string   `yaml:"schedule"`
+	TimeZone string   `yaml:"timezone"`
+	Sinks    []string `yaml:"sinks"` // names; empty means every sink
+	Export   Export   `yaml:"export"`
+	HTTP     HTTP     `yaml:"http"`
+	Auth     Auth     `yaml:"auth"`
+}
+
+// Export holds the kick-off parameters and export-level behaviour.
+type Export struct {
+	Types                 []string `yaml:"types"`
+	TypeFilters           []string `yaml:"type_filters"`
+	Elements              []string `yaml:"elements"`
+	Patients              []string `yaml:"patients"`
+	IncludeAssociatedData []string `yaml:"include_associated_data"`
+	// Since is the _since of the first run, when the sinks have no checkpoint.
+	Since string `yaml:"since"`
+	Until string `yaml:"until"`
+	// OutputFormat is sent only when set (the spec default is fhir+ndjson).
+	OutputFormat          string `yaml:"output_format"`
+	AllowPartialManifests bool   `yaml:"allow_partial_manifests"`
+	OrganizeOutputBy      string `yaml:"organize_output_by"`
+	Lenient               bool   `yaml:"lenient"`
+	// Method is auto (GET unless patient is set), get, or post.
+	Method string `yaml:"method"`
+	// Compat is "" or "2018-draft" for servers on the first Connectathon draft.
+	Compat string `yaml:"compat"`
+	// DeleteAfterDownload sends DELETE to the status URL once every file is stored.
+	DeleteAfterDownload *bool    `yaml:"delete_after_download"`
+	Timeout             Duration `yaml:"timeout"`
+	Attachments         bool     `yaml:"attachments"`
+	// BackfillNewMembers runs the Group membership pattern (C49).
+	BackfillNewMembers bool `yaml:"backfill_new_members"`
+}
+
+// DeleteAfter reports whether the export is DELETEd after download (default true).
+func (e Export) DeleteAfter() bool { return e.DeleteAfterDownload == nil || *e.DeleteAfterDownload }
+
+// HTTP tunes the Bulk Data client.
+type HTTP struct {
+	Parallel       int      `yaml:"parallel"`
+	RequestTimeout Duration `yaml:"request_timeout"`
+	Retries        int      `yaml:"retries"`
+	MinWait        Duration `yaml:"min_wait"`
+	MaxWait        Duration `yaml:"max_wait"`
+	CAFile         string   `yaml:"ca_file"`
+	UserAgent      string   `yaml:"user_agent"`
+}
+
+// Auth types.
+const (
+	AuthNone         = "none"
+	AuthSMART        = "smart"
+	AuthClientSecret = "client_secret"
+	AuthBearer       = "bearer"
+)
+
+// Auth configures how fhirferry authorizes to a source.
+type Auth struct {
+	Type string `yaml:"type"`
+	// TokenURL overrides discovery through /.well-known/smart-configuration.
+	TokenURL       string   `yaml:"token_url"`
+	ClientID       string   `yaml:"client_id"`
+	PrivateKeyFile string   `yaml:"private_key_file"` // PEM, JWK or JWKS
+	KeyID          string   `yaml:"kid"`
+	Alg            string   `yaml:"alg"` // ES384 or RS384
+	JKU            string   `yaml:"jku"`
+	Scopes         []string `yaml:"scopes"`
+	ClientSecret   string   `yaml:"client_secret"`
+	Token          string   `yaml:"token"`
+	TokenFile      string   `yaml:"token_file"`
+}
+
+// Sink types.
+const (
+	SinkDuckDB   = "duckdb"
+	SinkPostgres = "postgres"
+	SinkParquet  = "parquet"
+)
+
+// Sink is one destination; exactly the section matching Type is used.
+type Sink struct {
+	Name     string       `yaml:"name"`
+	Type     string       `yaml:"type"`
+	DuckDB   DuckDBSink   `yaml:"duckdb"`
+	Postgres PostgresSink `yaml:"postgres"`
+	Parquet  ParquetSink  `yaml:"parquet"`
+}
+
+// DuckDBSink configures the embedded DuckDB warehouse.
+type DuckDBSink struct {
+	Path        string `yaml:"path"`
+	Threads     int    `yaml:"threads"`
+	MemoryLimit string `yaml:"memory_limit"`
+}
+
+// PostgresSink configures the PostgreSQL warehouse.
+type PostgresSink struct {
+	DSN    string `yaml:"dsn"`
+	Schema string `yaml:"schema"`
+}
+
+// ParquetSink configures the Parquet lake.
+type ParquetSink struct {
+	Dir         string `yaml:"dir"`
+	Compression string `yaml:"compression"`
+}
+
+// Load reads, expands, decodes and validates the file at path.
+func Load(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	cfg, err := Parse(data)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return cfg, nil
+}
+
+// Parse decodes YAML strictly, applies defaults and validates. Every
+// problem found is reported in one error.
+func Parse(data []byte) (*Config, error) {
+	var root yaml.Node
+	if err := yaml.Unmarshal(data, &root); err != nil {
+		return nil, fmt.Errorf("parse config: %w", err)
+	}
+	var cfg Config
+	if len(root.Content) > 0 {
+		doc := root.Content[0]
+		// Unknown keys are found on the node tree, where lines are the user's;
+		// yaml.v3 enforces KnownFields only on a Decoder, not on Node.Decode.
+		if problems := unknownKeys(doc, reflect.TypeOf(cfg), ""); len(problems) > 0 {
+			return nil, errors.New("config: " + strings.Join(problems, "; "))
+		}
+		if err := expandEnv(doc); err != nil {
+			return nil, err
+		}
+		if err := doc.Decode(&cfg); err != nil {
+			return nil, fmt.Errorf("config: %w", err)
+		}
+	}
+	cfg.applyDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return &cfg, nil
+}
+
+// unknownKeys lists every mapping key of n that has no field in t.
+func unknownKeys(n *yaml.Node, t reflect.Type, path string) []string {
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	var out []string
+	switch {
+	case n.Kind == yaml.MappingNode && t.Kind() == reflect.Struct:
+		fields := map[string]reflect.Type{}
+		for i := 0; i < t.NumField(); i++ {
+			f := t.Field(i)
+			name, _, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+			if name != "" && name != "-" {
+				fields[name] = f.Type
+			}
+		}
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			k, v := n.Content[i], n.Content[i+1]
+			ft, ok := fields[k.Value]
+			if !ok {
+				out = append(out, fmt.Sprintf("line %d: unknown key %q in %s", k.Line, k.Value, orRoot(path)))
+				continue
+			}
+			out = append(out, unknownKeys(v, ft, join(path, k.Value))...)
+		}
+	case n.Kind == yaml.SequenceNode && t.Kind() == reflect.Slice:
+		for i, c := range n.Content {
+			out = append(out, unknownKeys(c, t.Elem(), fmt.Sprintf("%s[%d]", path, i))...)
+		}
+	}
+	return out
+}
+
+func join(path, key string) string {
+	if path == "" {
+		return key
+	}
+	return path + "." + key
+}
+
+func orRoot(path string) string {
+	if path == "" {
+		return "the top level"
+	}
+	return path
+}
+
+var envRef = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)(:-([^}]*))?\}`)
+
+// expandEnv replaces ${NAME} and ${NAME:-default} in scalar values. An
+// unset variable without a default is an error naming the line, so a
+// missing secret is caught at start-up rather than sent as "".
+func expandEnv(n *yaml.Node) error {
+	var problems []string
+	var walk func(*yaml.Node)
+	walk = func(n *yaml.Node) {
+		if n.Kind == yaml.ScalarNode && strings.Contains(n.Value, "${") {
+			n.Value = envRef.ReplaceAllStringFunc(n.Value, func(m string) string {
+				sub := envRef.FindStringSubmatch(m)
+				if v, ok := os.LookupEnv(sub[1]); ok {
+					return v
+				}
+				if sub[2] != "" {
+					return sub[3]
+				}
+				problems = append(problems, fmt.Sprintf("line %d: environment variable %s is not set", n.Line, sub[1]))
+				return ""
+			})
+		}
+		for _, c := range n.Content {
+			walk(c)
+		}
+	}
+	walk(n)
+	if len(problems) > 0 {
+		return errors.New("config: " + strings.Join(problems, "; "))
+	}
+	return nil
+}
+
+func (c *Config) applyDefaults() {
+	if c.DataDir == "" {
+		c.DataDir = "./fhirferry-data"
+	}
+	if c.Log.Level == "" {
+		c.Log.Level = "info"
+	}
+	if c.Log.Format == "" {
+		c.Log.Format = "text"
+	}
+	if c.Admin.Listen == "" {
+		c.Admin.Listen = "127.0.0.1:9464"
+	}
+	t := &c.Transform
+	if t.BatchRows == 0 {
+		t.BatchRows = 8192
+	}
+	if t.Workers == 0 {
+		t.Workers = 2
+	}
+	if t.QueueDepth == 0 {
+		t.QueueDepth = 4
+	}
+	if t.MaxLineBytes == 0 {
+		t.MaxLineBytes = 64 << 20
+	}
+	if c.Daemon.MaxConcurrentRuns == 0 {
+		c.Daemon.MaxConcurrentRuns = 1
+	}
+	if c.Daemon.StopTimeout == 0 {
+		c.Daemon.StopTimeout = Duration(30 * time.Second)
+	}
+	for i := range c.Sources {
+		s := &c.Sources[i]
+		if s.Level == "" {
+			s.Level = LevelSystem
+		}
+		if s.TimeZone == "" {
+			s.TimeZone = "UTC"
+		}
+		if s.Export.Method == "" {
+			s.Export.Method = "auto"
+		}
+		if s.Export.Timeout == 0 {
+			s.Export.Timeout = Duration(6 * time.Hour)
+		}
+		h := &s.HTTP
+		if h.Parallel == 0 {
+			h.Parallel = 5
+		}
+		if h.RequestTimeout == 0 {
+			h.RequestTimeout = Duration(5 * time.Minute)
+		}
+		if h.Retries == 0 {
+			h.Retries = 5
+		}
+		if h.MinWait == 0 {
+			h.MinWait = Duration(2 * time.Second)
+		}
+		if h.MaxWait == 0 {
+			h.MaxWait = Duration(15 * time.Minute)
+		}
+		if h.UserAgent == "" {
+			h.UserAgent = "fhirferry"
+		}
+		if s.Auth.Type == "" {
+			s.Auth.Type = AuthNone
+		}
+		if s.Auth.Type == AuthSMART && s.Auth.Alg == "" {
+			s.Auth.Alg = "ES384"
+		}
+		if s.Auth.Type == AuthSMART && len(s.Auth.Scopes) == 0 {
+			s.Auth.Scopes = []string{"system/*.rs"}
+		}
+	}
+	for i := range c.Sinks {
+		k := &c.Sinks[i]
+		if k.Name == "" {
+			k.Name = k.Type
+		}
+		if k.Type == SinkDuckDB && k.DuckDB.Path == "" {
+			k.DuckDB.Path = c.DataDir + "/warehouse.duckdb"
+		}
+		if k.Type == SinkPostgres && k.Postgres.Schema == "" {
+			k.Postgres.Schema = "fhir"
+		}
+		if k.Type == SinkParquet && k.Parquet.Compression == "" {
+			k.Parquet.Compression = "zstd"
+		}
+	}
+}
+
+// SinksOf returns the sinks a source writes to.
+func (c *Config) SinksOf(s Source) []Sink {
+	if len(s.Sinks) == 0 {
+		return c.Sinks
+	}
+	var out []Sink
+	for _, k := range c.Sinks {
+		for _, n := range s.Sinks {
+			if k.Name == n {
+				out = append(out, k)
+			}
+		}
+	}
+	return out
+}
+
+// Source returns the named source.
+func (c *Config) Source(name string) (Source, bool) {
+	for _, s := range c.Sources {
+		if s.Name == name {
+			return s, true
+		}
+	}
+	return Source{}, false
+}

@@ -1,0 +1,95 @@
+package configs
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+func TestExamplesLoad(t *testing.T) {
+	files, err := filepath.Glob("examples/*.yaml")
+	require.NoError(t, err)
+	require.NotEmpty(t, files)
+	for _, f := range files {
+		t.Run(filepath.Base(f), func(t *testing.T) {
+			cfg, err := Load(f)
+			require.NoError(t, err)
+			require.NotEmpty(t, cfg.Sources)
+			require.NotEmpty(t, cfg.Sinks)
+		})
+	}
+}
+
+func TestUnknownKeyNamesLine(t *testing.T) {
+	_, err := Parse([]byte("data_dir: x\nsources:\n  - name: a\n    base_url: http://h/fhir\n    bogus: 1\n"))
+	require.Error(t, err)
+	require.Contains(t, err.Error(), `line 5: unknown key "bogus" in sources[0]`)
+}
+
+func TestDefaults(t *testing.T) {
+	cfg, err := Parse([]byte("sources:\n  - name: a\n    base_url: http://h/fhir\nsinks:\n  - type: duckdb\n"))
+	require.NoError(t, err)
+	s := cfg.Sources[0]
+	require.Equal(t, LevelSystem, s.Level)
+	require.Equal(t, 5, s.HTTP.Parallel)
+	require.Equal(t, 2*time.Second, s.HTTP.MinWait.D())
+	require.True(t, s.Export.DeleteAfter())
+	require.Equal(t, "duckdb", cfg.Sinks[0].Name)
+	require.Equal(t, "fhirferry-data/warehouse.duckdb", filepath.Clean(cfg.Sinks[0].DuckDB.Path))
+	require.True(t, cfg.Views.DefaultsOn())
+}
+
+func TestEnvExpansion(t *testing.T) {
+	t.Setenv("FF_SECRET", "s3cr3t")
+	cfg, err := Parse([]byte("sources:\n  - name: a\n    base_url: http://h/fhir\n    auth:\n      type: client_secret\n      client_id: c\n      client_secret: ${FF_SECRET}\n"))
+	require.NoError(t, err)
+	require.Equal(t, "s3cr3t", cfg.Sources[0].Auth.ClientSecret)
+
+	os.Unsetenv("FF_MISSING")
+	_, err = Parse([]byte("data_dir: x\nsources:\n  - name: a\n    base_url: ${FF_MISSING}\n"))
+	require.ErrorContains(t, err, "line 4: environment variable FF_MISSING is not set")
+
+	cfg, err = Parse([]byte("data_dir: ${FF_MISSING:-/tmp/d}\n"))
+	require.NoError(t, err)
+	require.Equal(t, "/tmp/d", cfg.DataDir)
+}
+
+func TestValidateReportsEveryProblem(t *testing.T) {
+	_, err := Parse([]byte(`
+log: {level: loud}
+sources:
+  - name: a
+    base_url: ftp://x
+    level: group
+    schedule: "not cron"
+    sinks: [nope]
+    export:
+      patients: [Patient/1]
+      method: get
+      type_filters: ["Observation?_sort=date"]
+    auth: {type: smart}
+sinks:
+  - {name: w, type: mysql}
+`))
+	require.Error(t, err)
+	for _, want := range []string{
+		"log.level", "base_url", "needs group_id", "schedule", `sink "nope"`, "patient parameter is POST-only",
+		"_sort", "auth.client_id", "auth.private_key_file", `type "mysql"`,
+	} {
+		require.Contains(t, err.Error(), want)
+	}
+	require.GreaterOrEqual(t, strings.Count(err.Error(), "\n  - "), 10)
+}
+
+func TestDurationAndSize(t *testing.T) {
+	cfg, err := Parse([]byte("transform: {max_line_bytes: 16MiB}\ndaemon: {jitter: 90s}\n"))
+	require.NoError(t, err)
+	require.Equal(t, ByteSize(16<<20), cfg.Transform.MaxLineBytes)
+	require.Equal(t, 90*time.Second, cfg.Daemon.Jitter.D())
+	_, err = Parse([]byte("daemon: {jitter: soon}\n"))
+	require.ErrorContains(t, err, "not a duration")
+}

@@ -1,0 +1,186 @@
+package configs
+
+import (
+	"errors"
+	"fmt"
+	"net/url"
+	"regexp"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/robfig/cron/v3"
+)
+
+var nameRE = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9_-]*$`)
+
+// CronParser is the schedule syntax: 5 fields or a descriptor (@hourly, @every 10m).
+var CronParser = cron.NewParser(cron.Minute | cron.Hour | cron.Dom | cron.Month | cron.Dow | cron.Descriptor)
+
+// Validate checks the whole configuration and reports every problem it finds.
+func (c *Config) Validate() error {
+	var p problems
+	if !slices.Contains([]string{"debug", "info", "warn", "error"}, c.Log.Level) {
+		p.add("log.level: %q is not one of debug, info, warn, error", c.Log.Level)
+	}
+	if c.Log.Format != "text" && c.Log.Format != "json" {
+		p.add("log.format: %q is not text or json", c.Log.Format)
+	}
+	t := c.Transform
+	if t.BatchRows < 1 || t.Workers < 1 || t.QueueDepth < 1 {
+		p.add("transform: batch_rows, workers and queue_depth must be positive")
+	}
+	if t.MaxLineBytes < 1<<10 {
+		p.add("transform.max_line_bytes: %d is too small (at least 1KiB)", t.MaxLineBytes)
+	}
+	if c.Daemon.MaxConcurrentRuns < 1 {
+		p.add("daemon.max_concurrent_runs must be positive")
+	}
+	sinkNames := map[string]bool{}
+	for i, k := range c.Sinks {
+		at := fmt.Sprintf("sinks[%d] (%s)", i, k.Name)
+		if !nameRE.MatchString(k.Name) {
+			p.add("%s: name %q must match %s", at, k.Name, nameRE)
+		}
+		if sinkNames[k.Name] {
+			p.add("%s: duplicate sink name", at)
+		}
+		sinkNames[k.Name] = true
+		switch k.Type {
+		case SinkDuckDB:
+		case SinkPostgres:
+			if k.Postgres.DSN == "" {
+				p.add("%s: postgres.dsn is required", at)
+			}
+		case SinkParquet:
+			if k.Parquet.Dir == "" {
+				p.add("%s: parquet.dir is required", at)
+			}
+			if !slices.Contains([]string{"zstd", "snappy", "gzip", "none"}, k.Parquet.Compression) {
+				p.add("%s: parquet.compression %q is not zstd, snappy, gzip or none", at, k.Parquet.Compression)
+			}
+		default:
+			p.add("%s: type %q is not duckdb, postgres or parquet", at, k.Type)
+		}
+	}
+	srcNames := map[string]bool{}
+	for i, s := range c.Sources {
+		at := fmt.Sprintf("sources[%d] (%s)", i, s.Name)
+		if !nameRE.MatchString(s.Name) {
+			p.add("%s: name %q must match %s", at, s.Name, nameRE)
+		}
+		if srcNames[s.Name] {
+			p.add("%s: duplicate source name", at)
+		}
+		srcNames[s.Name] = true
+		if u, err := url.Parse(s.BaseURL); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+			p.add("%s: base_url %q is not an absolute http(s) URL", at, s.BaseURL)
+		}
+		switch s.Level {
+		case LevelSystem, LevelPatient:
+			if s.GroupID != "" {
+				p.add("%s: group_id is only for level group", at)
+			}
+		case LevelGroup:
+			if s.GroupID == "" {
+				p.add("%s: level group needs group_id", at)
+			}
+		default:
+			p.add("%s: level %q is not system, patient or group", at, s.Level)
+		}
+		if s.Schedule != "" {
+			if _, err := CronParser.Parse(s.Schedule); err != nil {
+				p.add("%s: schedule %q: %v", at, s.Schedule, err)
+			}
+		}
+		if _, err := time.LoadLocation(s.TimeZone); err != nil {
+			p.add("%s: timezone %q: %v", at, s.TimeZone, err)
+		}
+		for _, n := range s.Sinks {
+			if !sinkNames[n] {
+				p.add("%s: sink %q is not defined under sinks", at, n)
+			}
+		}
+		e := s.Export
+		if !slices.Contains([]string{"auto", "get", "post"}, e.Method) {
+			p.add("%s: export.method %q is not auto, get or post", at, e.Method)
+		}
+		if len(e.Patients) > 0 && e.Method == "get" {
+			p.add("%s: export.patients needs POST (the patient parameter is POST-only)", at)
+		}
+		if len(e.Patients) > 0 && s.Level == LevelSystem {
+			p.add("%s: export.patients is not valid for a system-level export", at)
+		}
+		if e.BackfillNewMembers && s.Level != LevelGroup {
+			p.add("%s: export.backfill_new_members is only for level group", at)
+		}
+		if e.Compat != "" && e.Compat != "2018-draft" {
+			p.add("%s: export.compat %q is not \"\" or \"2018-draft\"", at, e.Compat)
+		}
+		for _, f := range e.TypeFilters {
+			typ, q, ok := strings.Cut(f, "?")
+			if !ok || typ == "" || q == "" {
+				p.add("%s: type_filter %q is not Type?query", at, f)
+				continue
+			}
+			for _, banned := range []string{"_include", "_revinclude", "_sort", "_elements", "_count", "_summary"} {
+				if strings.Contains(q, banned+"=") {
+					p.add("%s: type_filter %q uses the result parameter %s (C16)", at, f, banned)
+				}
+			}
+		}
+		for _, ts := range []struct{ k, v string }{{"since", e.Since}, {"until", e.Until}} {
+			if ts.v != "" {
+				if _, err := time.Parse(time.RFC3339Nano, ts.v); err != nil {
+					p.add("%s: export.%s %q is not a FHIR instant", at, ts.k, ts.v)
+				}
+			}
+		}
+		h := s.HTTP
+		if h.Parallel < 1 || h.Parallel > 32 {
+			p.add("%s: http.parallel %d is outside 1..32", at, h.Parallel)
+		}
+		if h.Retries < 0 {
+			p.add("%s: http.retries must not be negative", at)
+		}
+		if h.MinWait > h.MaxWait {
+			p.add("%s: http.min_wait is above http.max_wait", at)
+		}
+		a := s.Auth
+		switch a.Type {
+		case AuthNone:
+		case AuthSMART:
+			if a.ClientID == "" {
+				p.add("%s: auth.client_id is required for smart", at)
+			}
+			if a.PrivateKeyFile == "" {
+				p.add("%s: auth.private_key_file is required for smart", at)
+			}
+			if a.Alg != "ES384" && a.Alg != "RS384" {
+				p.add("%s: auth.alg %q is not ES384 or RS384", at, a.Alg)
+			}
+		case AuthClientSecret:
+			if a.ClientID == "" || a.ClientSecret == "" {
+				p.add("%s: auth.client_id and auth.client_secret are required for client_secret", at)
+			}
+		case AuthBearer:
+			if (a.Token == "") == (a.TokenFile == "") {
+				p.add("%s: auth bearer needs exactly one of token or token_file", at)
+			}
+		default:
+			p.add("%s: auth.type %q is not none, smart, client_secret or bearer", at, a.Type)
+		}
+	}
+	return p.err()
+}
+
+type problems []string
+
+func (p *problems) add(format string, args ...any) { *p = append(*p, fmt.Sprintf(format, args...)) }
+
+func (p problems) err() error {
+	if len(p) == 0 {
+		return nil
+	}
+	return errors.New("invalid config:\n  - " + strings.Join(p, "\n  - "))
+}

@@ -1,0 +1,110 @@
+// Package schemas holds the warehouse's table definitions: the raw landing,
+// the metadata tables, and the embedded default SQL-on-FHIR ViewDefinitions.
+package schemas
+
+import (
+	"github.com/apache/arrow-go/v18/arrow"
+
+	"github.com/fhirferry/fhirferry/pipeline"
+)
+
+// Table names of the non-view tables.
+const (
+	RawTable      = "fhir_resources"
+	DeletedTable  = "_deleted" // staged only: the run's deleted entries
+	RejectsTable  = "rejects"
+	OutcomesTable = "operation_outcomes"
+	RunsTable     = "runs"
+	CheckTable    = "checkpoints"
+)
+
+// Timestamp is the type of every instant column: microseconds in UTC, which
+// DuckDB, Spark and PostgreSQL all read (nanoseconds are not portable).
+var Timestamp = &arrow.TimestampType{Unit: arrow.Microsecond, TimeZone: "UTC"}
+
+func str(name string, nullable bool) arrow.Field {
+	return arrow.Field{Name: name, Type: arrow.BinaryTypes.String, Nullable: nullable}
+}
+
+func i64(name string, nullable bool) arrow.Field {
+	return arrow.Field{Name: name, Type: arrow.PrimitiveTypes.Int64, Nullable: nullable}
+}
+
+// provenance columns shared by the raw, deleted, rejects and outcomes tables.
+func provenance() []arrow.Field {
+	return []arrow.Field{
+		str("source", false),
+		str("export_id", false),
+		str("transaction_time", false), // verbatim from the manifest
+		str("file", false),
+		i64("line", false),
+	}
+}
+
+// JSONMetadata marks a string column that holds JSON text, so sinks can use
+// their JSON type (DuckDB JSON, PostgreSQL jsonb).
+var JSONMetadata = arrow.NewMetadata([]string{"fhirferry.type"}, []string{"json"})
+
+// IsJSON reports whether f carries JSONMetadata.
+func IsJSON(f arrow.Field) bool {
+	v, ok := f.Metadata.GetValue("fhirferry.type")
+	return ok && v == "json"
+}
+
+// Raw is the raw landing table: every current resource's JSON, keyed by
+// (resource_type, id).
+var Raw = &pipeline.Table{
+	Name: RawTable,
+	Kind: pipeline.KindRaw,
+	Schema: arrow.NewSchema(append([]arrow.Field{
+		str("resource_type", false),
+		str("id", false),
+		str("version_id", true),
+		{Name: "last_updated", Type: Timestamp, Nullable: true},
+		{Name: "subsetted", Type: arrow.FixedWidthTypes.Boolean, Nullable: false},
+		{Name: "resource", Type: arrow.BinaryTypes.String, Nullable: false, Metadata: JSONMetadata},
+		i64(pipeline.ColSeq, false),
+	}, provenance()...), nil),
+	Description: "Every current FHIR resource as JSON, with meta.lastUpdated and provenance.",
+}
+
+// Deleted stages a run's `deleted` entries.
+var Deleted = &pipeline.Table{
+	Name: DeletedTable,
+	Kind: pipeline.KindDeleted,
+	Schema: arrow.NewSchema(append([]arrow.Field{
+		str("resource_type", false),
+		str("id", false),
+	}, provenance()...), nil),
+}
+
+// Rejects records lines that could not be loaded, with the reason.
+var Rejects = &pipeline.Table{
+	Name: RejectsTable,
+	Kind: pipeline.KindAppend,
+	Schema: arrow.NewSchema(append([]arrow.Field{
+		str("resource_type", true),
+		str("id", true),
+		str("reason", false),
+		str("content", true), // the offending line, truncated
+	}, provenance()...), nil),
+	Description: "Input lines that were not loaded, with file, line and reason.",
+}
+
+// Outcomes records the issues of the OperationOutcomes in a manifest's error files.
+var Outcomes = &pipeline.Table{
+	Name: OutcomesTable,
+	Kind: pipeline.KindAppend,
+	Schema: arrow.NewSchema(append([]arrow.Field{
+		str("severity", true),
+		str("code", true),
+		str("diagnostics", true),
+		str("details", true),
+	}, provenance()...), nil),
+	Description: "Issues of the OperationOutcomes the server reported in error files.",
+}
+
+// System returns the non-view tables every sink holds.
+func System() []*pipeline.Table {
+	return []*pipeline.Table{Raw, Deleted, Rejects, Outcomes}
+}
