@@ -110,53 +110,17 @@ func New(opts Options) (*Engine, error) {
 // Tables returns every table the engine writes, system tables first.
 func (e *Engine) Tables() []*pipeline.Table { return e.tables }
 
-// Origin is the provenance stamped on every row of a run.
-type Origin struct {
-	Source          string
-	ExportID        string
-	TransactionTime string
-}
+// Aliases keep the engine's signatures short; the types are the pipeline's.
+type (
+	// Origin is pipeline.Origin.
+	Origin = pipeline.Origin
+	// Input is pipeline.Input.
+	Input = pipeline.Input
+	// Stats is pipeline.FileStats.
+	Stats = pipeline.FileStats
+)
 
-// Input is one NDJSON file of an export.
-type Input struct {
-	Path string
-	// Name is the file's name in provenance columns (not a URL: URLs may
-	// carry signatures).
-	Name string
-	// Kind is "output", "deleted" or "error".
-	Kind string
-	// Type is the manifest's type for the file; "" accepts any resource type.
-	Type string
-	// Index numbers the run's files; it orders duplicates (see pipeline.ColSeq).
-	Index int
-}
-
-// Stats counts what one file held.
-type Stats struct {
-	Lines       int64
-	Bytes       int64
-	Resources   int64
-	Deleted     int64
-	Outcomes    int64
-	Rejects     int64
-	ErrorIssues int64 // OperationOutcome issues of severity error or fatal
-	// FirstIssue is the first error/fatal issue's text, for the run's error.
-	FirstIssue string
-}
-
-// Add accumulates o into s.
-func (s *Stats) Add(o Stats) {
-	s.Lines += o.Lines
-	s.Bytes += o.Bytes
-	s.Resources += o.Resources
-	s.Deleted += o.Deleted
-	s.Outcomes += o.Outcomes
-	s.Rejects += o.Rejects
-	s.ErrorIssues += o.ErrorIssues
-	if s.FirstIssue == "" {
-		s.FirstIssue = o.FirstIssue
-	}
-}
+var _ pipeline.Transform = (*Engine)(nil)
 
 // ProcessFile streams one file into batches passed to emit. emit may block
 // (backpressure) and takes ownership of each batch. Bad lines become reject

@@ -1,0 +1,489 @@
+package pipeline
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/google/uuid"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/fhirferry/fhirferry/fetch"
+)
+
+// Exporter is the Bulk Data client as the runner uses it (*fetch.Client).
+type Exporter interface {
+	KickOff(ctx context.Context, r fetch.Request) (statusURL string, err error)
+	Wait(ctx context.Context, statusURL string) (*fetch.Manifest, error)
+	Delete(ctx context.Context, statusURL string) error
+	DownloadAll(ctx context.Context, m *fetch.Manifest, dir string, skip func(fetch.File) (fetch.Spooled, bool), done func(fetch.Spooled) error) error
+}
+
+// Hooks observe a run for metrics and progress. Every method must be cheap
+// and safe for concurrent use; a nil Hooks is allowed.
+type Hooks interface {
+	// Phase reports the duration of a finished phase: kickoff, wait,
+	// download_transform, commit.
+	Phase(source, phase string, d time.Duration)
+	// FileDone reports one loaded file.
+	FileDone(source string, sp fetch.Spooled, st FileStats)
+	// Committed reports a sink's commit.
+	Committed(source, sink string, d time.Duration)
+	// Manifest reports the files to load, for progress.
+	Manifest(source string, m *fetch.Manifest)
+}
+
+// Runner runs the exports of one source into its sinks.
+type Runner struct {
+	Source  string
+	Request fetch.Request // Since is filled in by the runner
+	// InitialSince is the _since of the first run (the sinks hold no checkpoint).
+	InitialSince string
+	Client       Exporter
+	Engine       Transform
+	Sinks        []Sink
+	DataDir      string
+	Logger       *slog.Logger
+	Hooks        Hooks
+	// Workers transform files in parallel; QueueDepth bounds the batches
+	// in flight to the sinks (the backpressure on downloads).
+	Workers     int
+	QueueDepth  int
+	DeleteAfter bool
+	// FailOnErrorOutcomes fails the run when an error file reports an issue
+	// of severity error or fatal (ARCHITECTURE invariant 5).
+	FailOnErrorOutcomes bool
+	// MaxKickOffs bounds re-kick-offs after an export vanished (404, expiry).
+	MaxKickOffs int
+}
+
+// Result summarises a finished run.
+type Result struct {
+	RunID           string
+	Source          string
+	ExportID        string
+	Since           string
+	TransactionTime string
+	Started         time.Time
+	Finished        time.Time
+	Resumed         bool
+	// Skipped lists the sinks that already held the export.
+	Skipped   []string
+	Committed []string
+	Stats     FileStats
+	Files     int
+	WireBytes int64
+}
+
+func (r *Runner) log() *slog.Logger {
+	if r.Logger == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return r.Logger
+}
+
+// Run performs one incremental run: it resumes the source's unfinished run
+// when there is one, otherwise it kicks off a new export with _since = the
+// oldest checkpoint of the sinks.
+func (r *Runner) Run(ctx context.Context) (*Result, error) {
+	store := newStateStore(r.DataDir, r.Source)
+	st, err := store.load()
+	if err != nil {
+		return nil, err
+	}
+	res := &Result{Source: r.Source}
+	if st != nil {
+		res.Resumed = true
+		r.log().Info("resuming run", "run_id", st.RunID, "source", r.Source, "phase", st.Phase)
+	} else {
+		since, err := r.since(ctx)
+		if err != nil {
+			return nil, err
+		}
+		st = &RunState{RunID: uuid.NewString(), Source: r.Source, Since: since, Started: time.Now().UTC()}
+	}
+	res.RunID, res.Since, res.Started = st.RunID, st.Since, st.Started
+	log := r.log().With("run_id", st.RunID, "source", r.Source)
+	if !res.Resumed {
+		log.Info("run started", "since", st.Since)
+	}
+
+	for attempt := 0; ; attempt++ {
+		if st.Manifest == nil {
+			if err := r.export(ctx, store, st, log); err != nil {
+				return res, err
+			}
+		}
+		err = r.apply(ctx, store, st, res, log)
+		if errors.Is(err, fetch.ErrExportGone) && attempt < r.maxKickOffs() {
+			// The server purged the export (or its files) before we held
+			// it: export again from the same watermark.
+			log.Warn("export gone before it was loaded; kicking off again", "since", st.Since)
+			r.resetExport(store, st)
+			continue
+		}
+		break
+	}
+	if err != nil {
+		var fatal *jobFailure
+		if errors.As(err, &fatal) {
+			// The export itself is unusable: the next run starts a new one
+			// from the same watermark.
+			r.cleanup(context.WithoutCancel(ctx), store, st, log)
+		}
+		return res, err
+	}
+	res.Finished = time.Now().UTC()
+	log.Info("run finished", "transaction_time", res.TransactionTime, "resources", res.Stats.Resources,
+		"deleted", res.Stats.Deleted, "rejects", res.Stats.Rejects, "files", res.Files, "duration", res.Finished.Sub(res.Started).Round(time.Millisecond).String())
+	return res, nil
+}
+
+func (r *Runner) maxKickOffs() int {
+	if r.MaxKickOffs > 0 {
+		return r.MaxKickOffs
+	}
+	return 3
+}
+
+// jobFailure marks errors that make the export itself unusable.
+type jobFailure struct{ err error }
+
+func (e *jobFailure) Error() string { return e.err.Error() }
+func (e *jobFailure) Unwrap() error { return e.err }
+
+// since is the oldest checkpoint over the sinks; a sink without one needs
+// a full export (or the configured initial _since).
+func (r *Runner) since(ctx context.Context) (string, error) {
+	var oldest string
+	var oldestT time.Time
+	for _, s := range r.Sinks {
+		cp, ok, err := s.Checkpoint(ctx, r.Source)
+		if err != nil {
+			return "", fmt.Errorf("read checkpoint of sink %s: %w", s.Name(), err)
+		}
+		if !ok || cp.TransactionTime == "" {
+			return r.InitialSince, nil
+		}
+		t, err := time.Parse(time.RFC3339Nano, cp.TransactionTime)
+		if err != nil {
+			return "", fmt.Errorf("sink %s: checkpoint %q is not an instant: %w", s.Name(), cp.TransactionTime, err)
+		}
+		if oldest == "" || t.Before(oldestT) {
+			oldest, oldestT = cp.TransactionTime, t
+		}
+	}
+	if oldest == "" {
+		return r.InitialSince, nil
+	}
+	return oldest, nil
+}
+
+// export kicks off (unless a status URL is saved) and waits for the manifest.
+func (r *Runner) export(ctx context.Context, store *stateStore, st *RunState, log *slog.Logger) error {
+	if st.StatusURL == "" {
+		st.Phase = PhaseKickingOff
+		if err := store.save(st); err != nil {
+			return err
+		}
+		req := r.Request
+		req.Since = st.Since
+		t0 := time.Now()
+		statusURL, err := r.Client.KickOff(ctx, req)
+		if err != nil {
+			_ = store.remove()
+			return fmt.Errorf("kick-off: %w", err)
+		}
+		r.phase("kickoff", time.Since(t0))
+		st.StatusURL, st.Phase = statusURL, PhasePolling
+		st.KickOffs++
+		if err := store.save(st); err != nil {
+			return err
+		}
+	}
+	t0 := time.Now()
+	m, err := r.Client.Wait(ctx, st.StatusURL)
+	if err != nil {
+		if errors.Is(err, fetch.ErrExportGone) {
+			return err
+		}
+		var je *fetch.JobError
+		if errors.As(err, &je) || errors.Is(err, fetch.ErrExportTimeout) {
+			return &jobFailure{err: fmt.Errorf("export: %w", err)}
+		}
+		return fmt.Errorf("wait for export: %w", err)
+	}
+	r.phase("wait", time.Since(t0))
+	st.Manifest, st.Phase = m, PhaseLoading
+	if st.Spooled == nil {
+		st.Spooled = map[int]fetch.Spooled{}
+	}
+	log.Info("export complete", "transaction_time", m.TransactionTime, "files", len(m.Files()))
+	return store.save(st)
+}
+
+func (r *Runner) resetExport(store *stateStore, st *RunState) {
+	_ = os.RemoveAll(r.spoolDir(st))
+	st.StatusURL, st.Manifest, st.Spooled, st.Phase = "", nil, nil, ""
+	_ = store.save(st)
+}
+
+func (r *Runner) spoolDir(st *RunState) string {
+	return filepath.Join(r.DataDir, "spool", r.Source, st.RunID)
+}
+
+func (r *Runner) phase(name string, d time.Duration) {
+	if r.Hooks != nil {
+		r.Hooks.Phase(r.Source, name, d)
+	}
+}
+
+// apply downloads the manifest's files (skipping those already spooled),
+// streams them through the transform into every sink that does not hold
+// the export yet, commits, and cleans up.
+func (r *Runner) apply(ctx context.Context, store *stateStore, st *RunState, res *Result, log *slog.Logger) error {
+	m := st.Manifest
+	res.ExportID, res.TransactionTime = st.ExportID(), m.TransactionTime
+	if r.Hooks != nil {
+		r.Hooks.Manifest(r.Source, m)
+	}
+	info := RunInfo{RunID: st.RunID, Source: r.Source, ExportID: st.ExportID(), Since: st.Since, TransactionTime: m.TransactionTime, Started: st.Started}
+	var todo []Sink
+	for _, s := range r.Sinks {
+		if slices.Contains(st.Committed, s.Name()) {
+			res.Skipped = append(res.Skipped, s.Name())
+			continue
+		}
+		cp, ok, err := s.Checkpoint(ctx, r.Source)
+		if err != nil {
+			return fmt.Errorf("read checkpoint of sink %s: %w", s.Name(), err)
+		}
+		if ok && cp.ExportID == info.ExportID {
+			res.Skipped = append(res.Skipped, s.Name())
+			continue
+		}
+		todo = append(todo, s)
+	}
+	if len(todo) > 0 {
+		sum, err := r.load(ctx, store, st, info, todo, res)
+		if err != nil {
+			return err
+		}
+		for _, s := range todo {
+			t0 := time.Now()
+			if err := sum.txns[s.Name()].Commit(ctx, sum.summary); err != nil {
+				r.rollback(ctx, sum.txns)
+				return fmt.Errorf("commit to sink %s: %w", s.Name(), err)
+			}
+			d := time.Since(t0)
+			if r.Hooks != nil {
+				r.Hooks.Committed(r.Source, s.Name(), d)
+			}
+			st.Committed = append(st.Committed, s.Name())
+			if err := store.save(st); err != nil {
+				r.rollback(ctx, sum.txns)
+				return err
+			}
+			res.Committed = append(res.Committed, s.Name())
+		}
+		r.phase("commit", 0)
+	}
+	st.Phase = PhaseCommitted
+	if err := store.save(st); err != nil {
+		return err
+	}
+	r.cleanup(ctx, store, st, log)
+	return nil
+}
+
+// cleanup releases the server's files (only now that every sink holds the
+// export) and removes the spool and the state.
+func (r *Runner) cleanup(ctx context.Context, store *stateStore, st *RunState, log *slog.Logger) {
+	if r.DeleteAfter && st.StatusURL != "" {
+		if err := r.Client.Delete(ctx, st.StatusURL); err != nil && !errors.Is(err, fetch.ErrExportGone) {
+			log.Warn("could not release the export on the server", "err", err)
+		}
+	}
+	if err := os.RemoveAll(r.spoolDir(st)); err != nil {
+		log.Warn("could not remove the spool", "err", err)
+	}
+	if err := store.remove(); err != nil {
+		log.Warn("could not remove the run state", "err", err)
+	}
+}
+
+type loaded struct {
+	txns    map[string]Txn
+	summary RunSummary
+}
+
+func (r *Runner) rollback(ctx context.Context, txns map[string]Txn) {
+	for name, t := range txns {
+		if err := t.Rollback(context.WithoutCancel(ctx)); err != nil {
+			r.log().Warn("rollback failed", "sink", name, "err", err)
+		}
+	}
+}
+
+// load streams every file into one Txn per sink. Downloads, transform
+// workers and the sink writer run concurrently, linked by bounded channels.
+func (r *Runner) load(ctx context.Context, store *stateStore, st *RunState, info RunInfo, sinks []Sink, res *Result) (*loaded, error) {
+	t0 := time.Now()
+	txns := map[string]Txn{}
+	for _, s := range sinks {
+		txn, err := s.Begin(ctx, info)
+		if err != nil {
+			r.rollback(ctx, txns)
+			return nil, fmt.Errorf("begin on sink %s: %w", s.Name(), err)
+		}
+		txns[s.Name()] = txn
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			r.rollback(ctx, txns)
+		}
+	}()
+	spool := r.spoolDir(st)
+	if err := os.MkdirAll(spool, 0o700); err != nil {
+		return nil, err
+	}
+	workers := max(r.Workers, 1)
+	files := make(chan fetch.Spooled, workers)
+	batches := make(chan Batch, max(r.QueueDepth, 1))
+	origin := Origin{Source: r.Source, ExportID: info.ExportID, TransactionTime: info.TransactionTime}
+
+	var mu sync.Mutex
+	var total FileStats
+	var wire int64
+	nfiles := 0
+
+	g, gctx := errgroup.WithContext(ctx)
+	// Downloads: each stored file is recorded in the state before it is
+	// handed on, so a restart never fetches it again.
+	g.Go(func() error {
+		defer close(files)
+		skip := func(f fetch.File) (fetch.Spooled, bool) {
+			mu.Lock()
+			sp, ok := st.Spooled[f.Index]
+			mu.Unlock()
+			if !ok {
+				return fetch.Spooled{}, false
+			}
+			if _, err := os.Stat(sp.Path); err != nil {
+				return fetch.Spooled{}, false
+			}
+			return sp, true
+		}
+		done := func(sp fetch.Spooled) error {
+			mu.Lock()
+			if st.Spooled == nil {
+				st.Spooled = map[int]fetch.Spooled{}
+			}
+			st.Spooled[sp.File.Index] = sp
+			mu.Unlock()
+			if err := store.save(st); err != nil {
+				return err
+			}
+			select {
+			case files <- sp:
+				return nil
+			case <-gctx.Done():
+				return gctx.Err()
+			}
+		}
+		return r.Client.DownloadAll(gctx, st.Manifest, spool, skip, done)
+	})
+	// Transform workers.
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Add(1)
+		g.Go(func() error {
+			defer wg.Done()
+			emit := func(b Batch) error {
+				select {
+				case batches <- b:
+					return nil
+				case <-gctx.Done():
+					b.Release()
+					return gctx.Err()
+				}
+			}
+			for sp := range files {
+				in := Input{Path: sp.Path, Name: fileName(sp.File), Kind: string(sp.File.Kind), Type: sp.File.Type, Index: sp.File.Index}
+				fs, err := r.Engine.ProcessFile(gctx, origin, in, emit)
+				if err != nil {
+					return fmt.Errorf("transform %s: %w", in.Name, err)
+				}
+				mu.Lock()
+				total.Add(fs)
+				wire += sp.WireBytes
+				nfiles++
+				mu.Unlock()
+				if r.Hooks != nil {
+					r.Hooks.FileDone(r.Source, sp, fs)
+				}
+			}
+			return nil
+		})
+	}
+	go func() { wg.Wait(); close(batches) }()
+	// The sink writer: one goroutine, so each Txn is used by one goroutine.
+	g.Go(func() error {
+		var err error
+		for b := range batches {
+			if err != nil {
+				b.Release() // drain so producers never block on a dead writer
+				continue
+			}
+			err = r.write(gctx, sinks, txns, b)
+		}
+		return err
+	})
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+	r.phase("download_transform", time.Since(t0))
+	res.Stats, res.Files, res.WireBytes = total, nfiles, wire
+	if r.FailOnErrorOutcomes && total.ErrorIssues > 0 {
+		return nil, &jobFailure{err: fmt.Errorf("the server reported %d error issue(s) in error files (first: %s); the watermark stays at %q",
+			total.ErrorIssues, total.FirstIssue, st.Since)}
+	}
+	ok = true
+	return &loaded{txns: txns, summary: RunSummary{
+		Outcome: "success", Files: int64(nfiles), Bytes: wire, Resources: total.Resources,
+		Deleted: total.Deleted, Rejects: total.Rejects, Outcomes: total.Outcomes, Finished: time.Now().UTC(),
+	}}, nil
+}
+
+// write hands b to every sink; each extra sink gets its own reference.
+func (r *Runner) write(ctx context.Context, sinks []Sink, txns map[string]Txn, b Batch) error {
+	for i, s := range sinks {
+		if i < len(sinks)-1 {
+			b.Rec.Retain()
+		}
+		if err := txns[s.Name()].Write(ctx, b); err != nil {
+			for range sinks[i+1:] {
+				b.Release()
+			}
+			return fmt.Errorf("write %s to sink %s: %w", b.Table.Name, s.Name(), err)
+		}
+	}
+	return nil
+}
+
+// fileName is a file's provenance name: never its URL, which may carry a
+// signature.
+func fileName(f fetch.File) string {
+	if f.URL != "" && !strings.Contains(f.URL, "://") {
+		return filepath.Base(f.URL)
+	}
+	return fmt.Sprintf("%s/%d.%s.ndjson", f.Kind, f.Index, f.Type)
+}

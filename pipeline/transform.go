@@ -1,0 +1,63 @@
+package pipeline
+
+import "context"
+
+// Transform turns spooled NDJSON files into batches (transform.Engine).
+// It is safe for concurrent use: the runner calls ProcessFile from several
+// workers, one file each.
+type Transform interface {
+	// Tables returns every table ProcessFile may emit to.
+	Tables() []*Table
+	// ProcessFile streams one file into batches passed to emit, which may
+	// block (backpressure) and takes ownership of each batch. Bad lines
+	// become reject rows; only I/O, ctx and emit errors end a file early.
+	ProcessFile(ctx context.Context, origin Origin, in Input, emit func(Batch) error) (FileStats, error)
+}
+
+// Origin is the provenance stamped on every row of a run.
+type Origin struct {
+	Source          string
+	ExportID        string
+	TransactionTime string
+}
+
+// Input is one NDJSON file of an export.
+type Input struct {
+	Path string
+	// Name is the file's name in provenance columns (never a URL: URLs may
+	// carry signatures).
+	Name string
+	// Kind is "output", "deleted" or "error".
+	Kind string
+	// Type is the manifest's type for the file; "" accepts any resource type.
+	Type string
+	// Index numbers the run's files; it orders duplicates (see ColSeq).
+	Index int
+}
+
+// FileStats counts what files held.
+type FileStats struct {
+	Lines       int64
+	Bytes       int64
+	Resources   int64
+	Deleted     int64
+	Outcomes    int64
+	Rejects     int64
+	ErrorIssues int64 // OperationOutcome issues of severity error or fatal
+	// FirstIssue is the first error/fatal issue's text, for the run's error.
+	FirstIssue string
+}
+
+// Add accumulates o into s.
+func (s *FileStats) Add(o FileStats) {
+	s.Lines += o.Lines
+	s.Bytes += o.Bytes
+	s.Resources += o.Resources
+	s.Deleted += o.Deleted
+	s.Outcomes += o.Outcomes
+	s.Rejects += o.Rejects
+	s.ErrorIssues += o.ErrorIssues
+	if s.FirstIssue == "" {
+		s.FirstIssue = o.FirstIssue
+	}
+}
