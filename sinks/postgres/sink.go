@@ -1,0 +1,353 @@
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"iter"
+	"log/slog"
+	"slices"
+	"strings"
+	"sync"
+
+	"github.com/apache/arrow-go/v18/arrow"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/fhirferry/fhirferry/configs"
+	"github.com/fhirferry/fhirferry/pipeline"
+	"github.com/fhirferry/fhirferry/schemas"
+)
+
+// Sink is the PostgreSQL warehouse. It serves one Txn at a time.
+type Sink struct {
+	name   string
+	schema string
+	pool   *pgxpool.Pool
+	log    *slog.Logger
+
+	mu     sync.Mutex
+	tables map[string]*pipeline.Table // prepared tables by name
+}
+
+var _ pipeline.Sink = (*Sink)(nil)
+
+// New connects to the DSN. The schema defaults to "fhir".
+func New(ctx context.Context, cfg configs.PostgresSink, name string, log *slog.Logger) (*Sink, error) {
+	if cfg.DSN == "" {
+		return nil, fmt.Errorf("postgres sink %s: dsn is required", name)
+	}
+	if cfg.Schema == "" {
+		cfg.Schema = "fhir"
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	pcfg, err := pgxpool.ParseConfig(cfg.DSN)
+	if err != nil {
+		// The DSN may carry a password: do not echo it.
+		return nil, fmt.Errorf("postgres sink %s: dsn does not parse", name)
+	}
+	pool, err := pgxpool.NewWithConfig(ctx, pcfg)
+	if err != nil {
+		return nil, fmt.Errorf("postgres sink %s: %w", name, err)
+	}
+	if err := pool.Ping(ctx); err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("postgres sink %s: connect: %w", name, err)
+	}
+	return &Sink{name: name, schema: cfg.Schema, pool: pool, log: log, tables: map[string]*pipeline.Table{}}, nil
+}
+
+// Name implements pipeline.Sink.
+func (s *Sink) Name() string { return s.name }
+
+// Close implements pipeline.Sink.
+func (s *Sink) Close() error {
+	s.pool.Close()
+	return nil
+}
+
+// ident is a schema-qualified, quoted table name.
+func (s *Sink) ident(table string) string { return pgx.Identifier{s.schema, table}.Sanitize() }
+
+func tableColumns(t *pipeline.Table, stored bool) ([]column, error) {
+	fields := t.Schema.Fields()
+	if stored {
+		fields = t.StoredFields()
+	}
+	cols := make([]column, 0, len(fields))
+	for _, f := range fields {
+		c, err := columnFor(f)
+		if err != nil {
+			return nil, fmt.Errorf("table %s: %w", t.Name, err)
+		}
+		cols = append(cols, c)
+	}
+	return cols, nil
+}
+
+const metaDDL = `
+CREATE TABLE IF NOT EXISTS %[1]s (
+	run_id text PRIMARY KEY, source text NOT NULL, export_id text NOT NULL, since text,
+	transaction_time text NOT NULL, started_at timestamptz, finished_at timestamptz,
+	outcome text NOT NULL, files bigint, bytes bigint, resources bigint, deleted bigint,
+	rejects bigint, outcomes bigint);
+CREATE TABLE IF NOT EXISTS %[2]s (
+	source text PRIMARY KEY, transaction_time text NOT NULL, export_id text NOT NULL,
+	committed_at timestamptz NOT NULL);`
+
+// Prepare implements pipeline.Sink: it creates the schema, the metadata
+// tables and every table given, adds columns a view gained (never dropping
+// one), and indexes the resource keys.
+func (s *Sink) Prepare(ctx context.Context, tables []*pipeline.Table) error {
+	all := append(schemas.System(), tables...)
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		return fmt.Errorf("postgres sink %s: prepare: %w", s.name, err)
+	}
+	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+	// Two processes preparing the same schema would race on CREATE.
+	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtext($1))`, "fhirferry/prepare/"+s.schema); err != nil {
+		return fmt.Errorf("postgres sink %s: prepare: %w", s.name, err)
+	}
+	if _, err := tx.Exec(ctx, "CREATE SCHEMA IF NOT EXISTS "+pgx.Identifier{s.schema}.Sanitize()); err != nil {
+		return fmt.Errorf("postgres sink %s: create schema %s: %w", s.name, s.schema, err)
+	}
+	if _, err := tx.Exec(ctx, fmt.Sprintf(metaDDL, s.ident(schemas.RunsTable), s.ident(schemas.CheckTable))); err != nil {
+		return fmt.Errorf("postgres sink %s: metadata tables: %w", s.name, err)
+	}
+	seen := map[string]*pipeline.Table{}
+	for _, t := range all {
+		if prev, ok := seen[t.Name]; ok && prev != t {
+			return fmt.Errorf("postgres sink %s: table %s is defined twice", s.name, t.Name)
+		}
+		seen[t.Name] = t
+		if t.Kind == pipeline.KindDeleted {
+			continue
+		}
+		if err := s.createTable(ctx, tx, t); err != nil {
+			return fmt.Errorf("postgres sink %s: %w", s.name, err)
+		}
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return fmt.Errorf("postgres sink %s: prepare: %w", s.name, err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for n, t := range seen {
+		s.tables[n] = t
+	}
+	return nil
+}
+
+// createTable creates t if missing, adds missing columns, and creates its index.
+func (s *Sink) createTable(ctx context.Context, tx pgx.Tx, t *pipeline.Table) error {
+	cols, err := tableColumns(t, true)
+	if err != nil {
+		return err
+	}
+	for _, c := range cols {
+		if c.store != c.stage {
+			// Let PostgreSQL validate the hinted type before it reaches DDL.
+			if _, err := tx.Exec(ctx, "SELECT NULL::"+c.store); err != nil {
+				return fmt.Errorf("table %s column %q: ansi/type %q is not a PostgreSQL type: %w", t.Name, c.name, c.store, err)
+			}
+		}
+	}
+	defs := make([]string, 0, len(cols)+1)
+	for _, c := range cols {
+		d := c.quoted() + " " + c.store
+		if !c.null {
+			d += " NOT NULL"
+		}
+		defs = append(defs, d)
+	}
+	if t.Kind == pipeline.KindRaw {
+		defs = append(defs, "PRIMARY KEY (resource_type, id)")
+	}
+	if _, err := tx.Exec(ctx, fmt.Sprintf("CREATE TABLE IF NOT EXISTS %s (%s)", s.ident(t.Name), strings.Join(defs, ", "))); err != nil {
+		return fmt.Errorf("create table %s: %w", t.Name, err)
+	}
+	if t.Kind == pipeline.KindRaw {
+		// Large JSON is TOASTed; lz4 compresses several times faster than pglz.
+		if _, err := tx.Exec(ctx, "SAVEPOINT lz4"); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, fmt.Sprintf("ALTER TABLE %s ALTER COLUMN resource SET COMPRESSION lz4", s.ident(t.Name))); err != nil {
+			if _, err := tx.Exec(ctx, "ROLLBACK TO SAVEPOINT lz4"); err != nil {
+				return err
+			}
+		}
+	}
+	rows, err := tx.Query(ctx, `SELECT column_name FROM information_schema.columns WHERE table_schema=$1 AND table_name=$2`, s.schema, t.Name)
+	if err != nil {
+		return err
+	}
+	have, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return err
+	}
+	for _, c := range cols {
+		if slices.Contains(have, c.name) {
+			continue
+		}
+		// New columns are nullable: existing rows have no value for them.
+		if _, err := tx.Exec(ctx, fmt.Sprintf("ALTER TABLE %s ADD COLUMN %s %s", s.ident(t.Name), c.quoted(), c.store)); err != nil {
+			return fmt.Errorf("table %s: add column %q: %w", t.Name, c.name, err)
+		}
+		s.log.Info("added column", "table", t.Name, "column", c.name)
+	}
+	if t.Kind == pipeline.KindView {
+		idx := pgx.Identifier{t.Name + "__resource_id"}.Sanitize()
+		if _, err := tx.Exec(ctx, fmt.Sprintf("CREATE INDEX IF NOT EXISTS %s ON %s (%s)", idx, s.ident(t.Name), pgx.Identifier{pipeline.ColResourceID}.Sanitize())); err != nil {
+			return fmt.Errorf("index %s: %w", t.Name, err)
+		}
+	}
+	if t.Description != "" {
+		if _, err := tx.Exec(ctx, fmt.Sprintf("COMMENT ON TABLE %s IS %s", s.ident(t.Name), quoteLiteral(t.Description))); err != nil {
+			return fmt.Errorf("comment %s: %w", t.Name, err)
+		}
+	}
+	return nil
+}
+
+func quoteLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
+
+// Checkpoint implements pipeline.Sink.
+func (s *Sink) Checkpoint(ctx context.Context, source string) (pipeline.Checkpoint, bool, error) {
+	cp := pipeline.Checkpoint{Source: source}
+	err := s.pool.QueryRow(ctx, fmt.Sprintf(`SELECT transaction_time, export_id, committed_at FROM %s WHERE source=$1`, s.ident(schemas.CheckTable)), source).
+		Scan(&cp.TransactionTime, &cp.ExportID, &cp.CommittedAt)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return pipeline.Checkpoint{}, false, nil
+	}
+	if err != nil {
+		return pipeline.Checkpoint{}, false, fmt.Errorf("postgres sink %s: checkpoint %s: %w", s.name, source, err)
+	}
+	cp.CommittedAt = cp.CommittedAt.UTC()
+	return cp, true, nil
+}
+
+func (s *Sink) table(name string) *pipeline.Table {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.tables[name]
+}
+
+func (s *Sink) views() []*pipeline.Table {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []*pipeline.Table
+	for _, t := range s.tables {
+		if t.Kind == pipeline.KindView {
+			out = append(out, t)
+		}
+	}
+	slices.SortFunc(out, func(a, b *pipeline.Table) int { return strings.Compare(a.Name, b.Name) })
+	return out
+}
+
+// ReplaceTable atomically replaces the whole table t (a view being rebuilt)
+// with the rows of batches: the table is dropped, re-created from t.Schema
+// and loaded in one transaction, so readers see the old rows or the new ones.
+// Every record batches yields is released, also on error.
+func (s *Sink) ReplaceTable(ctx context.Context, t *pipeline.Table, batches iter.Seq2[arrow.RecordBatch, error]) (err error) {
+	if t.Kind != pipeline.KindView && t.Kind != pipeline.KindAppend {
+		return fmt.Errorf("postgres sink %s: ReplaceTable %s: only view and append tables can be replaced", s.name, t.Name)
+	}
+	cols, err := tableColumns(t, true)
+	if err != nil {
+		return fmt.Errorf("postgres sink %s: %w", s.name, err)
+	}
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		return fmt.Errorf("postgres sink %s: replace %s: %w", s.name, t.Name, err)
+	}
+	defer func() {
+		if err != nil {
+			_ = tx.Rollback(context.WithoutCancel(ctx))
+		}
+	}()
+	if _, err = tx.Exec(ctx, "DROP TABLE IF EXISTS "+s.ident(t.Name)); err != nil {
+		return fmt.Errorf("postgres sink %s: replace %s: %w", s.name, t.Name, err)
+	}
+	if err = s.createTable(ctx, tx, t); err != nil {
+		return fmt.Errorf("postgres sink %s: replace: %w", s.name, err)
+	}
+	names := make([]string, len(cols))
+	cast := false
+	for i, c := range cols {
+		names[i] = c.name
+		cast = cast || c.store != c.stage
+	}
+	target := pgx.Identifier{s.schema, t.Name}
+	if cast {
+		// Hinted types are cast from the staged types, as in a run's commit.
+		target = pgx.Identifier{"_ff_replace"}
+		if _, err = tx.Exec(ctx, "CREATE TEMP TABLE _ff_replace ("+stageDefs(cols)+") ON COMMIT DROP"); err != nil {
+			return fmt.Errorf("postgres sink %s: replace %s: %w", s.name, t.Name, err)
+		}
+	}
+	var rows int64
+	for rec, ierr := range batches {
+		if ierr != nil {
+			if rec != nil {
+				rec.Release()
+			}
+			return fmt.Errorf("postgres sink %s: replace %s: %w", s.name, t.Name, ierr)
+		}
+		n, cerr := copyRecord(ctx, tx, target, names, rec, cols)
+		rec.Release()
+		if cerr != nil {
+			return fmt.Errorf("postgres sink %s: replace %s: %w", s.name, t.Name, cerr)
+		}
+		rows += n
+	}
+	if cast {
+		q := fmt.Sprintf("INSERT INTO %s (%s) SELECT %s FROM _ff_replace s", s.ident(t.Name), colList(cols, ""), colList(cols, "s"))
+		if _, err = tx.Exec(ctx, q); err != nil {
+			return fmt.Errorf("postgres sink %s: replace %s: %w", s.name, t.Name, err)
+		}
+	}
+	if err = tx.Commit(ctx); err != nil {
+		return fmt.Errorf("postgres sink %s: replace %s: %w", s.name, t.Name, err)
+	}
+	s.mu.Lock()
+	s.tables[t.Name] = t
+	s.mu.Unlock()
+	s.log.Info("replaced table", "table", t.Name, "rows", rows)
+	return nil
+}
+
+// copyRecord streams rec into table with binary COPY in the staged types.
+func copyRecord(ctx context.Context, tx pgx.Tx, table pgx.Identifier, names []string, rec arrow.RecordBatch, cols []column) (int64, error) {
+	src, err := newRecordSource(rec, cols)
+	if err != nil {
+		return 0, err
+	}
+	return tx.CopyFrom(ctx, table, names, src)
+}
+
+// stageDefs is the column list of a staging table.
+func stageDefs(cols []column) string {
+	defs := make([]string, len(cols))
+	for i, c := range cols {
+		defs[i] = c.quoted() + " " + c.stage
+	}
+	return strings.Join(defs, ", ")
+}
+
+// colList lists the columns; with an alias, as select expressions cast to
+// their stored types.
+func colList(cols []column, alias string) string {
+	out := make([]string, len(cols))
+	for i, c := range cols {
+		if alias == "" {
+			out[i] = c.quoted()
+		} else {
+			out[i] = c.selectExpr(alias)
+		}
+	}
+	return strings.Join(out, ", ")
+}

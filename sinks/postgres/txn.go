@@ -1,0 +1,319 @@
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/fhirferry/fhirferry/pipeline"
+	"github.com/fhirferry/fhirferry/schemas"
+)
+
+// Txn is one run's PostgreSQL transaction.
+type Txn struct {
+	s    *Sink
+	run  pipeline.RunInfo
+	conn *pgxpool.Conn
+	tx   pgx.Tx
+	// noop is set when the sink already holds the run's export: writes are
+	// discarded and Commit only records the run.
+	noop   bool
+	stages map[string]*stage
+	done   bool
+	err    error // first failure; the PostgreSQL transaction is then aborted
+}
+
+// stage is a TEMP staging table of one target table.
+type stage struct {
+	t     *pipeline.Table
+	temp  string
+	cols  []column // staged columns, _seq included
+	names []string
+	rows  int64
+}
+
+var _ pipeline.Txn = (*Txn)(nil)
+
+// Begin implements pipeline.Sink. It opens the run's transaction and takes a
+// per-source advisory lock, so two processes cannot apply runs of one source
+// to the same schema at once.
+func (s *Sink) Begin(ctx context.Context, run pipeline.RunInfo) (pipeline.Txn, error) {
+	if s.table(schemas.RawTable) == nil {
+		if err := s.Prepare(ctx, nil); err != nil {
+			return nil, err
+		}
+	}
+	conn, err := s.pool.Acquire(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("postgres sink %s: begin: %w", s.name, err)
+	}
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		conn.Release()
+		return nil, fmt.Errorf("postgres sink %s: begin: %w", s.name, err)
+	}
+	t := &Txn{s: s, run: run, conn: conn, tx: tx, stages: map[string]*stage{}}
+	fail := func(err error) (pipeline.Txn, error) {
+		_ = t.Rollback(context.WithoutCancel(ctx))
+		return nil, fmt.Errorf("postgres sink %s: begin: %w", s.name, err)
+	}
+	var locked bool
+	if err := tx.QueryRow(ctx, `SELECT pg_try_advisory_xact_lock(hashtext($1))`, "fhirferry/run/"+s.schema+"/"+run.Source).Scan(&locked); err != nil {
+		return fail(err)
+	}
+	if !locked {
+		return fail(fmt.Errorf("another run of source %q is writing to schema %s", run.Source, s.schema))
+	}
+	var exportID string
+	err = tx.QueryRow(ctx, fmt.Sprintf(`SELECT export_id FROM %s WHERE source=$1`, s.ident(schemas.CheckTable)), run.Source).Scan(&exportID)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+	case err != nil:
+		return fail(err)
+	default:
+		t.noop = run.ExportID != "" && exportID == run.ExportID
+	}
+	if t.noop {
+		s.log.Info("export already held; run is a no-op", "source", run.Source)
+	}
+	return t, nil
+}
+
+// Write implements pipeline.Txn: rows are COPYed into the table's staging
+// table (or straight into an append table, invisible until commit).
+func (t *Txn) Write(ctx context.Context, b pipeline.Batch) error {
+	defer b.Release()
+	if t.done {
+		return pipeline.ErrTxnDone
+	}
+	if t.err != nil {
+		return t.err
+	}
+	if t.noop || b.Rec == nil || b.Rec.NumRows() == 0 {
+		return nil
+	}
+	if err := t.write(ctx, b); err != nil {
+		t.err = fmt.Errorf("postgres sink %s: write %s: %w", t.s.name, b.Table.Name, err)
+		return t.err
+	}
+	return nil
+}
+
+func (t *Txn) write(ctx context.Context, b pipeline.Batch) error {
+	st, ok := t.stages[b.Table.Name]
+	if !ok {
+		tbl := t.s.table(b.Table.Name)
+		if tbl == nil {
+			return fmt.Errorf("table %s was not prepared", b.Table.Name)
+		}
+		st = &stage{t: tbl}
+		var err error
+		if tbl.Kind == pipeline.KindAppend {
+			// Appends need no apply step: COPY into the target itself.
+			if st.cols, err = tableColumns(tbl, true); err != nil {
+				return err
+			}
+		} else {
+			if st.cols, err = tableColumns(tbl, false); err != nil {
+				return err
+			}
+			st.temp = fmt.Sprintf("_ff_stage_%d", len(t.stages))
+			if _, err := t.tx.Exec(ctx, fmt.Sprintf("CREATE TEMP TABLE %s (%s) ON COMMIT DROP", st.temp, stageDefs(st.cols))); err != nil {
+				return err
+			}
+		}
+		for _, c := range st.cols {
+			st.names = append(st.names, c.name)
+		}
+		t.stages[b.Table.Name] = st
+	}
+	target := pgx.Identifier{st.temp}
+	if st.temp == "" {
+		target = pgx.Identifier{t.s.schema, st.t.Name}
+	}
+	n, err := copyRecord(ctx, t.tx, target, st.names, b.Rec, st.cols)
+	st.rows += n
+	return err
+}
+
+// Commit implements pipeline.Txn. On failure the transaction is rolled back
+// at once; a later Rollback is a no-op.
+func (t *Txn) Commit(ctx context.Context, sum pipeline.RunSummary) error {
+	if t.done {
+		return pipeline.ErrTxnDone
+	}
+	err := t.err
+	if err == nil && !t.noop {
+		err = t.apply(ctx)
+	}
+	if err == nil {
+		err = t.record(ctx, sum)
+	}
+	if err == nil {
+		err = t.tx.Commit(ctx)
+	}
+	if err != nil {
+		_ = t.Rollback(context.WithoutCancel(ctx))
+		if t.err == nil {
+			err = fmt.Errorf("postgres sink %s: commit: %w", t.s.name, err)
+		}
+		return err
+	}
+	t.done = true
+	t.conn.Release()
+	return nil
+}
+
+// Rollback implements pipeline.Txn.
+func (t *Txn) Rollback(ctx context.Context) error {
+	if t.done {
+		return nil
+	}
+	t.done = true
+	err := t.tx.Rollback(ctx)
+	// A connection left mid-transaction (cancelled COPY) is closed by the pool.
+	t.conn.Release()
+	if err != nil && !errors.Is(err, pgx.ErrTxClosed) && !t.conn.Conn().IsClosed() {
+		return fmt.Errorf("postgres sink %s: rollback: %w", t.s.name, err)
+	}
+	return nil
+}
+
+func (t *Txn) exec(ctx context.Context, step, q string, args ...any) error {
+	if _, err := t.tx.Exec(ctx, q, args...); err != nil {
+		return fmt.Errorf("%s: %w", step, err)
+	}
+	return nil
+}
+
+// apply runs the contract's steps 1-3 set-based over the staging tables.
+func (t *Txn) apply(ctx context.Context) error {
+	raw := t.s.ident(schemas.RawTable)
+	rawSt := t.stages[schemas.RawTable]
+	if rawSt != nil {
+		// 1. Per key, the run's latest row (NULL last_updated lowest, then _seq).
+		if err := t.exec(ctx, "pick winners", fmt.Sprintf(`CREATE TEMP TABLE _ff_pick ON COMMIT DROP AS
+			SELECT DISTINCT ON (resource_type, id) resource_type, id, _seq FROM %s
+			ORDER BY resource_type, id, last_updated DESC NULLS LAST, _seq DESC`, rawSt.temp)); err != nil {
+			return err
+		}
+		if err := t.exec(ctx, "analyze", "ANALYZE _ff_pick"); err != nil {
+			return err
+		}
+		cols, err := tableColumns(rawSt.t, true)
+		if err != nil {
+			return err
+		}
+		sets := make([]string, 0, len(cols))
+		for _, c := range cols {
+			sets = append(sets, fmt.Sprintf("%s = EXCLUDED.%s", c.quoted(), c.quoted()))
+		}
+		// Against the stored row: an older lastUpdated never overwrites a
+		// newer one, and SUBSETTED never overwrites a full resource. The keys
+		// actually written are the run's winners.
+		q := fmt.Sprintf(`CREATE TEMP TABLE _ff_won (resource_type text, id text, _seq bigint) ON COMMIT DROP;
+			WITH up AS (
+				INSERT INTO %[1]s AS r (%[2]s)
+				SELECT %[3]s FROM %[4]s s JOIN _ff_pick p USING (resource_type, id, _seq)
+				ON CONFLICT (resource_type, id) DO UPDATE SET %[5]s
+				WHERE NOT coalesce(r.last_updated > EXCLUDED.last_updated, false)
+				  AND (r.subsetted OR NOT EXCLUDED.subsetted)
+				RETURNING r.resource_type, r.id)
+			INSERT INTO _ff_won SELECT p.resource_type, p.id, p._seq FROM up JOIN _ff_pick p USING (resource_type, id)`,
+			raw, colList(cols, ""), colList(cols, "s"), rawSt.temp, strings.Join(sets, ", "))
+		if err := t.exec(ctx, "upsert "+schemas.RawTable, q); err != nil {
+			return err
+		}
+		if err := t.exec(ctx, "analyze", "ANALYZE _ff_won"); err != nil {
+			return err
+		}
+	}
+	views := t.s.views()
+	if delSt := t.stages[schemas.DeletedTable]; delSt != nil {
+		// 2. Deletes, unless a version newer than the export is stored.
+		tt, err := time.Parse(time.RFC3339Nano, t.run.TransactionTime)
+		if err != nil {
+			return fmt.Errorf("deletes: run transaction_time %q is not an instant: %w", t.run.TransactionTime, err)
+		}
+		q := fmt.Sprintf(`CREATE TEMP TABLE _ff_del ON COMMIT DROP AS
+			SELECT DISTINCT d.resource_type, d.id FROM %[1]s d
+			WHERE NOT EXISTS (SELECT 1 FROM %[2]s r WHERE r.resource_type = d.resource_type AND r.id = d.id
+				AND r.last_updated > $1)`, delSt.temp, raw)
+		if err := t.exec(ctx, "stage deletes", q, tt); err != nil {
+			return err
+		}
+		if err := t.exec(ctx, "delete "+schemas.RawTable, fmt.Sprintf(`DELETE FROM %s r USING _ff_del d
+			WHERE r.resource_type = d.resource_type AND r.id = d.id`, raw)); err != nil {
+			return err
+		}
+		if rawSt != nil {
+			if err := t.exec(ctx, "delete winners", `DELETE FROM _ff_won w USING _ff_del d
+				WHERE w.resource_type = d.resource_type AND w.id = d.id`); err != nil {
+				return err
+			}
+		}
+		for _, v := range views {
+			if err := t.exec(ctx, "delete "+v.Name, fmt.Sprintf(`DELETE FROM %s v USING _ff_del d
+				WHERE d.resource_type = $1 AND v.%s = d.id`, t.s.ident(v.Name), pgx.Identifier{pipeline.ColResourceID}.Sanitize()), v.ResourceType); err != nil {
+				return err
+			}
+		}
+	}
+	if rawSt == nil {
+		return nil
+	}
+	// 3. A winner's view rows are replaced by the rows of its winning line.
+	rid := pgx.Identifier{pipeline.ColResourceID}.Sanitize()
+	for _, v := range views {
+		if err := t.exec(ctx, "replace "+v.Name, fmt.Sprintf(`DELETE FROM %s v USING _ff_won w
+			WHERE w.resource_type = $1 AND v.%s = w.id`, t.s.ident(v.Name), rid), v.ResourceType); err != nil {
+			return err
+		}
+		st := t.stages[v.Name]
+		if st == nil {
+			continue
+		}
+		cols, err := tableColumns(v, true)
+		if err != nil {
+			return err
+		}
+		// Rows without a resource id are kept in the select so the target's
+		// NOT NULL rejects the run instead of silently dropping them.
+		q := fmt.Sprintf(`INSERT INTO %s (%s) SELECT %s FROM %s s
+			LEFT JOIN _ff_won w ON w.resource_type = $1 AND w.id = s.%s AND w._seq = s._seq
+			WHERE w.id IS NOT NULL OR s.%s IS NULL`,
+			t.s.ident(v.Name), colList(cols, ""), colList(cols, "s"), st.temp, rid, rid)
+		if err := t.exec(ctx, "insert "+v.Name, q, v.ResourceType); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// record writes the runs row and the checkpoint (steps 5).
+func (t *Txn) record(ctx context.Context, sum pipeline.RunSummary) error {
+	r := t.run
+	finished := sum.Finished
+	if finished.IsZero() {
+		finished = time.Now()
+	}
+	if err := t.exec(ctx, "record run", fmt.Sprintf(`INSERT INTO %s (run_id, source, export_id, since,
+		transaction_time, started_at, finished_at, outcome, files, bytes, resources, deleted, rejects, outcomes)
+		VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14) ON CONFLICT (run_id) DO NOTHING`, t.s.ident(schemas.RunsTable)),
+		r.RunID, r.Source, r.ExportID, r.Since, r.TransactionTime, r.Started, finished, sum.Outcome,
+		sum.Files, sum.Bytes, sum.Resources, sum.Deleted, sum.Rejects, sum.Outcomes); err != nil {
+		return err
+	}
+	if t.noop {
+		return nil
+	}
+	return t.exec(ctx, "checkpoint", fmt.Sprintf(`INSERT INTO %s (source, transaction_time, export_id, committed_at)
+		VALUES ($1,$2,$3,$4) ON CONFLICT (source) DO UPDATE
+		SET transaction_time = EXCLUDED.transaction_time, export_id = EXCLUDED.export_id, committed_at = EXCLUDED.committed_at`,
+		t.s.ident(schemas.CheckTable)), r.Source, r.TransactionTime, r.ExportID, time.Now())
+}
