@@ -1,0 +1,163 @@
+//go:build wip
+
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sync"
+	"text/tabwriter"
+	"time"
+
+	"github.com/schollz/progressbar/v3"
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+
+	"github.com/fhirferry/fhirferry/fetch"
+	"github.com/fhirferry/fhirferry/pipeline"
+)
+
+func init() { register(newRunCmd) }
+
+func newRunCmd(g *globals) *cobra.Command {
+	var cfgPath, source string
+	cmd := &cobra.Command{
+		Use:   "run --config FILE [--source NAME]",
+		Short: "Run one incremental export per source into the configured sinks",
+		Long: `run performs one run of each configured source (or of --source): it resumes
+an unfinished run if there is one, otherwise kicks off an export with _since set to
+the oldest checkpoint of the source's sinks, loads it, and commits. It prints a
+summary and exits non-zero if any source failed.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			log := g.logger()
+			prog := newProgress(cmd.ErrOrStderr())
+			a, err := buildApp(ctx, cfgPath, log, prog, nil)
+			if err != nil {
+				return err
+			}
+			defer a.close()
+			names := []string{source}
+			if source == "" {
+				names = names[:0]
+				for _, s := range a.cfg.Sources {
+					names = append(names, s.Name)
+				}
+			}
+			if len(names) == 0 {
+				return errors.New("the config has no sources")
+			}
+			var results []*pipeline.Result
+			var errs []error
+			for _, n := range names {
+				res, err := a.runSource(ctx, n)
+				prog.finish()
+				if res == nil {
+					res = &pipeline.Result{Source: n}
+				}
+				results = append(results, res)
+				errs = append(errs, err)
+			}
+			printSummary(cmd.OutOrStdout(), results, errs)
+			return errors.Join(errs...)
+		},
+	}
+	cmd.Flags().StringVar(&cfgPath, "config", "", "configuration file (required)")
+	cmd.Flags().StringVar(&source, "source", "", "run only this source")
+	_ = cmd.MarkFlagRequired("config")
+	return cmd
+}
+
+// printSummary writes one line per run.
+func printSummary(w io.Writer, results []*pipeline.Result, errs []error) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "SOURCE\tOUTCOME\tSINCE\tTRANSACTION TIME\tFILES\tRESOURCES\tDELETED\tREJECTS\tDURATION")
+	for i, r := range results {
+		outcome := "success"
+		switch {
+		case errs[i] != nil:
+			outcome = "failed"
+		case len(r.Committed) == 0 && len(r.Skipped) > 0:
+			outcome = "already loaded"
+		}
+		if r.Resumed && errs[i] == nil {
+			outcome += " (resumed)"
+		}
+		dur := ""
+		if !r.Finished.IsZero() {
+			dur = r.Finished.Sub(r.Started).Round(time.Millisecond).String()
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%s\n", r.Source, outcome, orDash(r.Since), orDash(r.TransactionTime),
+			r.Files, r.Stats.Resources, r.Stats.Deleted, r.Stats.Rejects, dur)
+	}
+	tw.Flush()
+	for i, err := range errs {
+		if err != nil {
+			fmt.Fprintf(w, "\n%s: %v\n", results[i].Source, err)
+		}
+	}
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+// progress shows files loaded on a terminal and stays silent otherwise. It
+// is the run's pipeline.Hooks.
+type progress struct {
+	mu  sync.Mutex
+	w   io.Writer
+	tty bool
+	bar *progressbar.ProgressBar
+}
+
+func newProgress(w io.Writer) *progress {
+	tty := false
+	if f, ok := w.(*os.File); ok {
+		tty = term.IsTerminal(int(f.Fd()))
+	}
+	return &progress{w: w, tty: tty}
+}
+
+func (p *progress) Phase(string, string, time.Duration) {}
+
+func (p *progress) Committed(string, string, time.Duration) {}
+
+func (p *progress) Manifest(source string, m *fetch.Manifest) {
+	if !p.tty {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.bar = progressbar.NewOptions(len(m.Files()),
+		progressbar.OptionSetWriter(p.w),
+		progressbar.OptionSetDescription(source+": loading files"),
+		progressbar.OptionShowCount(),
+		progressbar.OptionSetElapsedTime(true),
+		progressbar.OptionClearOnFinish(),
+	)
+}
+
+func (p *progress) FileDone(_ string, sp fetch.Spooled, st pipeline.FileStats) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.bar != nil {
+		p.bar.Describe(fmt.Sprintf("%s (%d resources)", sp.File.Type, st.Resources))
+		_ = p.bar.Add(1)
+	}
+}
+
+func (p *progress) finish() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.bar != nil {
+		_ = p.bar.Finish()
+		p.bar = nil
+	}
+}
