@@ -207,6 +207,7 @@ func (r *Runner) export(ctx context.Context, store *stateStore, st *RunState, lo
 		if err := store.save(st); err != nil {
 			return err
 		}
+		failpoint("polling")
 	}
 	t0 := time.Now()
 	m, err := r.Client.Wait(ctx, st.StatusURL)
@@ -299,6 +300,7 @@ func (r *Runner) apply(ctx context.Context, store *stateStore, st *RunState, res
 	if err := store.save(st); err != nil {
 		return err
 	}
+	failpoint("committed")
 	r.cleanup(ctx, store, st, log)
 	return nil
 }
@@ -392,6 +394,7 @@ func (r *Runner) load(ctx context.Context, store *stateStore, st *RunState, info
 			if err := store.save(st); err != nil {
 				return err
 			}
+			failpoint("spooled")
 			select {
 			case files <- sp:
 				return nil
@@ -444,6 +447,7 @@ func (r *Runner) load(ctx context.Context, store *stateStore, st *RunState, info
 				continue
 			}
 			err = r.write(gctx, sinks, txns, b)
+			failpoint("written")
 		}
 		return err
 	})
