@@ -1,0 +1,180 @@
+package duckdb
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"strings"
+
+	"github.com/apache/arrow-go/v18/arrow"
+
+	"github.com/fhirferry/fhirferry/pipeline"
+	"github.com/fhirferry/fhirferry/schemas"
+)
+
+// quote returns name as a SQL identifier, so view columns such as
+// "Gender Code" or "order" are safe.
+func quote(name string) string { return `"` + strings.ReplaceAll(name, `"`, `""`) + `"` }
+
+// lit returns s as a SQL string literal.
+func lit(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
+
+// sqlType maps an Arrow field to the DuckDB type of its stored column.
+// staging is true for staging tables, where JSON stays VARCHAR so that the
+// Appender and Parquet paths load it without parsing; Commit casts it.
+func sqlType(f arrow.Field, staging bool) (string, error) {
+	if !staging && schemas.IsJSON(f) {
+		return "JSON", nil
+	}
+	return arrowType(f.Name, f.Type)
+}
+
+func arrowType(name string, t arrow.DataType) (string, error) {
+	switch t := t.(type) {
+	case *arrow.StringType, *arrow.LargeStringType, *arrow.StringViewType:
+		return "VARCHAR", nil
+	case *arrow.BinaryType, *arrow.LargeBinaryType:
+		return "BLOB", nil
+	case *arrow.BooleanType:
+		return "BOOLEAN", nil
+	case *arrow.Int8Type:
+		return "TINYINT", nil
+	case *arrow.Int16Type:
+		return "SMALLINT", nil
+	case *arrow.Int32Type:
+		return "INTEGER", nil
+	case *arrow.Int64Type:
+		return "BIGINT", nil
+	case *arrow.Float32Type:
+		return "FLOAT", nil
+	case *arrow.Float64Type:
+		return "DOUBLE", nil
+	case *arrow.Date32Type:
+		return "DATE", nil
+	case *arrow.TimestampType:
+		// Instants are stored in microseconds; a zone makes them TIMESTAMPTZ,
+		// which is also what DuckDB reads from Parquet's isAdjustedToUTC.
+		if t.TimeZone != "" {
+			return "TIMESTAMPTZ", nil
+		}
+		return "TIMESTAMP", nil
+	case *arrow.ListType:
+		elem, err := arrowType(name, t.Elem())
+		if err != nil {
+			return "", err
+		}
+		return elem + "[]", nil
+	}
+	return "", fmt.Errorf("column %q: arrow type %s has no DuckDB mapping", name, t)
+}
+
+// columnDefs renders fields as a column list for CREATE TABLE.
+func columnDefs(fields []arrow.Field, staging bool) (string, error) {
+	defs := make([]string, len(fields))
+	for i, f := range fields {
+		typ, err := sqlType(f, staging)
+		if err != nil {
+			return "", err
+		}
+		defs[i] = quote(f.Name) + " " + typ
+		if !staging && !f.Nullable {
+			defs[i] += " NOT NULL"
+		}
+	}
+	return strings.Join(defs, ", "), nil
+}
+
+// Metadata tables whose shape is fixed by the sink rather than by an Arrow schema.
+var metaDDL = []string{
+	`CREATE TABLE IF NOT EXISTS ` + quote(schemas.RunsTable) + ` (
+		run_id VARCHAR NOT NULL, source VARCHAR NOT NULL, export_id VARCHAR, since VARCHAR,
+		transaction_time VARCHAR, started_at TIMESTAMPTZ, finished_at TIMESTAMPTZ, outcome VARCHAR,
+		files BIGINT, bytes BIGINT, resources BIGINT, deleted BIGINT, rejects BIGINT, outcomes BIGINT)`,
+	`CREATE TABLE IF NOT EXISTS ` + quote(schemas.CheckTable) + ` (
+		source VARCHAR PRIMARY KEY, transaction_time VARCHAR NOT NULL, export_id VARCHAR NOT NULL,
+		committed_at TIMESTAMPTZ NOT NULL)`,
+}
+
+// execer is what DDL helpers need: a *sql.Tx or *sql.Conn.
+type execer interface {
+	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+}
+
+// existingColumns returns the columns of main.table, or nil when the table
+// does not exist.
+func existingColumns(ctx context.Context, db execer, table string) (map[string]bool, error) {
+	rows, err := db.QueryContext(ctx,
+		`SELECT column_name FROM duckdb_columns() WHERE database_name = current_database()
+		 AND schema_name = 'main' AND table_name = ?`, table)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var cols map[string]bool
+	for rows.Next() {
+		var c string
+		if err := rows.Scan(&c); err != nil {
+			return nil, err
+		}
+		if cols == nil {
+			cols = map[string]bool{}
+		}
+		cols[c] = true
+	}
+	return cols, rows.Err()
+}
+
+// ensureTable creates t's stored table, or adds the columns it lacks. Added
+// columns are nullable, since existing rows have no value for them; no
+// column is ever dropped or retyped.
+func ensureTable(ctx context.Context, db execer, t *pipeline.Table) error {
+	fields := t.StoredFields()
+	have, err := existingColumns(ctx, db, t.Name)
+	if err != nil {
+		return fmt.Errorf("table %s: %w", t.Name, err)
+	}
+	if have == nil {
+		defs, err := columnDefs(fields, false)
+		if err != nil {
+			return fmt.Errorf("table %s: %w", t.Name, err)
+		}
+		if _, err := db.ExecContext(ctx, "CREATE TABLE "+quote(t.Name)+" ("+defs+")"); err != nil {
+			return fmt.Errorf("create table %s: %w", t.Name, err)
+		}
+		if t.Description != "" {
+			if _, err := db.ExecContext(ctx, "COMMENT ON TABLE "+quote(t.Name)+" IS "+lit(t.Description)); err != nil {
+				return fmt.Errorf("comment on table %s: %w", t.Name, err)
+			}
+		}
+		return nil
+	}
+	for _, f := range fields {
+		if have[f.Name] {
+			continue
+		}
+		typ, err := sqlType(f, false)
+		if err != nil {
+			return fmt.Errorf("table %s: %w", t.Name, err)
+		}
+		if _, err := db.ExecContext(ctx, "ALTER TABLE "+quote(t.Name)+" ADD COLUMN "+quote(f.Name)+" "+typ); err != nil {
+			return fmt.Errorf("table %s: add column %s: %w", t.Name, f.Name, err)
+		}
+	}
+	return nil
+}
+
+// selectList renders the stored columns of t as read from a staging
+// relation aliased s, casting JSON text to the JSON type.
+func selectList(t *pipeline.Table) (cols, sel string) {
+	var c, s []string
+	for _, f := range t.StoredFields() {
+		c = append(c, quote(f.Name))
+		if schemas.IsJSON(f) {
+			s = append(s, "CAST(s."+quote(f.Name)+" AS JSON)")
+		} else {
+			s = append(s, "s."+quote(f.Name))
+		}
+	}
+	return strings.Join(c, ", "), strings.Join(s, ", ")
+}

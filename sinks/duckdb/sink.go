@@ -1,0 +1,224 @@
+package duckdb
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"os"
+	"strconv"
+	"sync"
+
+	duckdb "github.com/duckdb/duckdb-go/v2"
+
+	"github.com/fhirferry/fhirferry/configs"
+	"github.com/fhirferry/fhirferry/pipeline"
+	"github.com/fhirferry/fhirferry/schemas"
+)
+
+var _ pipeline.Sink = (*Sink)(nil)
+
+// Sink is a DuckDB warehouse file. It serves one writer (a Txn, Prepare or
+// ReplaceTable) at a time; read-only queries through DB may run alongside.
+type Sink struct {
+	name  string
+	log   *slog.Logger
+	path  string
+	db    *sql.DB
+	spool string
+	mode  stageMode
+
+	// writer holds a token while a Txn, Prepare or ReplaceTable runs.
+	writer chan struct{}
+
+	mu     sync.Mutex
+	tables map[string]*pipeline.Table // prepared tables by name
+}
+
+// New opens (creating if needed) the DuckDB file cfg.Path. Runs stage
+// their Parquet files in a spool folder next to it, cfg.Path + ".spool".
+func New(cfg configs.DuckDBSink, name string, log *slog.Logger) (*Sink, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Path == "" {
+		return nil, fmt.Errorf("duckdb sink %s: path is required", name)
+	}
+	q := url.Values{}
+	if cfg.Threads > 0 {
+		q.Set("threads", strconv.Itoa(cfg.Threads))
+	}
+	if cfg.MemoryLimit != "" {
+		q.Set("memory_limit", cfg.MemoryLimit)
+	}
+	dsn := cfg.Path
+	if len(q) > 0 {
+		dsn += "?" + q.Encode()
+	}
+	conn, err := duckdb.NewConnector(dsn, nil)
+	if err != nil {
+		return nil, fmt.Errorf("duckdb sink %s: open %s: %w", name, cfg.Path, err)
+	}
+	s := &Sink{
+		name: name, log: log, path: cfg.Path, db: sql.OpenDB(conn),
+		spool: cfg.Path + ".spool", mode: defaultMode,
+		writer: make(chan struct{}, 1), tables: map[string]*pipeline.Table{},
+	}
+	return s, nil
+}
+
+// defaultMode is the staging path measured fastest; see the package doc.
+const defaultMode = stageAppender
+
+// Name implements pipeline.Sink.
+func (s *Sink) Name() string { return s.name }
+
+// DB returns the database for read-only queries (demo, summaries). Writes
+// must go through a Txn, since DuckDB aborts conflicting writers.
+func (s *Sink) DB() *sql.DB { return s.db }
+
+// Close closes the database. No Txn may be open.
+func (s *Sink) Close() error {
+	err := s.db.Close()
+	// The spool folder is empty between runs; leave it if not.
+	_ = os.Remove(s.spool)
+	return err
+}
+
+func (s *Sink) acquire(ctx context.Context) error {
+	select {
+	case s.writer <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("duckdb sink %s: waiting for the writer: %w", s.name, context.Cause(ctx))
+	}
+}
+
+func (s *Sink) release() { <-s.writer }
+
+// Prepare implements pipeline.Sink: it creates the metadata tables and
+// tables, and adds the columns an existing table lacks, in one transaction.
+//
+// No index is created: Commit joins staged keys against whole tables,
+// which DuckDB runs as hash joins whatever indexes exist, while an ART
+// index on (resource_type, id) would slow every load and cost memory.
+func (s *Sink) Prepare(ctx context.Context, tables []*pipeline.Table) (err error) {
+	if err := s.acquire(ctx); err != nil {
+		return err
+	}
+	defer s.release()
+	all := append(schemas.System(), tables...)
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("duckdb sink %s: prepare: %w", s.name, err)
+	}
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, tx.Rollback())
+		}
+	}()
+	for _, q := range metaDDL {
+		if _, err := tx.ExecContext(ctx, q); err != nil {
+			return fmt.Errorf("duckdb sink %s: prepare: %w", s.name, err)
+		}
+	}
+	seen := map[string]*pipeline.Table{}
+	for _, t := range all {
+		if t == nil || seen[t.Name] == t {
+			continue
+		}
+		seen[t.Name] = t
+		if t.Kind == pipeline.KindDeleted {
+			continue
+		}
+		if t.Kind == pipeline.KindView && t.ResourceType == "" {
+			return fmt.Errorf("duckdb sink %s: view table %s has no resource type", s.name, t.Name)
+		}
+		if err := ensureTable(ctx, tx, t); err != nil {
+			return fmt.Errorf("duckdb sink %s: prepare: %w", s.name, err)
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("duckdb sink %s: prepare: %w", s.name, err)
+	}
+	s.mu.Lock()
+	for name, t := range seen {
+		s.tables[name] = t
+	}
+	s.mu.Unlock()
+	return nil
+}
+
+// prepared returns the table prepared under name, or nil.
+func (s *Sink) prepared(name string) *pipeline.Table {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.tables[name]
+}
+
+// views returns the prepared view tables of resourceType.
+func (s *Sink) views() []*pipeline.Table {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []*pipeline.Table
+	for _, t := range s.tables {
+		if t.Kind == pipeline.KindView {
+			out = append(out, t)
+		}
+	}
+	return out
+}
+
+// Checkpoint implements pipeline.Sink.
+func (s *Sink) Checkpoint(ctx context.Context, source string) (pipeline.Checkpoint, bool, error) {
+	cp := pipeline.Checkpoint{Source: source}
+	cols, err := existingColumns(ctx, s.db, schemas.CheckTable)
+	if err != nil || cols == nil {
+		return cp, false, err // never prepared: no checkpoint
+	}
+	err = s.db.QueryRowContext(ctx, `SELECT transaction_time, export_id, committed_at FROM `+
+		quote(schemas.CheckTable)+` WHERE source = ?`, source).Scan(&cp.TransactionTime, &cp.ExportID, &cp.CommittedAt)
+	if errors.Is(err, sql.ErrNoRows) {
+		return cp, false, nil
+	}
+	if err != nil {
+		return cp, false, fmt.Errorf("duckdb sink %s: checkpoint of %s: %w", s.name, source, err)
+	}
+	return cp, true, nil
+}
+
+// TableInfo is a table of the warehouse and its exact row count.
+type TableInfo struct {
+	Name string
+	Rows int64
+}
+
+// Tables lists the tables of the main schema with their row counts, by name.
+func (s *Sink) Tables(ctx context.Context) ([]TableInfo, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT table_name FROM duckdb_tables()
+		WHERE database_name = current_database() AND schema_name = 'main' AND NOT temporary ORDER BY table_name`)
+	if err != nil {
+		return nil, fmt.Errorf("duckdb sink %s: list tables: %w", s.name, err)
+	}
+	var out []TableInfo
+	for rows.Next() {
+		var t TableInfo
+		if err := rows.Scan(&t.Name); err != nil {
+			rows.Close()
+			return nil, err
+		}
+		out = append(out, t)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	for i := range out {
+		if err := s.db.QueryRowContext(ctx, "SELECT count(*) FROM "+quote(out[i].Name)).Scan(&out[i].Rows); err != nil {
+			return nil, fmt.Errorf("duckdb sink %s: count %s: %w", s.name, out[i].Name, err)
+		}
+	}
+	return out, nil
+}

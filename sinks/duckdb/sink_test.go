@@ -1,0 +1,71 @@
+package duckdb
+
+import (
+	"fmt"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/fhirferry/fhirferry/configs"
+	"github.com/fhirferry/fhirferry/pipeline"
+	"github.com/fhirferry/fhirferry/sinks/sinktest"
+)
+
+func open(t *testing.T, mode stageMode) *Sink {
+	t.Helper()
+	s, err := New(configs.DuckDBSink{Path: filepath.Join(t.TempDir(), "w.duckdb"), Threads: 2, MemoryLimit: "1GB"}, "test", nil)
+	require.NoError(t, err)
+	s.mode = mode
+	return s
+}
+
+// rows formats every row of table as its cols joined by "|".
+func rows(t *testing.T, s *Sink, table string, cols ...string) []string {
+	t.Helper()
+	q := make([]string, len(cols))
+	for i, c := range cols {
+		q[i] = quote(c)
+	}
+	rs, err := s.DB().QueryContext(t.Context(), "SELECT "+strings.Join(q, ", ")+" FROM "+quote(table))
+	require.NoError(t, err)
+	defer rs.Close()
+	var out []string
+	for rs.Next() {
+		vals := make([]any, len(cols))
+		ptrs := make([]any, len(cols))
+		for i := range vals {
+			ptrs[i] = &vals[i]
+		}
+		require.NoError(t, rs.Scan(ptrs...))
+		cells := make([]string, len(cols))
+		for i, v := range vals {
+			switch v := v.(type) {
+			case nil:
+				cells[i] = "NULL"
+			case time.Time:
+				cells[i] = v.UTC().Format(time.RFC3339Nano)
+			default:
+				cells[i] = fmt.Sprint(v)
+			}
+		}
+		out = append(out, strings.Join(cells, "|"))
+	}
+	require.NoError(t, rs.Err())
+	return out
+}
+
+func harness(mode stageMode) sinktest.Harness {
+	return sinktest.Harness{
+		Open: func(t *testing.T) pipeline.Sink { return open(t, mode) },
+		Rows: func(t *testing.T, s pipeline.Sink, table string, cols ...string) []string {
+			return rows(t, s.(*Sink), table, cols...)
+		},
+	}
+}
+
+func TestSemanticsAppender(t *testing.T) { sinktest.Run(t, harness(stageAppender)) }
+
+func TestSemanticsParquet(t *testing.T) { sinktest.Run(t, harness(stageParquetZstd)) }

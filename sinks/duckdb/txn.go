@@ -1,0 +1,281 @@
+package duckdb
+
+import (
+	"context"
+	"database/sql"
+	"database/sql/driver"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/fhirferry/fhirferry/pipeline"
+	"github.com/fhirferry/fhirferry/schemas"
+)
+
+// Txn stages one run on a connection of its own and applies it in Commit.
+type Txn struct {
+	s    *Sink
+	run  pipeline.RunInfo
+	tt   time.Time // run.TransactionTime parsed; zero when empty
+	conn *sql.Conn
+	dir  string // spool folder of the run (Parquet staging)
+
+	stages map[string]*stage
+	order  []*stage
+	done   bool
+
+	// failBefore, when set by tests, fails Commit before the named step.
+	failBefore string
+}
+
+// Begin implements pipeline.Sink. It waits while another writer holds the sink.
+func (s *Sink) Begin(ctx context.Context, run pipeline.RunInfo) (pipeline.Txn, error) {
+	var tt time.Time
+	if run.TransactionTime != "" {
+		var err error
+		if tt, err = time.Parse(time.RFC3339Nano, run.TransactionTime); err != nil {
+			return nil, fmt.Errorf("duckdb sink %s: run %s: transaction_time %q is not an instant: %w",
+				s.name, run.RunID, run.TransactionTime, err)
+		}
+	}
+	if err := s.acquire(ctx); err != nil {
+		return nil, err
+	}
+	t := &Txn{s: s, run: run, tt: tt, stages: map[string]*stage{}}
+	conn, err := s.db.Conn(ctx)
+	if err != nil {
+		s.release()
+		return nil, fmt.Errorf("duckdb sink %s: begin: %w", s.name, err)
+	}
+	t.conn = conn
+	if s.mode != stageAppender {
+		t.dir = filepath.Join(s.spool, sanitize(run.RunID))
+		if err := os.MkdirAll(t.dir, 0o750); err != nil {
+			t.cleanup()
+			return nil, fmt.Errorf("duckdb sink %s: begin: %w", s.name, err)
+		}
+	}
+	return t, nil
+}
+
+// Write implements pipeline.Txn: it stages b and releases it.
+func (t *Txn) Write(ctx context.Context, b pipeline.Batch) error {
+	defer b.Release()
+	if t.done {
+		return pipeline.ErrTxnDone
+	}
+	if b.Table == nil || b.Rec == nil {
+		return fmt.Errorf("duckdb sink %s: batch without table or rows", t.s.name)
+	}
+	st, err := t.stage(ctx, b.Table)
+	if err != nil {
+		return err
+	}
+	if err := st.write(b.Rec); err != nil {
+		return fmt.Errorf("duckdb sink %s: %w", t.s.name, err)
+	}
+	return nil
+}
+
+func (t *Txn) stage(ctx context.Context, tbl *pipeline.Table) (*stage, error) {
+	if st := t.stages[tbl.Name]; st != nil {
+		return st, nil
+	}
+	if tbl.Kind != pipeline.KindDeleted && t.s.prepared(tbl.Name) == nil {
+		return nil, fmt.Errorf("duckdb sink %s: table %s was not prepared", t.s.name, tbl.Name)
+	}
+	st, err := newStage(ctx, t.conn, t.s.mode, t.dir, tbl, len(t.order))
+	if err != nil {
+		return nil, fmt.Errorf("duckdb sink %s: %w", t.s.name, err)
+	}
+	t.stages[tbl.Name] = st
+	t.order = append(t.order, st)
+	return st, nil
+}
+
+// Rollback implements pipeline.Txn.
+func (t *Txn) Rollback(context.Context) error {
+	if t.done {
+		return nil
+	}
+	t.done = true
+	return t.cleanup()
+}
+
+// cleanup ends the Txn: it discards staging, retires the connection (so
+// its TEMP tables go with it), removes the run's spool folder and frees the
+// sink for the next writer.
+func (t *Txn) cleanup() error {
+	var errs []error
+	for _, st := range t.order {
+		errs = append(errs, st.discard())
+	}
+	if t.conn != nil {
+		// ErrBadConn makes database/sql close the connection instead of
+		// pooling it, which drops the TEMP staging objects with it.
+		_ = t.conn.Raw(func(any) error { return driver.ErrBadConn })
+		if err := t.conn.Close(); !errors.Is(err, sql.ErrConnDone) {
+			errs = append(errs, err)
+		}
+		t.conn = nil
+	}
+	if t.dir != "" {
+		errs = append(errs, os.RemoveAll(t.dir))
+	}
+	t.s.release()
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("duckdb sink %s: cleanup: %w", t.s.name, err)
+	}
+	return nil
+}
+
+// Commit implements pipeline.Txn; see the package doc for the steps.
+func (t *Txn) Commit(ctx context.Context, sum pipeline.RunSummary) (err error) {
+	if t.done {
+		return pipeline.ErrTxnDone
+	}
+	t.done = true
+	defer func() {
+		if cerr := t.cleanup(); cerr != nil && err == nil {
+			t.s.log.Warn("cleanup after commit", "run", t.run.RunID, "err", cerr)
+		}
+		if err != nil {
+			err = fmt.Errorf("duckdb sink %s: commit run %s: %w", t.s.name, t.run.RunID, err)
+		}
+	}()
+	for _, st := range t.order {
+		if err := st.finish(ctx, t.conn); err != nil {
+			return err
+		}
+	}
+	raw, err := t.rel(ctx, schemas.Raw)
+	if err != nil {
+		return err
+	}
+	del, err := t.rel(ctx, schemas.Deleted)
+	if err != nil {
+		return err
+	}
+	tx, err := t.conn.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, ignoreDone(tx.Rollback()))
+		}
+	}()
+	for _, step := range t.steps(raw, del, sum) {
+		if t.failBefore == step.name {
+			return fmt.Errorf("injected failure before %s", step.name)
+		}
+		if _, err := tx.ExecContext(ctx, step.sql, step.args...); err != nil {
+			return fmt.Errorf("%s: %w", step.name, err)
+		}
+	}
+	return tx.Commit()
+}
+
+func ignoreDone(err error) error {
+	if errors.Is(err, sql.ErrTxDone) {
+		return nil
+	}
+	return err
+}
+
+// rel returns the staging relation of a system table, creating an empty
+// one when the run staged no rows for it.
+func (t *Txn) rel(ctx context.Context, tbl *pipeline.Table) (string, error) {
+	if st := t.stages[tbl.Name]; st != nil {
+		return st.rel, nil
+	}
+	name := fmt.Sprintf("stg_empty_%d", len(t.order))
+	defs, err := columnDefs(tbl.Schema.Fields(), true)
+	if err != nil {
+		return "", err
+	}
+	if _, err := t.conn.ExecContext(ctx, "CREATE TEMP TABLE "+name+" ("+defs+")"); err != nil {
+		return "", err
+	}
+	t.order = append(t.order, &stage{t: tbl, rel: "temp.main." + name})
+	return "temp.main." + name, nil
+}
+
+type step struct {
+	name string
+	sql  string
+	args []any
+}
+
+// steps returns Commit's statements. Each is set-based: the run's winners
+// come from one window query, and every change is a join against them.
+func (t *Txn) steps(raw, del string, sum pipeline.RunSummary) []step {
+	R := quote(schemas.RawTable)
+	rawCols, rawSel := selectList(schemas.Raw)
+	// The deleted-entry guard: a stored row updated after the run's
+	// transactionTime is newer than the deletion. With no transactionTime,
+	// nothing is newer.
+	guard := "FALSE"
+	var guardArgs []any
+	if !t.tt.IsZero() {
+		guard = "t.last_updated > ?"
+		guardArgs = []any{t.tt.UTC()}
+	}
+	steps := []step{
+		{name: "winners", sql: `CREATE TEMP TABLE win AS
+			SELECT c.resource_type, c.id, c._seq FROM (
+				SELECT resource_type, id, _seq, last_updated, subsetted FROM ` + raw + `
+				QUALIFY row_number() OVER (PARTITION BY resource_type, id
+					ORDER BY last_updated DESC NULLS LAST, _seq DESC) = 1
+			) c LEFT JOIN ` + R + ` t ON t.resource_type = c.resource_type AND t.id = c.id
+			WHERE t.id IS NULL OR (NOT coalesce(t.last_updated > c.last_updated, FALSE)
+				AND NOT (c.subsetted AND NOT t.subsetted))`},
+		{name: "raw delete", sql: `DELETE FROM ` + R + ` t USING win w
+			WHERE t.resource_type = w.resource_type AND t.id = w.id`},
+		{name: "raw insert", sql: `INSERT INTO ` + R + ` (` + rawCols + `) SELECT ` + rawSel + ` FROM ` + raw + ` s
+			SEMI JOIN win w ON s.resource_type = w.resource_type AND s.id = w.id AND s._seq = w._seq`},
+		{name: "deleted keys", sql: `CREATE TEMP TABLE gone AS
+			SELECT DISTINCT d.resource_type, d.id FROM ` + del + ` d
+			ANTI JOIN (SELECT resource_type, id FROM ` + R + ` t WHERE ` + guard + `) n
+				ON n.resource_type = d.resource_type AND n.id = d.id`, args: guardArgs},
+		{name: "raw deletes", sql: `DELETE FROM ` + R + ` t USING gone g
+			WHERE t.resource_type = g.resource_type AND t.id = g.id`},
+		{name: "deleted winners", sql: `DELETE FROM win USING gone g
+			WHERE win.resource_type = g.resource_type AND win.id = g.id`},
+	}
+	for _, v := range t.s.views() {
+		V := quote(v.Name)
+		steps = append(steps, step{name: "view " + v.Name + " delete", sql: `DELETE FROM ` + V + ` v USING (
+				SELECT id FROM win WHERE resource_type = ? UNION ALL SELECT id FROM gone WHERE resource_type = ?) k
+			WHERE v.` + quote(pipeline.ColResourceID) + ` = k.id`, args: []any{v.ResourceType, v.ResourceType}})
+		if st := t.stages[v.Name]; st != nil {
+			cols, sel := selectList(v)
+			steps = append(steps, step{name: "view " + v.Name + " insert",
+				sql: `INSERT INTO ` + V + ` (` + cols + `) SELECT ` + sel + ` FROM ` + st.rel + ` s
+					SEMI JOIN (SELECT id, _seq FROM win WHERE resource_type = ?) w
+					ON s.` + quote(pipeline.ColResourceID) + ` = w.id AND s.` + quote(pipeline.ColSeq) + ` = w._seq`,
+				args: []any{v.ResourceType}})
+		}
+	}
+	for _, st := range t.order {
+		if st.t.Kind != pipeline.KindAppend {
+			continue
+		}
+		cols, sel := selectList(st.t)
+		steps = append(steps, step{name: "append " + st.t.Name,
+			sql: `INSERT INTO ` + quote(st.t.Name) + ` (` + cols + `) SELECT ` + sel + ` FROM ` + st.rel + ` s`})
+	}
+	r := t.run
+	steps = append(steps,
+		step{name: "runs", sql: `INSERT INTO ` + quote(schemas.RunsTable) + ` VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+			args: []any{r.RunID, r.Source, r.ExportID, r.Since, r.TransactionTime, r.Started.UTC(), sum.Finished.UTC(),
+				sum.Outcome, sum.Files, sum.Bytes, sum.Resources, sum.Deleted, sum.Rejects, sum.Outcomes}},
+		step{name: "checkpoint", sql: `INSERT INTO ` + quote(schemas.CheckTable) + ` VALUES (?, ?, ?, ?)
+			ON CONFLICT (source) DO UPDATE SET transaction_time = excluded.transaction_time,
+				export_id = excluded.export_id, committed_at = excluded.committed_at`,
+			args: []any{r.Source, r.TransactionTime, r.ExportID, time.Now().UTC()}},
+	)
+	return steps
+}
