@@ -8,18 +8,18 @@ import (
 type nodeKind uint8
 
 const (
-	nLit    nodeKind = iota // literal
-	nEmpty                  // {}
-	nMember                 // identifier: member access on the input
-	nCall                   // function call on the input
-	nVar                    // %name
-	nThis                   // $this
-	nIndexVar               // $index
-	nInvoke                 // left.right
-	nIndex                  // left[args[0]]
-	nBinary                 // left op right
-	nUnary                  // op left
-	nTypeOp                 // left is/as type
+	nLit      nodeKind = iota // literal
+	nEmpty                    // {}
+	nMember                   // identifier: member access on the input
+	nCall                     // function call on the input
+	nVar                      // %name
+	nThis                     // $this
+	nIndexVar                 // $index
+	nInvoke                   // left.right
+	nIndex                    // left[args[0]]
+	nBinary                   // left op right
+	nUnary                    // op left
+	nTypeOp                   // left is/as type
 )
 
 type node struct {

@@ -21,14 +21,14 @@ const (
 
 // temporal is a parsed FHIR date, dateTime, instant or time.
 type temporal struct {
-	k                   Kind
-	f                   [6]int // year, month, day, hour, minute, second
-	nanos               int
-	fracDigits          int
-	prec                int
-	hasTZ               bool
-	tzMin               int
-	timeOnly            bool
+	k          Kind
+	f          [6]int // year, month, day, hour, minute, second
+	nanos      int
+	fracDigits int
+	prec       int
+	hasTZ      bool
+	tzMin      int
+	timeOnly   bool
 }
 
 var errBadTemporal = errors.New("not a valid FHIR date, dateTime or time")
