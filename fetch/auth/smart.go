@@ -71,7 +71,9 @@ type SMART struct {
 	*source
 	cfg SMARTConfig
 	alg jwa.SignatureAlgorithm
-	key jwk.Key
+	// key is the raw private key: signing with a jwk.Key would let jwx
+	// overwrite the kid header with the key's own kid.
+	key any
 
 	discoverMu sync.Mutex
 	tokenURL   string
@@ -109,7 +111,11 @@ func NewSMART(cfg SMARTConfig) (*SMART, error) {
 	if cfg.KeyID == "" {
 		return nil, errors.New("smart auth: key has no kid; set auth.kid to the kid registered with the server")
 	}
-	s := &SMART{cfg: cfg, alg: jwa.SignatureAlgorithm(cfg.Alg), key: cfg.Key, tokenURL: cfg.TokenURL}
+	var raw any
+	if err := cfg.Key.Raw(&raw); err != nil {
+		return nil, fmt.Errorf("smart auth: private key: %w", err)
+	}
+	s := &SMART{cfg: cfg, alg: jwa.SignatureAlgorithm(cfg.Alg), key: raw, tokenURL: cfg.TokenURL}
 	s.source = newSource("smart", cfg.HTTPClient, cfg.Logger, cfg.Retry, cfg.RequestTimeout, cfg.RenewBefore, cfg.Scopes)
 	s.source.endpoint = s.endpoint
 	s.source.form = s.form
