@@ -1,0 +1,537 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/klauspost/compress/gzip"
+	"github.com/schollz/progressbar/v3"
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+
+	"github.com/fhirferry/fhirferry/configs"
+	"github.com/fhirferry/fhirferry/fetch"
+	"github.com/fhirferry/fhirferry/fetch/auth"
+)
+
+func init() { register(newExportCmd) }
+
+// exportFlags are the flags of `fhirferry export`.
+type exportFlags struct {
+	cfgPath, source                   string
+	out, statusURL                    string
+	src                               configs.Source
+	maxLine                           int64
+	noDelete, attachments, progressOn bool
+}
+
+func newExportCmd(g *globals) *cobra.Command {
+	f := &exportFlags{}
+	s := &f.src
+	cmd := &cobra.Command{
+		Use:   "export --base-url URL [flags]",
+		Short: "Download one Bulk Data export into a folder (NDJSON files, manifest, log)",
+		Long: `export runs one FHIR Bulk Data $export and downloads it into --out, like the SMART
+reference client: <n>.<Type>.ndjson per output file, deleted/ and error/ subfolders,
+manifest.json, and log.ndjson (events only: never tokens or resource contents).
+
+The status URL is written to status-url.txt before polling starts; if the command is
+killed, run it again with --status-url $(cat DIR/status-url.txt) to resume the same
+export instead of starting another. Files already in the folder are not fetched again.
+After every file is stored the export is DELETEd on the server (--no-delete keeps it).
+
+Settings come from flags, or from a config file's source (--config FILE --source NAME),
+with flags given on the command line overriding the config.`,
+		Example: `  fhirferry export --base-url https://bulk-data.smarthealthit.org/fhir --type Patient,Observation --out ./dl
+  fhirferry export --base-url https://ehr.example/fhir --level group --group diabetes --since 2025-01-01T00:00:00Z \
+      --auth-client-id my-app --auth-private-key key.pem --out ./dl
+  fhirferry export --config fhirferry.yaml --source ehr --out ./dl
+  fhirferry export --base-url https://ehr.example/fhir --status-url "$(cat ./dl/status-url.txt)" --out ./dl`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := f.resolve(cmd); err != nil {
+				return err
+			}
+			return runExport(cmd.Context(), g, f, cmd.ErrOrStderr())
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&f.cfgPath, "config", "", "config file to take the source from")
+	fl.StringVar(&f.source, "source", "", "source name in --config")
+	fl.StringVar(&s.BaseURL, "base-url", "", "FHIR base URL of the Bulk Data server")
+	fl.StringVar(&s.Level, "level", "system", "export level: system, patient or group")
+	fl.StringVar(&s.GroupID, "group", "", "Group id (with --level group)")
+	fl.StringSliceVar(&s.Export.Types, "type", nil, "resource types (_type), comma-separated or repeated")
+	fl.StringVar(&s.Export.Since, "since", "", "_since instant, sent verbatim (e.g. a previous transactionTime)")
+	fl.StringVar(&s.Export.Until, "until", "", "_until instant (STU3 servers only)")
+	fl.StringArrayVar(&s.Export.TypeFilters, "type-filter", nil, "_typeFilter query, e.g. Observation?category=laboratory (repeatable)")
+	fl.StringSliceVar(&s.Export.Elements, "elements", nil, "_elements")
+	fl.StringSliceVar(&s.Export.Patients, "patient", nil, "patient ids (sent with POST)")
+	fl.StringSliceVar(&s.Export.IncludeAssociatedData, "include-associated-data", nil, "includeAssociatedData values")
+	fl.StringVar(&s.Export.OutputFormat, "output-format", "", "_outputFormat (omitted by default)")
+	fl.BoolVar(&s.Export.Lenient, "lenient", false, "send Prefer: handling=lenient")
+	fl.BoolVar(&s.Export.AllowPartialManifests, "allow-partial-manifests", false, "ask for paged manifests (STU3)")
+	fl.StringVar(&s.Export.OrganizeOutputBy, "organize-output-by", "", "organizeOutputBy (STU3)")
+	fl.StringVar(&s.Export.Method, "method", "auto", "kick-off method: auto, get or post")
+	fl.StringVar(&s.Export.Compat, "compat", "", `"2018-draft" for servers on the 2018 draft`)
+	fl.DurationVar((*time.Duration)(&s.Export.Timeout), "timeout", 6*time.Hour, "overall export deadline; the job is DELETEd when it passes")
+	fl.StringVar(&f.out, "out", "", "output folder (default ./export-<time>)")
+	fl.StringVar(&f.statusURL, "status-url", "", "resume polling this status URL instead of kicking off")
+	fl.IntVar(&s.HTTP.Parallel, "parallel", 5, "parallel downloads")
+	fl.IntVar(&s.HTTP.Retries, "retries", 5, "retries per request")
+	fl.DurationVar((*time.Duration)(&s.HTTP.MinWait), "min-wait", 2*time.Second, "shortest wait between polls or retries")
+	fl.DurationVar((*time.Duration)(&s.HTTP.MaxWait), "max-wait", 15*time.Minute, "longest wait between polls or retries")
+	fl.DurationVar((*time.Duration)(&s.HTTP.RequestTimeout), "request-timeout", 5*time.Minute, "per-request timeout (idle timeout for downloads)")
+	fl.Int64Var(&f.maxLine, "max-line-bytes", 64<<20, "longest accepted NDJSON line")
+	fl.BoolVar(&f.noDelete, "no-delete", false, "do not DELETE the export on the server after downloading")
+	fl.BoolVar(&f.attachments, "attachments", false, "also fetch Attachment.url contents into attachments/")
+	fl.BoolVar(&f.progressOn, "progress", true, "show progress bars (only on a terminal)")
+	a := &s.Auth
+	fl.StringVar(&a.Type, "auth-type", "", "none, smart, client_secret or bearer (default: inferred from the other --auth flags)")
+	fl.StringVar(&a.Token, "auth-token", "", "static bearer token (prefer --auth-token-file)")
+	fl.StringVar(&a.TokenFile, "auth-token-file", "", "file holding a bearer token (re-read after a 401)")
+	fl.StringVar(&a.ClientID, "auth-client-id", "", "client_id (SMART Backend Services or client secret)")
+	fl.StringVar(&a.PrivateKeyFile, "auth-private-key", "", "private key file (PEM, JWK or JWKS) for SMART Backend Services")
+	fl.StringVar(&a.KeyID, "auth-kid", "", "key id for the assertion header")
+	fl.StringVar(&a.Alg, "auth-alg", "", "ES384 (default) or RS384")
+	fl.StringVar(&a.TokenURL, "auth-token-url", "", "token endpoint (default: discovered)")
+	fl.StringSliceVar(&a.Scopes, "auth-scope", nil, "scopes to request (default system/*.rs)")
+	fl.StringVar(&a.ClientSecret, "auth-client-secret", "", "client secret (prefer a config file with ${ENV})")
+	return cmd
+}
+
+// resolve merges --config/--source with the flags the user actually set.
+func (f *exportFlags) resolve(cmd *cobra.Command) error {
+	if f.cfgPath != "" {
+		if f.source == "" {
+			return errors.New("--config needs --source NAME")
+		}
+		cfg, err := configs.Load(f.cfgPath)
+		if err != nil {
+			return err
+		}
+		src, ok := cfg.Source(f.source)
+		if !ok {
+			return fmt.Errorf("%s: no source named %q", f.cfgPath, f.source)
+		}
+		flagSrc := f.src
+		f.src = src
+		if !cmd.Flags().Changed("max-line-bytes") {
+			f.maxLine = int64(cfg.Transform.MaxLineBytes)
+		}
+		override := func(name string, apply func()) {
+			if cmd.Flags().Changed(name) {
+				apply()
+			}
+		}
+		e, fe := &f.src.Export, flagSrc.Export
+		override("base-url", func() { f.src.BaseURL = flagSrc.BaseURL })
+		override("level", func() { f.src.Level = flagSrc.Level })
+		override("group", func() { f.src.GroupID = flagSrc.GroupID })
+		override("type", func() { e.Types = fe.Types })
+		override("since", func() { e.Since = fe.Since })
+		override("until", func() { e.Until = fe.Until })
+		override("type-filter", func() { e.TypeFilters = fe.TypeFilters })
+		override("elements", func() { e.Elements = fe.Elements })
+		override("patient", func() { e.Patients = fe.Patients })
+		override("include-associated-data", func() { e.IncludeAssociatedData = fe.IncludeAssociatedData })
+		override("output-format", func() { e.OutputFormat = fe.OutputFormat })
+		override("lenient", func() { e.Lenient = fe.Lenient })
+		override("allow-partial-manifests", func() { e.AllowPartialManifests = fe.AllowPartialManifests })
+		override("organize-output-by", func() { e.OrganizeOutputBy = fe.OrganizeOutputBy })
+		override("method", func() { e.Method = fe.Method })
+		override("compat", func() { e.Compat = fe.Compat })
+		override("timeout", func() { e.Timeout = fe.Timeout })
+		h, fh := &f.src.HTTP, flagSrc.HTTP
+		override("parallel", func() { h.Parallel = fh.Parallel })
+		override("retries", func() { h.Retries = fh.Retries })
+		override("min-wait", func() { h.MinWait = fh.MinWait })
+		override("max-wait", func() { h.MaxWait = fh.MaxWait })
+		override("request-timeout", func() { h.RequestTimeout = fh.RequestTimeout })
+		for _, n := range []string{"auth-type", "auth-token", "auth-token-file", "auth-client-id", "auth-private-key",
+			"auth-kid", "auth-alg", "auth-token-url", "auth-scope", "auth-client-secret"} {
+			if cmd.Flags().Changed(n) {
+				f.src.Auth = flagSrc.Auth // auth flags replace the config's auth as a whole
+				break
+			}
+		}
+	}
+	if f.src.BaseURL == "" {
+		return errors.New("--base-url (or --config with --source) is required")
+	}
+	if f.src.Level == configs.LevelGroup && f.src.GroupID == "" {
+		return errors.New("--level group needs --group ID")
+	}
+	a := &f.src.Auth
+	if a.Type == "" {
+		switch {
+		case a.PrivateKeyFile != "":
+			a.Type = configs.AuthSMART
+		case a.ClientSecret != "":
+			a.Type = configs.AuthClientSecret
+		case a.Token != "" || a.TokenFile != "":
+			a.Type = configs.AuthBearer
+		default:
+			a.Type = configs.AuthNone
+		}
+	}
+	if a.Type == configs.AuthSMART && a.Alg == "" {
+		a.Alg = "ES384"
+	}
+	if f.out == "" {
+		f.out = "export-" + time.Now().UTC().Format("20060102T150405Z")
+	}
+	return nil
+}
+
+// exportRequest maps a source's export settings to a kick-off request.
+func exportRequest(src configs.Source) fetch.Request {
+	e := src.Export
+	return fetch.Request{
+		Level: src.Level, GroupID: src.GroupID, Since: e.Since, Until: e.Until,
+		Types: e.Types, Elements: e.Elements, TypeFilters: e.TypeFilters, Patients: e.Patients,
+		IncludeAssociatedData: e.IncludeAssociatedData, OutputFormat: e.OutputFormat,
+		AllowPartialManifests: e.AllowPartialManifests, OrganizeOutputBy: e.OrganizeOutputBy,
+		Lenient: e.Lenient, Method: e.Method, Compat: e.Compat,
+	}
+}
+
+func runExport(ctx context.Context, g *globals, f *exportFlags, stderr io.Writer) error {
+	if err := os.MkdirAll(f.out, 0o755); err != nil {
+		return err
+	}
+	logFile, err := os.OpenFile(filepath.Join(f.out, "log.ndjson"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+	if err != nil {
+		return err
+	}
+	defer logFile.Close()
+	log := slog.New(exportTee{g.logger().Handler(), slog.NewJSONHandler(logFile, &slog.HandlerOptions{Level: slog.LevelInfo})})
+	src := f.src
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.TLSClientConfig = &tls.Config{MinVersion: tls.VersionTLS12}
+	hc := &http.Client{Transport: tr}
+	ts, err := auth.FromConfig(ctx, src.Auth, src.BaseURL, hc, log)
+	if err != nil {
+		return fmt.Errorf("auth: %w", err)
+	}
+	prog := newExportProgress(stderr, f.progressOn)
+	o := fetch.Options{
+		BaseURL: src.BaseURL, HTTPClient: hc, Parallel: src.HTTP.Parallel, Retries: src.HTTP.Retries,
+		MinWait: src.HTTP.MinWait.D(), MaxWait: src.HTTP.MaxWait.D(), RequestTimeout: src.HTTP.RequestTimeout.D(),
+		ExportTimeout: src.Export.Timeout.D(), MaxLineBytes: f.maxLine, UserAgent: src.HTTP.UserAgent,
+		Logger: log, Observer: prog,
+	}
+	if ts != nil {
+		o.Auth = ts
+	}
+	c, err := fetch.New(o)
+	if err != nil {
+		return err
+	}
+	statusURL := f.statusURL
+	if statusURL == "" {
+		if statusURL, err = c.KickOff(ctx, exportRequest(src)); err != nil {
+			return err
+		}
+	} else {
+		log.Info("resuming export", "status_url", exportRedact(statusURL))
+	}
+	if err := exportWriteFile(filepath.Join(f.out, "status-url.txt"), []byte(statusURL+"\n")); err != nil {
+		return err
+	}
+	prog.waiting()
+	m, err := c.Wait(ctx, statusURL)
+	prog.finish()
+	if err != nil {
+		if errors.Is(err, fetch.ErrExportGone) {
+			return fmt.Errorf("%w; start a new export (same --since)", err)
+		}
+		return err
+	}
+	mj, err := exportManifestJSON(m)
+	if err != nil {
+		return err
+	}
+	if err := exportWriteFile(filepath.Join(f.out, "manifest.json"), mj); err != nil {
+		return err
+	}
+	spool := filepath.Join(f.out, ".spool")
+	files := m.Files()
+	prog.downloading(len(files))
+	var lines, bytes, mismatched int64
+	var spooled []fetch.Spooled
+	skip := func(file fetch.File) (fetch.Spooled, bool) {
+		p := filepath.Join(f.out, exportFileName(m, file))
+		if _, err := os.Stat(p); err == nil && !f.attachments {
+			return fetch.Spooled{File: file, Path: p}, true
+		}
+		return fetch.Spooled{}, false
+	}
+	err = c.DownloadAll(ctx, m, spool, skip, func(sp fetch.Spooled) error {
+		final := filepath.Join(f.out, exportFileName(m, sp.File))
+		if sp.Path == final {
+			log.Info("file already present", "kind", sp.File.Kind, "index", sp.File.Index, "path", final)
+			prog.fileDone()
+			return nil
+		}
+		if err := exportDecompress(sp.Path, final); err != nil {
+			return err
+		}
+		if f.attachments {
+			spooled = append(spooled, sp)
+		} else {
+			os.Remove(sp.Path)
+		}
+		lines += sp.Lines
+		bytes += sp.Bytes
+		mismatched += sp.MismatchedTypes
+		log.Info("file stored", "kind", sp.File.Kind, "index", sp.File.Index, "type", sp.File.Type, "path", final,
+			"lines", sp.Lines, "bytes", sp.Bytes, "wire_bytes", sp.WireBytes, "mismatched_types", sp.MismatchedTypes)
+		prog.fileDone()
+		return nil
+	})
+	prog.finish()
+	if err != nil {
+		return err
+	}
+	if f.attachments {
+		atts, err := c.Attachments(ctx, m, spooled, filepath.Join(f.out, "attachments"))
+		if err != nil {
+			return err
+		}
+		for _, a := range atts {
+			log.Info("attachment stored", "resource", a.Resource, "path", a.Path, "bytes", a.Bytes, "content_type", a.ContentType)
+		}
+	}
+	os.RemoveAll(spool)
+	if !f.noDelete {
+		if err := c.Delete(ctx, statusURL); err != nil && !errors.Is(err, fetch.ErrExportGone) {
+			log.Warn("could not DELETE the export on the server", "error", err)
+		}
+	}
+	log.Info("export downloaded", "dir", f.out, "transaction_time", m.TransactionTime, "files", len(files),
+		"lines", lines, "bytes", bytes, "mismatched_types", mismatched, "error_files", len(m.Error))
+	fmt.Fprintf(stderr, "exported %d files (%d resources) to %s; transactionTime %s\n", len(files), lines, f.out, m.TransactionTime)
+	if len(m.Error) > 0 {
+		fmt.Fprintf(stderr, "warning: the server reported %d error file(s) in %s: the export is partial\n", len(m.Error), filepath.Join(f.out, "error"))
+	}
+	return nil
+}
+
+// exportFileName is a file's place in the output folder, like the SMART
+// reference client: <n>.<Type>.ndjson, with deleted/ and error/ subfolders;
+// n counts from 1 within each kind.
+func exportFileName(m *fetch.Manifest, f fetch.File) string {
+	n := f.Index + 1
+	dir := ""
+	switch f.Kind {
+	case fetch.KindDeleted:
+		n, dir = f.Index-len(m.Output)+1, "deleted"
+	case fetch.KindError:
+		n, dir = f.Index-len(m.Output)-len(m.Deleted)+1, "error"
+	}
+	t := strings.Map(func(r rune) rune {
+		if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' {
+			return r
+		}
+		return '_'
+	}, f.Type)
+	if t == "" {
+		t = "output"
+	}
+	return filepath.Join(dir, fmt.Sprintf("%d.%s.ndjson", n, t))
+}
+
+// exportManifestJSON is the manifest as received, with every page's files
+// merged in and link removed.
+func exportManifestJSON(m *fetch.Manifest) ([]byte, error) {
+	doc := map[string]any{}
+	if err := json.Unmarshal(m.Raw, &doc); err != nil {
+		return nil, err
+	}
+	list := func(fs []fetch.File) []map[string]any {
+		out := make([]map[string]any, 0, len(fs))
+		for _, f := range fs {
+			e := map[string]any{"type": f.Type, "url": f.URL}
+			if f.Count >= 0 {
+				e["count"] = f.Count
+			}
+			out = append(out, e)
+		}
+		return out
+	}
+	doc["output"], doc["error"] = list(m.Output), list(m.Error)
+	if len(m.Deleted) > 0 {
+		doc["deleted"] = list(m.Deleted)
+	}
+	delete(doc, "link")
+	return json.MarshalIndent(doc, "", "  ")
+}
+
+// exportDecompress writes the gzip spool file src as plain NDJSON at dst,
+// atomically.
+func exportDecompress(src, dst string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	zr, err := gzip.NewReader(in)
+	if err != nil {
+		return fmt.Errorf("%s: %w", src, err)
+	}
+	defer zr.Close()
+	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(dst), filepath.Base(dst)+".part-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := io.Copy(tmp, zr); err != nil {
+		tmp.Close()
+		return fmt.Errorf("%s: %w", src, err)
+	}
+	if err := errors.Join(tmp.Sync(), tmp.Close()); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), dst)
+}
+
+// exportWriteFile writes a small file atomically.
+func exportWriteFile(path string, b []byte) error {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+func exportRedact(u string) string {
+	if i := strings.IndexAny(u, "?#"); i >= 0 {
+		return u[:i]
+	}
+	return u
+}
+
+// exportTee sends log records to the terminal handler and to log.ndjson.
+type exportTee [2]slog.Handler
+
+func (t exportTee) Enabled(ctx context.Context, l slog.Level) bool {
+	return t[0].Enabled(ctx, l) || t[1].Enabled(ctx, l)
+}
+
+func (t exportTee) Handle(ctx context.Context, r slog.Record) error {
+	var errs []error
+	for _, h := range t {
+		if h.Enabled(ctx, r.Level) {
+			errs = append(errs, h.Handle(ctx, r.Clone()))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (t exportTee) WithAttrs(as []slog.Attr) slog.Handler {
+	return exportTee{t[0].WithAttrs(as), t[1].WithAttrs(as)}
+}
+
+func (t exportTee) WithGroup(n string) slog.Handler {
+	return exportTee{t[0].WithGroup(n), t[1].WithGroup(n)}
+}
+
+// exportProgress shows a spinner while the server prepares the export
+// (described by X-Progress) and a bytes bar while files download. It is a
+// fetch.Observer and prints nothing when stderr is not a terminal.
+type exportProgress struct {
+	w     io.Writer
+	on    bool
+	mu    sync.Mutex
+	bar   *progressbar.ProgressBar
+	total int
+	done  atomic.Int64
+}
+
+func newExportProgress(w io.Writer, want bool) *exportProgress {
+	on := false
+	if f, ok := w.(*os.File); ok && want {
+		on = term.IsTerminal(int(f.Fd()))
+	}
+	return &exportProgress{w: w, on: on}
+}
+
+func (p *exportProgress) waiting() {
+	if !p.on {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.bar = progressbar.NewOptions(-1, progressbar.OptionSetWriter(p.w), progressbar.OptionSetDescription("waiting for the server"),
+		progressbar.OptionSpinnerType(14), progressbar.OptionSetElapsedTime(true), progressbar.OptionClearOnFinish())
+}
+
+func (p *exportProgress) downloading(files int) {
+	if !p.on {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.total = files
+	p.bar = progressbar.NewOptions64(-1, progressbar.OptionSetWriter(p.w), progressbar.OptionShowBytes(true),
+		progressbar.OptionSetDescription(fmt.Sprintf("files 0/%d", files)), progressbar.OptionSetElapsedTime(true),
+		progressbar.OptionClearOnFinish())
+}
+
+func (p *exportProgress) fileDone() {
+	n := p.done.Add(1)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.bar != nil {
+		p.bar.Describe(fmt.Sprintf("files %d/%d", n, p.total))
+	}
+}
+
+func (p *exportProgress) finish() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.bar != nil {
+		p.bar.Finish()
+		p.bar = nil
+	}
+}
+
+// Retry implements fetch.Observer.
+func (p *exportProgress) Retry(string) {}
+
+// HTTPStatus implements fetch.Observer.
+func (p *exportProgress) HTTPStatus(string, int) {}
+
+// Bytes implements fetch.Observer.
+func (p *exportProgress) Bytes(kind string, n int64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.bar != nil && kind == "file" {
+		p.bar.Add64(n)
+	}
+}
+
+// Progress implements fetch.Observer.
+func (p *exportProgress) Progress(_, text string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.bar != nil {
+		p.bar.Describe("server: " + text)
+	}
+}
