@@ -18,8 +18,8 @@ import (
 const (
 	rowGroupRows  = 128 << 10 // rows per row group at most
 	rowGroupBytes = 32 << 20  // Arrow bytes buffered per row group at most
-	fileRows     = 1 << 20   // rows per file before a new one is started
-	readBatch    = 16 << 10  // rows per record when reading files back
+	fileRows      = 1 << 20   // rows per file before a new one is started
+	readBatch     = 16 << 10  // rows per record when reading files back
 )
 
 func codec(name string) (compress.Compression, error) {

@@ -189,7 +189,7 @@ func duckType(dt arrow.DataType) string {
 	return "VARCHAR"
 }
 
-func quoteIdent(s string) string { return `"` + strings.ReplaceAll(s, `"`, `""`) + `"` }
+func quoteIdent(s string) string  { return `"` + strings.ReplaceAll(s, `"`, `""`) + `"` }
 func quoteString(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
 
 // writeViews writes one DuckDB view per table over exactly its live files.
