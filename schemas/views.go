@@ -55,7 +55,7 @@ func DefaultViews() []ViewFile {
 		if err != nil {
 			panic(fmt.Sprintf("schemas: embedded views: %v", err))
 		}
-		vf, err := parseViewFile("default:"+e.Name(), b)
+		vf, err := ParseViewFile("default:"+e.Name(), b)
 		if err != nil {
 			panic(err.Error()) // caught by TestDefaultViewsWellFormed
 		}
@@ -88,7 +88,7 @@ func LoadViewDir(dir string) ([]ViewFile, error) {
 			errs = append(errs, err)
 			continue
 		}
-		vf, err := parseViewFile(p, b)
+		vf, err := ParseViewFile(p, b)
 		if err != nil {
 			errs = append(errs, err)
 			continue
@@ -135,10 +135,10 @@ func ResolveViews(defaults bool, dir string) ([]ViewFile, error) {
 	return out, nil
 }
 
-// parseViewFile checks what the schemas package needs of a view (a JSON
-// object with a usable table name); everything else is the view
-// compiler's business.
-func parseViewFile(src string, b []byte) (ViewFile, error) {
+// ParseViewFile checks what a view needs to become a table (a JSON object
+// with a valid table name that is not a system table) and wraps it; src
+// names the file in errors. Everything else is the view compiler's business.
+func ParseViewFile(src string, b []byte) (ViewFile, error) {
 	var head struct {
 		Name         *string `json:"name"`
 		ResourceType string  `json:"resourceType"`
