@@ -40,10 +40,20 @@ func (s *Sink) Begin(ctx context.Context, run pipeline.RunInfo) (pipeline.Txn, e
 				s.name, run.RunID, run.TransactionTime, err)
 		}
 	}
+	t, err := s.newTxn(ctx, run.RunID)
+	if err != nil {
+		return nil, err
+	}
+	t.run, t.tt = run, tt
+	return t, nil
+}
+
+// newTxn takes the writer token and a connection of its own.
+func (s *Sink) newTxn(ctx context.Context, id string) (*Txn, error) {
 	if err := s.acquire(ctx); err != nil {
 		return nil, err
 	}
-	t := &Txn{s: s, run: run, tt: tt, stages: map[string]*stage{}}
+	t := &Txn{s: s, stages: map[string]*stage{}}
 	conn, err := s.db.Conn(ctx)
 	if err != nil {
 		s.release()
@@ -51,7 +61,7 @@ func (s *Sink) Begin(ctx context.Context, run pipeline.RunInfo) (pipeline.Txn, e
 	}
 	t.conn = conn
 	if s.mode != stageAppender {
-		t.dir = filepath.Join(s.spool, sanitize(run.RunID))
+		t.dir = filepath.Join(s.spool, sanitize(id))
 		if err := os.MkdirAll(t.dir, 0o750); err != nil {
 			t.cleanup()
 			return nil, fmt.Errorf("duckdb sink %s: begin: %w", s.name, err)
@@ -171,11 +181,16 @@ func (t *Txn) Commit(ctx context.Context, sum pipeline.RunSummary) (err error) {
 		if t.failBefore == step.name {
 			return fmt.Errorf("injected failure before %s", step.name)
 		}
+		t0 := time.Now()
 		if _, err := tx.ExecContext(ctx, step.sql, step.args...); err != nil {
 			return fmt.Errorf("%s: %w", step.name, err)
 		}
+		t.s.log.Debug("commit step", "run", t.run.RunID, "step", step.name, "duration", time.Since(t0))
 	}
-	return tx.Commit()
+	t0 := time.Now()
+	err = tx.Commit()
+	t.s.log.Debug("commit step", "run", t.run.RunID, "step", "commit", "duration", time.Since(t0))
+	return err
 }
 
 func ignoreDone(err error) error {

@@ -1,0 +1,226 @@
+package duckdb
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/apache/arrow-go/v18/arrow"
+	"github.com/apache/arrow-go/v18/arrow/memory"
+	"github.com/stretchr/testify/require"
+
+	"github.com/fhirferry/fhirferry/configs"
+	"github.com/fhirferry/fhirferry/pipeline"
+	"github.com/fhirferry/fhirferry/schemas"
+	"github.com/fhirferry/fhirferry/sinks/sinktest"
+)
+
+var modes = []stageMode{stageAppender, stageParquetSnappy}
+
+func checked(t *testing.T) *memory.CheckedAllocator {
+	mem := memory.NewCheckedAllocator(memory.NewGoAllocator())
+	t.Cleanup(func() { mem.AssertSize(t, 0) })
+	return mem
+}
+
+var typedView = sinktest.ViewTable("typed", "Patient",
+	arrow.Field{Name: "flag", Type: arrow.FixedWidthTypes.Boolean, Nullable: true},
+	arrow.Field{Name: "n32", Type: arrow.PrimitiveTypes.Int32, Nullable: true},
+	arrow.Field{Name: "f", Type: arrow.PrimitiveTypes.Float64, Nullable: true},
+	arrow.Field{Name: "birth", Type: arrow.FixedWidthTypes.Date32, Nullable: true},
+	arrow.Field{Name: "at", Type: schemas.Timestamp, Nullable: true},
+	arrow.Field{Name: "given", Type: arrow.ListOf(arrow.BinaryTypes.String), Nullable: true},
+	arrow.Field{Name: "select", Type: arrow.BinaryTypes.String, Nullable: true}, // a keyword
+)
+
+// TestTypesRoundTrip checks every column type through both staging paths,
+// and the JSON type of the raw resource column.
+func TestTypesRoundTrip(t *testing.T) {
+	for _, mode := range modes {
+		t.Run(mode.String(), func(t *testing.T) {
+			mem, s, ctx := checked(t), open(t, mode), t.Context()
+			defer s.Close()
+			require.NoError(t, s.Prepare(ctx, []*pipeline.Table{typedView}))
+			at := time.Date(2025, 3, 4, 5, 6, 7, 123456000, time.UTC)
+			txn, err := s.Begin(ctx, pipeline.RunInfo{RunID: "r1", Source: "s", ExportID: "e", TransactionTime: "2025-03-05T00:00:00+01:00"})
+			require.NoError(t, err)
+			require.NoError(t, txn.Write(ctx, sinktest.RawBatch(mem, sinktest.Raw{Type: "Patient", ID: "p1", LastUpdated: at, Seq: 9})))
+			require.NoError(t, txn.Write(ctx, sinktest.Build(mem, typedView,
+				[]any{"p1", int64(9), true, int32(-7), 2.5, time.Date(1970, 1, 2, 0, 0, 0, 0, time.UTC), at, []any{"Ann", nil, "Lee"}, "x"},
+				[]any{"p1", int64(9), nil, nil, nil, nil, nil, nil, nil})))
+			require.NoError(t, txn.Commit(ctx, pipeline.RunSummary{Outcome: "success"}))
+			require.ElementsMatch(t, []string{
+				"true|-7|2.5|1970-01-02T00:00:00Z|2025-03-04T05:06:07.123456Z|[Ann <nil> Lee]|x",
+				"NULL|NULL|NULL|NULL|NULL|NULL|NULL",
+			}, rows(t, s, "typed", "flag", "n32", "f", "birth", "at", "given", "select"))
+			var typ, rt string
+			require.NoError(t, s.DB().QueryRowContext(ctx,
+				`SELECT typeof(resource), resource->>'$.resourceType' FROM fhir_resources`).Scan(&typ, &rt))
+			require.Equal(t, "JSON", typ)
+			require.Equal(t, "Patient", rt)
+			require.Equal(t, []string{"2025-03-04T05:06:07.123456Z"}, rows(t, s, schemas.RawTable, "last_updated"))
+			entries, err := os.ReadDir(s.spool)
+			if err == nil {
+				require.Empty(t, entries, "the run's spool folder is removed")
+			}
+		})
+	}
+}
+
+func TestWriteErrorsReleaseBatch(t *testing.T) {
+	mem, s, ctx := checked(t), open(t, stageAppender), t.Context()
+	defer s.Close()
+	require.NoError(t, s.Prepare(ctx, nil))
+	txn, err := s.Begin(ctx, pipeline.RunInfo{RunID: "r1", Source: "s"})
+	require.NoError(t, err)
+	defer txn.Rollback(ctx)
+	err = txn.Write(ctx, sinktest.Build(mem, sinktest.PatientView, []any{"p", int64(1), "n"}))
+	require.ErrorContains(t, err, "table patient_view was not prepared")
+	wrong := sinktest.RawBatch(mem, sinktest.Raw{Type: "Patient", ID: "p"})
+	wrong.Table = schemas.Rejects
+	require.ErrorContains(t, txn.Write(ctx, wrong), "table rejects: batch has 12 columns, table has 9")
+}
+
+func TestOneWriterAtATime(t *testing.T) {
+	s, ctx := open(t, stageAppender), t.Context()
+	defer s.Close()
+	require.NoError(t, s.Prepare(ctx, nil))
+	txn, err := s.Begin(ctx, pipeline.RunInfo{RunID: "r1", Source: "s"})
+	require.NoError(t, err)
+	short, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	defer cancel()
+	_, err = s.Begin(short, pipeline.RunInfo{RunID: "r2", Source: "s"})
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+	require.ErrorIs(t, s.Prepare(short, nil), context.DeadlineExceeded)
+	require.NoError(t, txn.Rollback(ctx))
+	txn, err = s.Begin(ctx, pipeline.RunInfo{RunID: "r3", Source: "s"})
+	require.NoError(t, err)
+	require.NoError(t, txn.Commit(ctx, pipeline.RunSummary{}))
+}
+
+func TestBeginRejectsBadTransactionTime(t *testing.T) {
+	s := open(t, stageAppender)
+	defer s.Close()
+	_, err := s.Begin(t.Context(), pipeline.RunInfo{RunID: "r1", Source: "s", TransactionTime: "yesterday"})
+	require.ErrorContains(t, err, `transaction_time "yesterday" is not an instant`)
+}
+
+// TestFailureAtEveryStep fails Commit before each of its statements and
+// checks that nothing of the run is visible, then that the sink recovers.
+func TestFailureAtEveryStep(t *testing.T) {
+	mem, s, ctx := checked(t), open(t, stageAppender), t.Context()
+	defer s.Close()
+	require.NoError(t, s.Prepare(ctx, sinktest.Tables()))
+	batches := func(vid string) []pipeline.Batch {
+		return []pipeline.Batch{
+			sinktest.RawBatch(mem, sinktest.Raw{Type: "Patient", ID: "p1", VersionID: vid, LastUpdated: sinktest.T(len(vid)), Seq: 1}),
+			sinktest.Build(mem, sinktest.PatientView, []any{"p1", int64(1), "name-" + vid}),
+			sinktest.RejectBatch(mem, sinktest.Prov{}, "r-"+vid),
+			sinktest.DeletedBatch(mem, sinktest.Deleted{Type: "Patient", ID: "gone"}),
+		}
+	}
+	apply := func(run, vid, failBefore string) error {
+		txn, err := s.Begin(ctx, pipeline.RunInfo{RunID: run, Source: "s", ExportID: run, TransactionTime: "2025-02-01T00:00:00Z"})
+		require.NoError(t, err)
+		txn.(*Txn).failBefore = failBefore
+		for _, b := range batches(vid) {
+			require.NoError(t, txn.Write(ctx, b))
+		}
+		err = txn.Commit(ctx, pipeline.RunSummary{Outcome: "success"})
+		require.NoError(t, txn.Rollback(ctx))
+		return err
+	}
+	require.NoError(t, apply("r0", "1", ""))
+	steps := (&Txn{s: s, stages: map[string]*stage{}}).steps("raw", "del", pipeline.RunSummary{})
+	require.Greater(t, len(steps), 8)
+	for _, st := range steps {
+		err := apply("bad", "22", st.name)
+		require.ErrorContains(t, err, "injected failure before "+st.name)
+		require.Equal(t, []string{"1"}, rows(t, s, schemas.RawTable, "version_id"), st.name)
+		require.Equal(t, []string{"name-1"}, rows(t, s, sinktest.PatientView.Name, "name"), st.name)
+		require.Equal(t, []string{"r-1"}, rows(t, s, schemas.RejectsTable, "reason"), st.name)
+		require.Equal(t, []string{"r0"}, rows(t, s, schemas.RunsTable, "run_id"), st.name)
+		require.Equal(t, []string{"r0"}, rows(t, s, schemas.CheckTable, "export_id"), st.name)
+	}
+	require.NoError(t, apply("r1", "22", ""))
+	require.Equal(t, []string{"name-22"}, rows(t, s, sinktest.PatientView.Name, "name"))
+}
+
+// TestDurableAcrossReopen closes the sink and opens the file again.
+func TestDurableAcrossReopen(t *testing.T) {
+	mem, ctx := checked(t), t.Context()
+	cfg := configs.DuckDBSink{Path: filepath.Join(t.TempDir(), "w.duckdb")}
+	s, err := New(cfg, "d", nil)
+	require.NoError(t, err)
+	_, ok, err := s.Checkpoint(ctx, "s")
+	require.NoError(t, err)
+	require.False(t, ok, "no checkpoint before Prepare")
+	require.NoError(t, s.Prepare(ctx, sinktest.Tables()))
+	txn, err := s.Begin(ctx, pipeline.RunInfo{RunID: "r1", Source: "s", ExportID: "e1", TransactionTime: "2025-01-20T10:11:12-05:00"})
+	require.NoError(t, err)
+	require.NoError(t, txn.Write(ctx, sinktest.RawBatch(mem, sinktest.Raw{Type: "Patient", ID: "p1", Seq: 1})))
+	require.NoError(t, txn.Commit(ctx, pipeline.RunSummary{Outcome: "success"}))
+	require.NoError(t, s.Close())
+
+	s, err = New(cfg, "d", nil)
+	require.NoError(t, err)
+	defer s.Close()
+	cp, ok, err := s.Checkpoint(ctx, "s")
+	require.NoError(t, err)
+	require.True(t, ok)
+	require.Equal(t, "2025-01-20T10:11:12-05:00", cp.TransactionTime)
+	tables, err := s.Tables(ctx)
+	require.NoError(t, err)
+	counts := map[string]int64{}
+	for _, ti := range tables {
+		counts[ti.Name] = ti.Rows
+	}
+	require.Equal(t, map[string]int64{"checkpoints": 1, "fhir_resources": 1, "observation_code": 0,
+		"operation_outcomes": 0, "patient_view": 0, "rejects": 0, "runs": 1}, counts)
+}
+
+func TestReplaceTable(t *testing.T) {
+	for _, mode := range modes {
+		t.Run(mode.String(), func(t *testing.T) {
+			mem, s, ctx := checked(t), open(t, mode), t.Context()
+			defer s.Close()
+			require.NoError(t, s.Prepare(ctx, sinktest.Tables()))
+			emitAll := func(rows ...[]any) func(func(arrow.RecordBatch) error) error {
+				return func(emit func(arrow.RecordBatch) error) error {
+					for _, r := range rows {
+						if err := emit(sinktest.Build(mem, sinktest.PatientView, r).Rec); err != nil {
+							return err
+						}
+					}
+					return nil
+				}
+			}
+			require.NoError(t, s.ReplaceTable(ctx, sinktest.PatientView, emitAll([]any{"a", int64(1), "x"}, []any{"b", int64(2), "y"})))
+			require.ElementsMatch(t, []string{"a|x", "b|y"}, rows(t, s, "patient_view", "_resource_id", "name"))
+
+			// A failing producer leaves the old table.
+			boom := errors.New("boom")
+			err := s.ReplaceTable(ctx, sinktest.PatientView, func(emit func(arrow.RecordBatch) error) error {
+				if err := emitAll([]any{"c", int64(3), "z"})(emit); err != nil {
+					return err
+				}
+				return boom
+			})
+			require.ErrorIs(t, err, boom)
+			require.ElementsMatch(t, []string{"a|x", "b|y"}, rows(t, s, "patient_view", "_resource_id", "name"))
+
+			// A narrower schema replaces the columns too.
+			narrow := sinktest.ViewTable("patient_view", "Patient")
+			require.NoError(t, s.ReplaceTable(ctx, narrow, func(emit func(arrow.RecordBatch) error) error {
+				return emit(sinktest.Build(mem, narrow, []any{"c", int64(3)}).Rec)
+			}))
+			require.Equal(t, []string{"c"}, rows(t, s, "patient_view", "_resource_id"))
+			cols, err := existingColumns(ctx, s.DB(), "patient_view")
+			require.NoError(t, err)
+			require.Equal(t, map[string]bool{"_resource_id": true}, cols)
+		})
+	}
+}
