@@ -324,3 +324,32 @@ func ParseTime(s string) (int64, bool) {
 	}
 	return int64(t.f[3])*3600e9 + int64(t.f[4])*60e9 + int64(t.f[5])*1e9 + int64(t.nanos), true
 }
+
+// ValidTemporal reports whether s is a valid FHIR value of kind k
+// (KindDate, KindDateTime or KindTime).
+func ValidTemporal(k Kind, s string) bool {
+	if k == KindTime {
+		_, err := parseTemporal(s, KindTime)
+		return err == nil
+	}
+	t, err := parseTemporal(s, KindDateTime)
+	return err == nil && (k != KindDate || t.k == KindDate)
+}
+
+// LowBoundaryUTC returns the earliest complete value a partial date,
+// dateTime (kind KindDateTime) or time (KindTime) covers, with a missing
+// zone read as UTC: 1970-06 → 1970-06-01T00:00:00.000Z.
+func LowBoundaryUTC(s string, kind Kind) (string, bool) {
+	t, err := parseTemporal(s, kind)
+	if err != nil {
+		return "", false
+	}
+	if kind == KindTime {
+		return t.boundary(false), true
+	}
+	t.k = KindDateTime
+	if !t.hasTZ {
+		t.hasTZ, t.tzMin = true, 0
+	}
+	return t.boundary(false), true
+}

@@ -1,0 +1,545 @@
+package view
+
+import (
+	"errors"
+	"fmt"
+	"regexp"
+	"strings"
+	"sync"
+
+	"github.com/apache/arrow-go/v18/arrow"
+	"github.com/valyala/fastjson"
+
+	"github.com/fhirferry/fhirferry/transform/fhirpath"
+)
+
+// Tag is a column tag such as {name: "ansi/type", value: "DATE"}.
+type Tag struct {
+	Name, Value string
+}
+
+// Column describes one output column, in output order.
+type Column struct {
+	Name        string
+	Path        string
+	Description string
+	// Type is the FHIR type: the declared one (a StructureDefinition URL is
+	// reduced to its last segment), else one inferred from the path
+	// (exists() → boolean, %rowIndex → integer, ofType(X) → X), else "".
+	Type       string
+	Collection bool
+	Tags       []Tag
+}
+
+// Tag returns the value of the first tag named name, or "".
+func (c Column) Tag(name string) string {
+	for _, t := range c.Tags {
+		if t.Name == name {
+			return t.Value
+		}
+	}
+	return ""
+}
+
+// PartialPolicy says what happens to a partial date or dateTime (1970-06)
+// written to a column whose ansi/type tag asks for DATE or TIMESTAMP.
+type PartialPolicy int
+
+const (
+	// PartialError makes the value an error naming the column, so the
+	// pipeline rejects the resource (the default: nothing is invented).
+	PartialError PartialPolicy = iota
+	// PartialNull stores NULL.
+	PartialNull
+	// PartialLowBoundary stores the earliest instant the value covers
+	// (1970-06 → 1970-06-01).
+	PartialLowBoundary
+)
+
+type config struct {
+	partial        PartialPolicy
+	anyResource    bool
+	maxRepeatDepth int
+}
+
+// Option configures Compile.
+type Option func(*config)
+
+// WithPartialDates sets how partial dates reach DATE/TIMESTAMP columns.
+func WithPartialDates(p PartialPolicy) Option { return func(c *config) { c.partial = p } }
+
+// AllowUnknownResource accepts resource types outside FHIR R4/R5 (custom
+// or newer resources).
+func AllowUnknownResource() Option { return func(c *config) { c.anyResource = true } }
+
+// WithMaxRepeatDepth bounds the recursion of select.repeat (default 64).
+func WithMaxRepeatDepth(n int) Option { return func(c *config) { c.maxRepeatDepth = n } }
+
+// View is a compiled ViewDefinition. It is immutable and safe for
+// concurrent use; per-call scratch state is pooled.
+type View struct {
+	Name, Resource string
+
+	cols   []Column
+	conv   []converter
+	root   *selectNode
+	where  []*fhirpath.Expr
+	cfg    config
+	schema *arrow.Schema
+	states sync.Pool
+}
+
+// Columns returns the output columns in the spec's order.
+func (v *View) Columns() []Column { return v.cols }
+
+type iterKind uint8
+
+const (
+	iterNone iterKind = iota
+	iterForEach
+	iterForEachOrNull
+	iterRepeat
+)
+
+type colInst struct {
+	out        int
+	name       string
+	expr       *fhirpath.Expr
+	collection bool
+	typ        string
+	desc       string
+	tags       []Tag
+}
+
+type selectNode struct {
+	loc      string
+	cols     []colInst
+	selects  []*selectNode
+	unions   []*selectNode
+	iter     iterKind
+	iterExpr *fhirpath.Expr
+	repeat   []*fhirpath.Expr
+	// set by layout
+	base, width  int   // output columns [base, base+width) belong to this subtree
+	rowIndexCols []int // subtree columns whose path is exactly %rowIndex
+}
+
+var sqlName = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9_]*$`)
+
+// CompileError lists every static problem found in a ViewDefinition.
+type CompileError struct {
+	View     string
+	Problems []string // each "<location>: <problem>"
+}
+
+func (e *CompileError) Error() string {
+	return fmt.Sprintf("view %s: %s", e.View, strings.Join(e.Problems, "; "))
+}
+
+type compiler struct {
+	errs   []string
+	consts map[string]fhirpath.Item
+	opts   *fhirpath.Options
+}
+
+func (c *compiler) errf(loc, format string, a ...any) {
+	c.errs = append(c.errs, loc+": "+fmt.Sprintf(format, a...))
+}
+
+// Compile parses and validates a ViewDefinition (SQL-on-FHIR v2.x or
+// 3.0 form) and compiles its FHIRPath. It reports every static error the
+// spec lists at once, each with the view and the offending JSON path.
+func Compile(def []byte, opts ...Option) (*View, error) {
+	v := &View{cfg: config{maxRepeatDepth: 64}}
+	for _, o := range opts {
+		o(&v.cfg)
+	}
+	var p fastjson.Parser
+	root, err := p.ParseBytes(def)
+	if err != nil {
+		return nil, fmt.Errorf("view: invalid JSON: %w", err)
+	}
+	if root.Type() != fastjson.TypeObject {
+		return nil, errors.New("view: definition is not a JSON object")
+	}
+	c := &compiler{consts: map[string]fhirpath.Item{}}
+	label := "(unnamed)"
+	if n := root.Get("name"); n != nil {
+		s, err := n.StringBytes()
+		switch {
+		case err != nil:
+			c.errf("name", "must be a string")
+		case !sqlName.Match(s):
+			c.errf("name", "%q is not a valid sql-name (^[A-Za-z][A-Za-z0-9_]*$)", s)
+		default:
+			v.Name = string(s)
+			label = v.Name
+		}
+	}
+	if r := root.Get("resource"); r == nil {
+		c.errf("resource", "missing")
+	} else if s, err := r.StringBytes(); err != nil || len(s) == 0 {
+		c.errf("resource", "must be a non-empty string")
+	} else {
+		v.Resource = string(s)
+		if !v.cfg.anyResource && !fhirpath.IsResourceType(v.Resource) {
+			c.errf("resource", "unknown FHIR resource type %q", v.Resource)
+		}
+	}
+	c.constants(root.Get("constant"))
+	c.opts = &fhirpath.Options{Constants: c.consts, Vars: []string{"rowIndex"}}
+	if w := root.Get("where"); w != nil {
+		arr, err := w.Array()
+		if err != nil {
+			c.errf("where", "must be an array")
+		}
+		for i, e := range arr {
+			loc := fmt.Sprintf("where[%d].path", i)
+			if ex := c.expr(e.Get("path"), loc, true); ex != nil {
+				v.where = append(v.where, ex)
+			}
+		}
+	}
+	v.root = &selectNode{loc: "view"}
+	sel := root.Get("select")
+	if sel == nil {
+		c.errf("select", "missing")
+	} else if arr, err := sel.Array(); err != nil || len(arr) == 0 {
+		c.errf("select", "must be a non-empty array")
+	} else {
+		for i, s := range arr {
+			if n := c.selection(s, fmt.Sprintf("select[%d]", i)); n != nil {
+				v.root.selects = append(v.root.selects, n)
+			}
+		}
+	}
+	if len(c.errs) == 0 {
+		var cols []Column
+		c.layout(v.root, 0, &cols)
+		seen := map[string]bool{}
+		for _, col := range cols {
+			if seen[col.Name] {
+				c.errf("select", "column %q is defined more than once", col.Name)
+			}
+			seen[col.Name] = true
+		}
+		v.cols = cols
+	}
+	if len(c.errs) == 0 {
+		v.conv = make([]converter, len(v.cols))
+		for i, col := range v.cols {
+			cv, err := newConverter(col, v.cfg.partial)
+			if err != nil {
+				c.errf("column "+col.Name, "%v", err)
+				continue
+			}
+			v.conv[i] = cv
+		}
+	}
+	if len(c.errs) > 0 {
+		return nil, &CompileError{View: label, Problems: c.errs}
+	}
+	v.schema = v.buildSchema()
+	n := len(v.cols)
+	v.states.New = func() any { return newState(n) }
+	return v, nil
+}
+
+func (c *compiler) expr(val *fastjson.Value, loc string, required bool) *fhirpath.Expr {
+	if val == nil {
+		if required {
+			c.errf(loc, "missing")
+		}
+		return nil
+	}
+	s, err := val.StringBytes()
+	if err != nil {
+		c.errf(loc, "must be a FHIRPath string, got %s", val.Type())
+		return nil
+	}
+	e, err := fhirpath.Compile(string(s), c.opts)
+	if err != nil {
+		c.errf(loc, "%v", err)
+		return nil
+	}
+	return e
+}
+
+func (c *compiler) selection(s *fastjson.Value, loc string) *selectNode {
+	if s.Type() != fastjson.TypeObject {
+		c.errf(loc, "must be an object")
+		return nil
+	}
+	n := &selectNode{loc: loc}
+	directives := 0
+	if fe := s.Get("forEach"); fe != nil {
+		directives++
+		n.iter, n.iterExpr = iterForEach, c.expr(fe, loc+".forEach", true)
+	}
+	if fe := s.Get("forEachOrNull"); fe != nil {
+		directives++
+		n.iter, n.iterExpr = iterForEachOrNull, c.expr(fe, loc+".forEachOrNull", true)
+	}
+	if r := s.Get("repeat"); r != nil {
+		directives++
+		n.iter = iterRepeat
+		arr, err := r.Array()
+		if err != nil || len(arr) == 0 {
+			c.errf(loc+".repeat", "must be a non-empty array of FHIRPath strings")
+		}
+		for i, p := range arr {
+			if e := c.expr(p, fmt.Sprintf("%s.repeat[%d]", loc, i), true); e != nil {
+				n.repeat = append(n.repeat, e)
+			}
+		}
+	}
+	if directives > 1 {
+		c.errf(loc, "at most one of forEach, forEachOrNull and repeat may be set")
+	}
+	if col := s.Get("column"); col != nil {
+		arr, err := col.Array()
+		if err != nil {
+			c.errf(loc+".column", "must be an array")
+		}
+		for i, cv := range arr {
+			c.column(n, cv, fmt.Sprintf("%s.column[%d]", loc, i))
+		}
+	}
+	for _, key := range []string{"select", "unionAll"} {
+		sub := s.Get(key)
+		if sub == nil {
+			continue
+		}
+		arr, err := sub.Array()
+		if err != nil || (key == "unionAll" && len(arr) == 0) {
+			c.errf(loc+"."+key, "must be a non-empty array")
+			continue
+		}
+		for i, e := range arr {
+			child := c.selection(e, fmt.Sprintf("%s.%s[%d]", loc, key, i))
+			if child == nil {
+				continue
+			}
+			if key == "select" {
+				n.selects = append(n.selects, child)
+			} else {
+				n.unions = append(n.unions, child)
+			}
+		}
+	}
+	return n
+}
+
+func (c *compiler) column(n *selectNode, cv *fastjson.Value, loc string) {
+	if cv.Type() != fastjson.TypeObject {
+		c.errf(loc, "must be an object")
+		return
+	}
+	ci := colInst{}
+	if nm := cv.Get("name"); nm == nil {
+		c.errf(loc+".name", "missing")
+	} else if s, err := nm.StringBytes(); err != nil || !sqlName.Match(s) {
+		c.errf(loc+".name", "must be a sql-name (^[A-Za-z][A-Za-z0-9_]*$)")
+	} else {
+		ci.name = string(s)
+	}
+	ci.expr = c.expr(cv.Get("path"), loc+".path", true)
+	if col := cv.Get("collection"); col != nil {
+		switch col.Type() {
+		case fastjson.TypeTrue:
+			ci.collection = true
+		case fastjson.TypeFalse:
+		default:
+			c.errf(loc+".collection", "must be a boolean")
+		}
+	}
+	ci.desc = string(cv.GetStringBytes("description"))
+	if t := cv.Get("type"); t != nil {
+		s, err := t.StringBytes()
+		if err != nil {
+			c.errf(loc+".type", "must be a string")
+		} else {
+			ci.typ = normaliseType(string(s))
+		}
+	}
+	for _, key := range []string{"tag", "tags"} {
+		if tv := cv.Get(key); tv != nil {
+			arr, err := tv.Array()
+			if err != nil {
+				c.errf(loc+"."+key, "must be an array")
+			}
+			for i, t := range arr {
+				nv, vv := t.Get("name"), t.Get("value")
+				if nv == nil || vv == nil || nv.Type() != fastjson.TypeString || vv.Type() != fastjson.TypeString {
+					c.errf(fmt.Sprintf("%s.%s[%d]", loc, key, i), "needs string name and value")
+					continue
+				}
+				tn, _ := nv.StringBytes()
+				tv, _ := vv.StringBytes()
+				ci.tags = append(ci.tags, Tag{Name: string(tn), Value: string(tv)})
+			}
+		}
+	}
+	n.cols = append(n.cols, ci)
+}
+
+// normaliseType reduces http://hl7.org/fhir/StructureDefinition/X to X.
+func normaliseType(t string) string {
+	if i := strings.LastIndexByte(t, '/'); i >= 0 {
+		t = t[i+1:]
+	}
+	return t
+}
+
+func (c *compiler) constants(cv *fastjson.Value) {
+	if cv == nil {
+		return
+	}
+	arr, err := cv.Array()
+	if err != nil {
+		c.errf("constant", "must be an array")
+		return
+	}
+	for i, k := range arr {
+		loc := fmt.Sprintf("constant[%d]", i)
+		obj, err := k.Object()
+		if err != nil {
+			c.errf(loc, "must be an object")
+			continue
+		}
+		name := string(k.GetStringBytes("name"))
+		if !sqlName.MatchString(name) {
+			c.errf(loc+".name", "must be a sql-name")
+		}
+		var items []fhirpath.Item
+		var problems []string
+		obj.Visit(func(key []byte, val *fastjson.Value) {
+			t, ok := strings.CutPrefix(string(key), "value")
+			if !ok || t == "" {
+				return
+			}
+			it, err := constantItem(t, val)
+			if err != nil {
+				problems = append(problems, fmt.Sprintf("%s.%s: %v", loc, key, err))
+				return
+			}
+			items = append(items, it)
+		})
+		c.errs = append(c.errs, problems...)
+		switch {
+		case len(problems) > 0:
+		case len(items) == 0:
+			c.errf(loc, "constant %q has no value[x]", name)
+		case len(items) > 1:
+			c.errf(loc, "constant %q has more than one value[x]", name)
+		default:
+			if _, dup := c.consts[name]; dup {
+				c.errf(loc, "constant %q is defined twice", name)
+			}
+			c.consts[name] = items[0]
+		}
+	}
+}
+
+func constantItem(suffix string, val *fastjson.Value) (fhirpath.Item, error) {
+	typ := strings.ToLower(suffix[:1]) + suffix[1:]
+	str := func() (string, error) {
+		b, err := val.StringBytes()
+		if err != nil {
+			return "", fmt.Errorf("must be a string")
+		}
+		return string(b), nil
+	}
+	switch typ {
+	case "boolean":
+		switch val.Type() {
+		case fastjson.TypeTrue:
+			return fhirpath.Bool(true), nil
+		case fastjson.TypeFalse:
+			return fhirpath.Bool(false), nil
+		}
+		return fhirpath.Item{}, fmt.Errorf("must be a boolean")
+	case "integer", "positiveInt", "unsignedInt", "integer64":
+		var n int64
+		var err error
+		if typ == "integer64" && val.Type() == fastjson.TypeString {
+			_, err = fmt.Sscan(string(val.GetStringBytes()), &n)
+		} else {
+			n, err = val.Int64()
+		}
+		if err != nil {
+			return fhirpath.Item{}, fmt.Errorf("must be an integer")
+		}
+		return fhirpath.Integer(n).WithType(typ), nil
+	case "decimal":
+		if val.Type() != fastjson.TypeNumber {
+			return fhirpath.Item{}, fmt.Errorf("must be a number")
+		}
+		return fhirpath.Decimal(string(val.MarshalTo(nil))), nil
+	case "date", "dateTime", "instant", "time":
+		s, err := str()
+		if err != nil {
+			return fhirpath.Item{}, err
+		}
+		k := map[string]fhirpath.Kind{"date": fhirpath.KindDate, "dateTime": fhirpath.KindDateTime,
+			"instant": fhirpath.KindDateTime, "time": fhirpath.KindTime}[typ]
+		if !fhirpath.ValidTemporal(k, s) {
+			return fhirpath.Item{}, fmt.Errorf("%q is not a valid %s", s, typ)
+		}
+		return fhirpath.Temporal(k, s).WithType(typ), nil
+	}
+	if fhirpath.IsPrimitiveType(typ) {
+		s, err := str()
+		if err != nil {
+			return fhirpath.Item{}, err
+		}
+		return fhirpath.String(s).WithType(typ), nil
+	}
+	return fhirpath.Item{}, fmt.Errorf("unsupported constant type %s", typ)
+}
+
+// layout assigns output positions in the spec's order (own columns,
+// nested selects, then unionAll taken from branch 0) and checks unionAll
+// branches agree.
+func (c *compiler) layout(n *selectNode, base int, out *[]Column) []string {
+	n.base = base
+	var names []string
+	add := func(ci *colInst) {
+		ci.out = base + len(names)
+		names = append(names, ci.name)
+		if out != nil {
+			typ := ci.typ
+			if typ == "" && ci.expr != nil {
+				typ = ci.expr.ResultType()
+			}
+			*out = append(*out, Column{Name: ci.name, Path: ci.expr.String(), Type: typ,
+				Collection: ci.collection, Description: ci.desc, Tags: ci.tags})
+		}
+		if ci.expr.String() == "%rowIndex" {
+			n.rowIndexCols = append(n.rowIndexCols, ci.out)
+		}
+	}
+	for i := range n.cols {
+		add(&n.cols[i])
+	}
+	for _, s := range n.selects {
+		sub := c.layout(s, base+len(names), out)
+		n.rowIndexCols = append(n.rowIndexCols, s.rowIndexCols...)
+		names = append(names, sub...)
+	}
+	if len(n.unions) > 0 {
+		first := c.layout(n.unions[0], base+len(names), out)
+		n.rowIndexCols = append(n.rowIndexCols, n.unions[0].rowIndexCols...)
+		for _, u := range n.unions[1:] {
+			other := c.layout(u, base+len(names), nil)
+			if strings.Join(other, ",") != strings.Join(first, ",") {
+				c.errf(u.loc, "unionAll branches must have the same columns in the same order: (%s) vs (%s)",
+					strings.Join(other, ", "), strings.Join(first, ", "))
+			}
+			n.rowIndexCols = append(n.rowIndexCols, u.rowIndexCols...)
+		}
+		names = append(names, first...)
+	}
+	n.width = len(names)
+	return names
+}

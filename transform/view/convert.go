@@ -1,0 +1,298 @@
+package view
+
+import (
+	"encoding/json"
+	"fmt"
+	"math"
+	"regexp"
+	"strconv"
+	"strings"
+
+	"github.com/apache/arrow-go/v18/arrow"
+	"github.com/apache/arrow-go/v18/arrow/decimal128"
+
+	"github.com/fhirferry/fhirferry/transform/fhirpath"
+)
+
+type outKind uint8
+
+const (
+	outString outKind = iota
+	outBool
+	outInt32
+	outInt64
+	outFloat64
+	outDecimal128
+	outDate32
+	outTimestamp
+	outTime64
+)
+
+// converter turns FHIRPath items into the column's storage type.
+type converter struct {
+	col        string
+	fhirType   string
+	kind       outKind
+	json       bool // complex FHIR type: stored as JSON text
+	prec, scal int32
+	partial    PartialPolicy
+	ansi       string
+	collection bool
+}
+
+// scalar is one converted cell; lo/hi index the state's elems for lists.
+type scalar struct {
+	null   bool
+	i      int64
+	f      float64
+	s      string
+	d      decimal128.Num
+	lo, hi int32
+}
+
+var decimalTag = regexp.MustCompile(`^(?:DECIMAL|NUMERIC)\s*\(\s*(\d+)\s*(?:,\s*(\d+)\s*)?\)$`)
+
+func newConverter(col Column, partial PartialPolicy) (converter, error) {
+	cv := converter{col: col.Name, fhirType: col.Type, partial: partial, collection: col.Collection}
+	switch t := col.Type; {
+	case t == "boolean":
+		cv.kind = outBool
+	case t == "integer" || t == "positiveInt" || t == "unsignedInt":
+		cv.kind = outInt32
+	case t == "integer64":
+		cv.kind = outInt64
+	case t == "instant":
+		cv.kind = outTimestamp
+	case t == "" || fhirpath.IsPrimitiveType(t):
+		cv.kind = outString
+	default: // complex types and backbone element ids
+		cv.kind, cv.json = outString, true
+	}
+	ansi := strings.ToUpper(strings.Join(strings.Fields(col.Tag("ansi/type")), " "))
+	cv.ansi = col.Tag("ansi/type")
+	if ansi == "" {
+		return cv, nil
+	}
+	if cv.json && !strings.HasPrefix(ansi, "VARCHAR") && !strings.HasPrefix(ansi, "CHARACTER VARYING") && ansi != "TEXT" && ansi != "JSON" {
+		return cv, fmt.Errorf("ansi/type %q does not fit complex type %s", cv.ansi, col.Type)
+	}
+	switch {
+	case ansi == "BOOLEAN":
+		cv.kind = outBool
+	case ansi == "INTEGER" || ansi == "INT" || ansi == "SMALLINT":
+		cv.kind = outInt32
+	case ansi == "BIGINT":
+		cv.kind = outInt64
+	case ansi == "DOUBLE" || ansi == "DOUBLE PRECISION" || ansi == "FLOAT" || ansi == "REAL":
+		cv.kind = outFloat64
+	case ansi == "DECIMAL" || ansi == "NUMERIC":
+		cv.kind, cv.prec, cv.scal = outDecimal128, 38, 9
+	case decimalTag.MatchString(ansi):
+		m := decimalTag.FindStringSubmatch(ansi)
+		p, _ := strconv.Atoi(m[1])
+		s, _ := strconv.Atoi(m[2])
+		if p < 1 || p > 38 || s > p {
+			return cv, fmt.Errorf("ansi/type %q: precision must be 1..38 and scale <= precision", cv.ansi)
+		}
+		cv.kind, cv.prec, cv.scal = outDecimal128, int32(p), int32(s)
+	case ansi == "DATE":
+		cv.kind = outDate32
+	case ansi == "TIMESTAMP" || ansi == "TIMESTAMP WITH TIME ZONE" || ansi == "TIMESTAMPTZ" || ansi == "TIMESTAMP WITHOUT TIME ZONE":
+		cv.kind = outTimestamp
+	case ansi == "TIME" || ansi == "TIME WITHOUT TIME ZONE":
+		cv.kind = outTime64
+	case ansi == "TEXT" || ansi == "JSON" || strings.HasPrefix(ansi, "VARCHAR") || strings.HasPrefix(ansi, "CHARACTER VARYING") ||
+		strings.HasPrefix(ansi, "CHAR"):
+		cv.kind = outString
+	default:
+		return cv, fmt.Errorf("unsupported ansi/type %q", cv.ansi)
+	}
+	return cv, nil
+}
+
+// arrowType is the column's Arrow element type.
+func (cv *converter) arrowType() arrow.DataType {
+	switch cv.kind {
+	case outBool:
+		return arrow.FixedWidthTypes.Boolean
+	case outInt32:
+		return arrow.PrimitiveTypes.Int32
+	case outInt64:
+		return arrow.PrimitiveTypes.Int64
+	case outFloat64:
+		return arrow.PrimitiveTypes.Float64
+	case outDecimal128:
+		return &arrow.Decimal128Type{Precision: cv.prec, Scale: cv.scal}
+	case outDate32:
+		return arrow.FixedWidthTypes.Date32
+	case outTimestamp:
+		return &arrow.TimestampType{Unit: arrow.Microsecond, TimeZone: "UTC"}
+	case outTime64:
+		return arrow.FixedWidthTypes.Time64us
+	}
+	return arrow.BinaryTypes.String
+}
+
+func (cv *converter) mismatch(it fhirpath.Item, want string) error {
+	v := it.Str()
+	if it.Kind() == fhirpath.KindObject {
+		v = "{...}"
+	} else if len(v) > 64 {
+		v = v[:64] + "..."
+	}
+	return fmt.Errorf("%s value %q does not fit %s", it.Kind(), v, want)
+}
+
+func isNum(it fhirpath.Item) bool {
+	return it.Kind() == fhirpath.KindInteger || it.Kind() == fhirpath.KindDecimal
+}
+
+// convert maps one item to the column's storage type.
+func (cv *converter) convert(it fhirpath.Item) (scalar, error) {
+	k := it.Kind()
+	switch cv.kind {
+	case outBool:
+		if k != fhirpath.KindBool {
+			return scalar{}, cv.mismatch(it, "BOOLEAN")
+		}
+		return scalar{i: it.Int()}, nil
+	case outInt32, outInt64:
+		if k != fhirpath.KindInteger {
+			return scalar{}, cv.mismatch(it, "an integer column")
+		}
+		if cv.kind == outInt32 && (it.Int() > math.MaxInt32 || it.Int() < math.MinInt32) {
+			return scalar{}, cv.mismatch(it, "INTEGER (32-bit)")
+		}
+		return scalar{i: it.Int()}, nil
+	case outFloat64:
+		if !isNum(it) {
+			return scalar{}, cv.mismatch(it, "DOUBLE")
+		}
+		f, err := strconv.ParseFloat(it.Str(), 64)
+		if err != nil {
+			return scalar{}, cv.mismatch(it, "DOUBLE")
+		}
+		return scalar{f: f}, nil
+	case outDecimal128:
+		if !isNum(it) {
+			return scalar{}, cv.mismatch(it, "DECIMAL")
+		}
+		n, err := decimal128.FromString(it.Str(), cv.prec, cv.scal)
+		if err != nil || !n.FitsInPrecision(cv.prec) {
+			return scalar{}, cv.mismatch(it, fmt.Sprintf("DECIMAL(%d,%d)", cv.prec, cv.scal))
+		}
+		return scalar{d: n}, nil
+	case outDate32:
+		if !isTemporalOrString(k) {
+			return scalar{}, cv.mismatch(it, "DATE")
+		}
+		s := it.Str()
+		if i := strings.IndexByte(s, 'T'); i >= 0 {
+			s = s[:i] // a dateTime's calendar date as written
+		}
+		if d, ok := fhirpath.ParseDate(s); ok {
+			return scalar{i: int64(d)}, nil
+		}
+		return cv.partialValue(it, "DATE")
+	case outTimestamp:
+		if !isTemporalOrString(k) {
+			return scalar{}, cv.mismatch(it, "TIMESTAMP")
+		}
+		if t, ok := fhirpath.ParseInstant(it.Str()); ok {
+			return scalar{i: t.UnixMicro()}, nil
+		}
+		return cv.partialValue(it, "TIMESTAMP")
+	case outTime64:
+		if !isTemporalOrString(k) {
+			return scalar{}, cv.mismatch(it, "TIME")
+		}
+		if ns, ok := fhirpath.ParseTime(it.Str()); ok {
+			return scalar{i: ns / 1000}, nil
+		}
+		return cv.partialValue(it, "TIME")
+	}
+	// Text.
+	switch {
+	case k == fhirpath.KindObject:
+		if !cv.json && cv.fhirType != "" {
+			return scalar{}, fmt.Errorf("a complex value does not fit primitive type %s (declare the column's complex type)", cv.fhirType)
+		}
+		return scalar{s: string(it.JSON().MarshalTo(nil))}, nil
+	case cv.json:
+		return scalar{}, cv.mismatch(it, "complex type "+cv.fhirType)
+	case k == fhirpath.KindBool:
+		if it.Bool() {
+			return scalar{s: "true"}, nil
+		}
+		return scalar{s: "false"}, nil
+	}
+	return scalar{s: it.Str()}, nil
+}
+
+func isTemporalOrString(k fhirpath.Kind) bool {
+	return k == fhirpath.KindString || k == fhirpath.KindDate || k == fhirpath.KindDateTime || k == fhirpath.KindTime
+}
+
+// partialValue applies the PartialPolicy to a value that is valid but not
+// precise enough for a typed temporal column.
+func (cv *converter) partialValue(it fhirpath.Item, want string) (scalar, error) {
+	kind := fhirpath.KindDateTime
+	if cv.kind == outTime64 {
+		kind = fhirpath.KindTime
+	}
+	if !fhirpath.ValidTemporal(kind, it.Str()) {
+		return scalar{}, cv.mismatch(it, want)
+	}
+	switch cv.partial {
+	case PartialNull:
+		return scalar{null: true}, nil
+	case PartialLowBoundary:
+		low, ok := fhirpath.LowBoundaryUTC(it.Str(), kind)
+		if !ok {
+			return scalar{}, cv.mismatch(it, want)
+		}
+		switch cv.kind {
+		case outDate32:
+			d, _ := fhirpath.ParseDate(low[:10])
+			return scalar{i: int64(d)}, nil
+		case outTime64:
+			ns, _ := fhirpath.ParseTime(low)
+			return scalar{i: ns / 1000}, nil
+		}
+		t, _ := fhirpath.ParseInstant(low)
+		return scalar{i: t.UnixMicro()}, nil
+	}
+	return scalar{}, fmt.Errorf("partial value %q does not fit %s (precision too low)", it.Str(), want)
+}
+
+// value converts an item to the generic row value returned by Eval: nil,
+// bool, int64, json.Number (decimals, exact), string (text and temporal
+// values in FHIR form) or json.RawMessage (complex values).
+func (cv *converter) value(it fhirpath.Item) (Value, error) {
+	if _, err := cv.convert(it); err != nil {
+		return nil, err
+	}
+	switch it.Kind() {
+	case fhirpath.KindBool:
+		if cv.kind == outString && cv.fhirType != "" && cv.fhirType != "boolean" {
+			return strconv.FormatBool(it.Bool()), nil
+		}
+		return it.Bool(), nil
+	case fhirpath.KindInteger:
+		if cv.kind == outString && cv.fhirType != "" && cv.fhirType != "decimal" {
+			return strings.Clone(it.Str()), nil
+		}
+		if cv.fhirType == "decimal" {
+			return json.Number(strings.Clone(it.Str())), nil
+		}
+		return it.Int(), nil
+	case fhirpath.KindDecimal:
+		if cv.kind == outString && cv.fhirType != "" && cv.fhirType != "decimal" {
+			return strings.Clone(it.Str()), nil
+		}
+		return json.Number(strings.Clone(it.Str())), nil
+	case fhirpath.KindObject:
+		return json.RawMessage(it.JSON().MarshalTo(nil)), nil
+	}
+	return strings.Clone(it.Str()), nil
+}
