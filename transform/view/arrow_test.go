@@ -1,0 +1,152 @@
+package view
+
+import (
+	"testing"
+	"time"
+
+	"github.com/apache/arrow-go/v18/arrow"
+	"github.com/apache/arrow-go/v18/arrow/array"
+	"github.com/apache/arrow-go/v18/arrow/memory"
+	"github.com/stretchr/testify/require"
+	"github.com/valyala/fastjson"
+)
+
+const encounterView = `{"name":"encounter","resource":"Encounter","select":[{"column":[
+  {"name":"id","path":"getResourceKey()","type":"id"},
+  {"name":"finished","path":"status = 'finished'","type":"boolean"},
+  {"name":"start","path":"period.start","type":"dateTime","tag":[{"name":"ansi/type","value":"TIMESTAMP WITH TIME ZONE"}]},
+  {"name":"start_text","path":"period.start","type":"dateTime"},
+  {"name":"day","path":"period.start","type":"dateTime","tag":[{"name":"ansi/type","value":"DATE"}]},
+  {"name":"minutes","path":"length.value","type":"decimal","tag":[{"name":"ansi/type","value":"DECIMAL(10,2)"}]},
+  {"name":"minutes_text","path":"length.value","type":"decimal"},
+  {"name":"n_types","path":"type.coding.count()","type":"integer"},
+  {"name":"codes","path":"type.coding.code","type":"code","collection":true}]}]}`
+
+func buildRecord(t *testing.T, mem memory.Allocator, v *View, resources []string) (arrow.RecordBatch, []error) {
+	t.Helper()
+	fields := append([]arrow.Field{{Name: "_resource_id", Type: arrow.BinaryTypes.String}, {Name: "_seq", Type: arrow.PrimitiveTypes.Int64}},
+		v.ArrowSchema().Fields()...)
+	b := array.NewRecordBuilder(mem, arrow.NewSchema(fields, nil))
+	defer b.Release()
+	var p fastjson.Parser
+	var errs []error
+	for line, r := range resources {
+		res, err := p.Parse(r)
+		require.NoError(t, err)
+		id := string(res.GetStringBytes("id"))
+		_, err = v.AppendRows(res, b, 2, func() {
+			b.Field(0).(*array.StringBuilder).Append(id)
+			b.Field(1).(*array.Int64Builder).Append(int64(line + 1))
+		})
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return b.NewRecordBatch(), errs
+}
+
+func TestArrowSchema(t *testing.T) {
+	v, err := Compile([]byte(encounterView))
+	require.NoError(t, err)
+	s := v.ArrowSchema()
+	want := map[string]string{
+		"id": "utf8", "finished": "bool", "start": "timestamp[us, tz=UTC]", "start_text": "utf8", "day": "date32",
+		"minutes": "decimal(10, 2)", "minutes_text": "utf8", "n_types": "int32", "codes": "list<item: utf8, nullable>",
+	}
+	require.Equal(t, len(want), s.NumFields())
+	for _, f := range s.Fields() {
+		require.Equal(t, want[f.Name], f.Type.String(), f.Name)
+		require.True(t, f.Nullable)
+	}
+	f, _ := s.FieldsByName("start")
+	ansi, ok := f[0].Metadata.GetValue(MetaANSIType)
+	require.True(t, ok)
+	require.Equal(t, "TIMESTAMP WITH TIME ZONE", ansi)
+	ft, _ := f[0].Metadata.GetValue(MetaFHIRType)
+	require.Equal(t, "dateTime", ft)
+
+	iv, err := Compile([]byte(`{"resource":"Observation","select":[{"column":[{"name":"issued","path":"issued","type":"instant"},
+	  {"name":"big","path":"valueInteger","type":"integer64"},{"name":"d","path":"1.5","type":"decimal","tag":[{"name":"ansi/type","value":"double precision"}]}]}]}`))
+	require.NoError(t, err)
+	require.Equal(t, "timestamp[us, tz=UTC]", iv.ArrowSchema().Field(0).Type.String())
+	require.Equal(t, "int64", iv.ArrowSchema().Field(1).Type.String())
+	require.Equal(t, "float64", iv.ArrowSchema().Field(2).Type.String())
+}
+
+func TestAppendRows(t *testing.T) {
+	mem := memory.NewCheckedAllocator(memory.DefaultAllocator)
+	defer mem.AssertSize(t, 0)
+	v, err := Compile([]byte(encounterView))
+	require.NoError(t, err)
+	// fixtures[1] has a partial period.start (2021-06): rejected by default.
+	rec, errs := buildRecord(t, mem, v, fixtures)
+	defer rec.Release()
+	require.Len(t, errs, 1)
+	require.ErrorContains(t, errs[0], "view encounter: column start: partial value \"2021-06\" does not fit TIMESTAMP")
+	require.EqualValues(t, 1, rec.NumRows(), "the rejected resource must leave no partial row")
+
+	require.Equal(t, "e1", rec.Column(0).(*array.String).Value(0))
+	require.EqualValues(t, 1, rec.Column(1).(*array.Int64).Value(0))
+	require.True(t, rec.Column(3).(*array.Boolean).Value(0))
+	wantStart := time.Date(2020, 1, 2, 9, 0, 0, 0, time.UTC)
+	require.Equal(t, wantStart.UnixMicro(), int64(rec.Column(4).(*array.Timestamp).Value(0)))
+	require.Equal(t, "2020-01-02T10:00:00+01:00", rec.Column(5).(*array.String).Value(0))
+	require.Equal(t, arrow.Date32FromTime(time.Date(2020, 1, 2, 0, 0, 0, 0, time.UTC)), rec.Column(6).(*array.Date32).Value(0))
+	require.EqualValues(t, 9000, rec.Column(7).(*array.Decimal128).Value(0).BigInt().Int64(), "90.0 at scale 2")
+	require.Equal(t, "90.0", rec.Column(8).(*array.String).Value(0))
+	require.EqualValues(t, 2, rec.Column(9).(*array.Int32).Value(0))
+	codes := rec.Column(10).(*array.List)
+	lo, hi := codes.ValueOffsets(0)
+	vals := codes.ListValues().(*array.String)
+	var got []string
+	for i := lo; i < hi; i++ {
+		got = append(got, vals.Value(int(i)))
+	}
+	require.Equal(t, []string{"185349003", "CU"}, got)
+}
+
+func TestPartialPolicies(t *testing.T) {
+	for _, tc := range []struct {
+		policy PartialPolicy
+		null   bool
+		want   time.Time
+	}{
+		{PartialNull, true, time.Time{}},
+		{PartialLowBoundary, false, time.Date(2021, 6, 1, 0, 0, 0, 0, time.UTC)},
+	} {
+		mem := memory.NewCheckedAllocator(memory.DefaultAllocator)
+		v, err := Compile([]byte(encounterView), WithPartialDates(tc.policy))
+		require.NoError(t, err)
+		rec, errs := buildRecord(t, mem, v, fixtures[:2])
+		require.Empty(t, errs)
+		require.EqualValues(t, 2, rec.NumRows())
+		start := rec.Column(4).(*array.Timestamp)
+		day := rec.Column(6).(*array.Date32)
+		require.Equal(t, tc.null, start.IsNull(1))
+		require.Equal(t, tc.null, day.IsNull(1))
+		if !tc.null {
+			require.Equal(t, tc.want.UnixMicro(), int64(start.Value(1)))
+			require.Equal(t, arrow.Date32FromTime(tc.want), day.Value(1))
+		}
+		// e2 has no codings: an empty list, not a null one.
+		require.False(t, rec.Column(10).IsNull(1))
+		lo, hi := rec.Column(10).(*array.List).ValueOffsets(1)
+		require.Equal(t, lo, hi)
+		rec.Release()
+		mem.AssertSize(t, 0)
+	}
+}
+
+func TestAppendRowsTypeErrors(t *testing.T) {
+	mem := memory.NewCheckedAllocator(memory.DefaultAllocator)
+	defer mem.AssertSize(t, 0)
+	v, err := Compile([]byte(`{"resource":"Encounter","select":[{"column":[{"name":"id","path":"id"}]},
+	  {"forEach":"participant","column":[{"name":"n","path":"%resource.length.value","type":"decimal","tag":[{"name":"ansi/type","value":"DECIMAL(3,1)"}]}]}]}`))
+	require.NoError(t, err)
+	res := `{"resourceType":"Encounter","id":"x","length":{"value":1234.5},"participant":[{},{}]}`
+	rec, errs := buildRecord(t, mem, v, []string{res})
+	defer rec.Release()
+	require.Len(t, errs, 1)
+	require.ErrorContains(t, errs[0], "column n:")
+	require.EqualValues(t, 0, rec.NumRows())
+}
