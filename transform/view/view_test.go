@@ -135,7 +135,10 @@ func TestRuntimeErrors(t *testing.T) {
 }
 
 func TestCompileErrors(t *testing.T) {
-	tests := []struct{ name, def string; msgs []string }{
+	tests := []struct {
+		name, def string
+		msgs      []string
+	}{
 		{"not an object", `[1]`, []string{"not a JSON object"}},
 		{"bad json", `{"resource":`, []string{"invalid JSON"}},
 		{"missing resource and select", `{"name":"v1"}`, []string{"view v1:", "resource: missing", "select: missing"}},
