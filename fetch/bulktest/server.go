@@ -31,8 +31,8 @@ type Server struct {
 	jobSeq  int
 	malfSeq int // alternates malformed Retry-After styles
 
-	baseURL     string // e.g. http://127.0.0.1:PORT/fhir; "" until known
-	filesOrigin string // e.g. http://localhost:PORT2; "" without a second origin
+	baseURL     atomic.Pointer[string] // e.g. http://127.0.0.1:PORT/fhir; nil until known
+	filesOrigin string                 // e.g. http://localhost:PORT2; "" without a second origin
 	mux         *http.ServeMux
 	servers     []*http.Server
 	listeners   []net.Listener
@@ -93,7 +93,8 @@ func New(opts Options) (*Server, error) {
 	s.st.Store(initialState(s.gen, opts.Patients, opts.Start))
 	s.resetStatsLocked()
 	if opts.PublicURL != "" {
-		s.baseURL = strings.TrimRight(opts.PublicURL, "/") + fhirPath
+		b := strings.TrimRight(opts.PublicURL, "/") + fhirPath
+		s.baseURL.Store(&b)
 	}
 	return s, nil
 }
@@ -159,7 +160,8 @@ func (s *Server) start(l net.Listener) error {
 		if addr.IP.IsUnspecified() {
 			host = "127.0.0.1"
 		}
-		s.baseURL = "http://" + net.JoinHostPort(host, fmt.Sprint(addr.Port)) + fhirPath
+		b := "http://" + net.JoinHostPort(host, fmt.Sprint(addr.Port)) + fhirPath
+		s.baseURL.Store(&b)
 	}
 	if fl != nil {
 		s.filesOrigin = fmt.Sprintf("http://localhost:%d", fl.Addr().(*net.TCPAddr).Port)
@@ -176,7 +178,7 @@ func (s *Server) start(l net.Listener) error {
 		s.serveLocked(fs, fl)
 	}
 	s.mu.Unlock()
-	s.log.Info("bulk data test server listening", "base_url", s.baseURL, "files_origin", s.filesOrigin)
+	s.log.Info("bulk data test server listening", "base_url", s.BaseURL(), "files_origin", s.filesOrigin)
 	return nil
 }
 
@@ -206,7 +208,7 @@ func (s *Server) Handler() http.Handler {
 func (s *Server) buildMuxLocked() {
 	s.mux = http.NewServeMux()
 	if s.opts.Auth != nil {
-		s.opts.Auth.Routes(s.mux, s.baseURL)
+		s.opts.Auth.Routes(s.mux, s.BaseURL())
 	}
 	s.mux.HandleFunc("/", s.serveMain)
 }
@@ -214,9 +216,10 @@ func (s *Server) buildMuxLocked() {
 // BaseURL returns the FHIR base, e.g. http://127.0.0.1:PORT/fhir. It is
 // empty before the server listens (unless Options.PublicURL is set).
 func (s *Server) BaseURL() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.baseURL
+	if b := s.baseURL.Load(); b != nil {
+		return *b
+	}
+	return ""
 }
 
 // Close stops the listeners and cuts open connections. It is idempotent.
