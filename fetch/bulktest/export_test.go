@@ -15,7 +15,7 @@ func TestFullGroupExportMatchesTruth(t *testing.T) {
 	require.Equal(t, false, *m.RequiresAccessToken)
 	got := collect(t, m, false)
 	truth := s.Truth("group", "cohort", nil)
-	require.Len(t, got, len(truth))
+	require.Equal(t, len(truth), len(got))
 	for k, row := range truth {
 		require.JSONEq(t, string(row.JSON), got[k], "%v", k)
 	}

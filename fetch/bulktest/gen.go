@@ -115,9 +115,11 @@ func splitKey(k uint64) (typ int, p uint32, ord int) {
 func (g *generator) appendID(b []byte, typ int, p uint32, ord int) []byte {
 	var raw [16]byte
 	binary.BigEndian.PutUint64(raw[:8], hash4(g.seed, uint64(typ), uint64(p), uint64(ord)))
-	lo := (uint64(p)<<32 | uint64(typ)<<24 | uint64(ord)&0xffffff) ^ g.mask
-	binary.BigEndian.PutUint64(raw[8:], lo)
 	raw[6] = raw[6]&0x0f | 0x40 // version 4
+	// The coordinates are masked with a hash of the first half, so ids
+	// look random but stay reversible.
+	lo := (uint64(p)<<32 | uint64(typ)<<24 | uint64(ord)&0xffffff) ^ g.mask ^ mix(binary.BigEndian.Uint64(raw[:8]))
+	binary.BigEndian.PutUint64(raw[8:], lo)
 	raw[8] = raw[8]&0x3f | 0x80 // RFC 4122 variant
 	var out [36]byte
 	hex.Encode(out[0:8], raw[0:4])
@@ -146,7 +148,7 @@ func (g *generator) parseID(id string) (typ int, p uint32, ord int, ok bool) {
 	if _, err := hex.Decode(raw[:], h); err != nil {
 		return 0, 0, 0, false
 	}
-	lo := binary.BigEndian.Uint64(raw[8:]) ^ g.mask
+	lo := binary.BigEndian.Uint64(raw[8:]) ^ g.mask ^ mix(binary.BigEndian.Uint64(raw[:8]))
 	p = uint32(lo>>32) & 0x3fffffff
 	typ = int(lo >> 24 & 0xff)
 	ord = int(lo & 0xffffff)

@@ -54,9 +54,9 @@ func (s *Server) plan(j *job) {
 	n := 0
 	add := func(f fileEntry) {
 		n++
-		f.name = fmt.Sprintf("%d.%s.ndjson", n, typeNames[f.typ])
+		f.name = fmt.Sprintf("%d.%s.ndjson", n, typeName(f.typ))
 		if f.kind == fileDeleted {
-			f.name = fmt.Sprintf("%d.%s.deleted.ndjson", n, typeNames[f.typ])
+			f.name = fmt.Sprintf("%d.deleted.ndjson", n)
 		}
 		j.files = append(j.files, f)
 	}
