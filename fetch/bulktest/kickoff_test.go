@@ -350,7 +350,12 @@ func TestMetadataGroupReadAndAttachment(t *testing.T) {
 
 	for _, row := range s.Truth("patient", "", []string{"DocumentReference"}) {
 		var d struct {
-			Content []struct{ Attachment struct{ URL string; Size int } }
+			Content []struct {
+				Attachment struct {
+					URL  string
+					Size int
+				}
+			}
 		}
 		require.NoError(t, json.Unmarshal(row.JSON, &d))
 		a := d.Content[0].Attachment
