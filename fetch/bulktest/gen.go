@@ -301,6 +301,18 @@ func (x *w) raw(s string) { x.b = append(x.b, s...) }
 // str appends s as a JSON string.
 func (x *w) str(s string) {
 	x.b = append(x.b, '"')
+	clean := true
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c == '"' || c == '\\' || c < 0x20 {
+			clean = false
+			break
+		}
+	}
+	if clean {
+		x.b = append(x.b, s...)
+		x.b = append(x.b, '"')
+		return
+	}
 	for i := 0; i < len(s); i++ {
 		c := s[i]
 		switch {
