@@ -19,6 +19,9 @@ import (
 	"github.com/fhirferry/fhirferry/schemas"
 )
 
+// tempBuffers is the session's temp_buffers unless the DSN sets it.
+const tempBuffers = "64MB"
+
 // Sink is the PostgreSQL warehouse. It serves one Txn at a time.
 type Sink struct {
 	name   string
@@ -28,6 +31,7 @@ type Sink struct {
 
 	mu     sync.Mutex
 	tables map[string]*pipeline.Table // prepared tables by name
+	open   map[*Txn]bool              // runs not yet ended, rolled back by Close
 }
 
 var _ pipeline.Sink = (*Sink)(nil)
@@ -48,6 +52,11 @@ func New(ctx context.Context, cfg configs.PostgresSink, name string, log *slog.L
 		// The DSN may carry a password: do not echo it.
 		return nil, fmt.Errorf("postgres sink %s: dsn does not parse", name)
 	}
+	if _, ok := pcfg.ConnConfig.RuntimeParams["temp_buffers"]; !ok {
+		// Staging tables live in temp buffers; the default 8MB spills a
+		// run's staging to disk early.
+		pcfg.ConnConfig.RuntimeParams["temp_buffers"] = tempBuffers
+	}
 	pool, err := pgxpool.NewWithConfig(ctx, pcfg)
 	if err != nil {
 		return nil, fmt.Errorf("postgres sink %s: %w", name, err)
@@ -56,14 +65,24 @@ func New(ctx context.Context, cfg configs.PostgresSink, name string, log *slog.L
 		pool.Close()
 		return nil, fmt.Errorf("postgres sink %s: connect: %w", name, err)
 	}
-	return &Sink{name: name, schema: cfg.Schema, pool: pool, log: log, tables: map[string]*pipeline.Table{}}, nil
+	return &Sink{name: name, schema: cfg.Schema, pool: pool, log: log, tables: map[string]*pipeline.Table{}, open: map[*Txn]bool{}}, nil
 }
 
 // Name implements pipeline.Sink.
 func (s *Sink) Name() string { return s.name }
 
-// Close implements pipeline.Sink.
+// Close implements pipeline.Sink. A run still open is rolled back first:
+// the pool would otherwise wait for its connection forever.
 func (s *Sink) Close() error {
+	s.mu.Lock()
+	open := make([]*Txn, 0, len(s.open))
+	for t := range s.open {
+		open = append(open, t)
+	}
+	s.mu.Unlock()
+	for _, t := range open {
+		_ = t.Rollback(context.Background())
+	}
 	s.pool.Close()
 	return nil
 }

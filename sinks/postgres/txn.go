@@ -69,6 +69,13 @@ func (s *Sink) Begin(ctx context.Context, run pipeline.RunInfo) (pipeline.Txn, e
 	if !locked {
 		return fail(fmt.Errorf("another run of source %q is writing to schema %s", run.Source, s.schema))
 	}
+	// Staged JSON is compressed with lz4 when the server has it: cheaper than
+	// pglz, and the compressed value is then moved into the target as is.
+	if _, err := tx.Exec(ctx, "SAVEPOINT lz4; SET LOCAL default_toast_compression = 'lz4'; RELEASE SAVEPOINT lz4"); err != nil {
+		if _, err := tx.Exec(ctx, "ROLLBACK TO SAVEPOINT lz4"); err != nil {
+			return fail(err)
+		}
+	}
 	var exportID string
 	err = tx.QueryRow(ctx, fmt.Sprintf(`SELECT export_id FROM %s WHERE source=$1`, s.ident(schemas.CheckTable)), run.Source).Scan(&exportID)
 	switch {
@@ -81,6 +88,9 @@ func (s *Sink) Begin(ctx context.Context, run pipeline.RunInfo) (pipeline.Txn, e
 	if t.noop {
 		s.log.Info("export already held; run is a no-op", "source", run.Source)
 	}
+	s.mu.Lock()
+	s.open[t] = true
+	s.mu.Unlock()
 	return t, nil
 }
 
@@ -164,9 +174,17 @@ func (t *Txn) Commit(ctx context.Context, sum pipeline.RunSummary) error {
 		}
 		return err
 	}
+	t.end()
+	return nil
+}
+
+// end marks the run ended and returns its connection to the pool.
+func (t *Txn) end() {
 	t.done = true
 	t.conn.Release()
-	return nil
+	t.s.mu.Lock()
+	delete(t.s.open, t)
+	t.s.mu.Unlock()
 }
 
 // Rollback implements pipeline.Txn.
@@ -174,20 +192,22 @@ func (t *Txn) Rollback(ctx context.Context) error {
 	if t.done {
 		return nil
 	}
-	t.done = true
 	err := t.tx.Rollback(ctx)
+	closed := t.conn.Conn().IsClosed()
 	// A connection left mid-transaction (cancelled COPY) is closed by the pool.
-	t.conn.Release()
-	if err != nil && !errors.Is(err, pgx.ErrTxClosed) && !t.conn.Conn().IsClosed() {
+	t.end()
+	if err != nil && !errors.Is(err, pgx.ErrTxClosed) && !closed {
 		return fmt.Errorf("postgres sink %s: rollback: %w", t.s.name, err)
 	}
 	return nil
 }
 
 func (t *Txn) exec(ctx context.Context, step, q string, args ...any) error {
+	t0 := time.Now()
 	if _, err := t.tx.Exec(ctx, q, args...); err != nil {
 		return fmt.Errorf("%s: %w", step, err)
 	}
+	t.s.log.Debug("commit step", "step", step, "duration", time.Since(t0))
 	return nil
 }
 

@@ -54,7 +54,7 @@ var ansiAliases = map[string]string{
 func columnFor(f arrow.Field) (column, error) {
 	c := column{name: f.Name, null: f.Nullable}
 	if schemas.IsJSON(f) {
-		c.stage, c.asJSON = "jsonb", true
+		c.asJSON = true
 	} else {
 		t, asJSON, err := pgType(f.Type)
 		if err != nil {
@@ -63,6 +63,12 @@ func columnFor(f arrow.Field) (column, error) {
 		c.stage, c.asJSON = t, asJSON
 	}
 	c.store = c.stage
+	if c.asJSON {
+		// JSON is staged as text and parsed by the cast at commit, so a
+		// malformed document fails the commit with the step that read it,
+		// and COPY stays a plain byte copy.
+		c.stage, c.store = "text", "jsonb"
+	}
 	if hint, ok := f.Metadata.GetValue("ansi/type"); ok && !c.asJSON && !strings.HasSuffix(c.stage, "[]") {
 		hint = strings.TrimSpace(hint)
 		if !ansiType.MatchString(hint) {
@@ -135,7 +141,7 @@ func getter(a arrow.Array, c column) (func(i int) any, error) {
 			if err != nil {
 				return nil
 			}
-			return b
+			return string(b)
 		}, nil
 	}
 	var get func(i int) any
