@@ -16,7 +16,49 @@ import (
 	"github.com/fhirferry/fhirferry/pipeline"
 )
 
-func init() { register(newTriggerCmd) }
+func init() {
+	register(newTriggerCmd)
+	register(newHealthCmd)
+}
+
+// newHealthCmd is a probe for images without curl (distroless): it exits
+// 0 when the daemon's /healthz (or /readyz with --ready) answers 200.
+func newHealthCmd(_ *globals) *cobra.Command {
+	var addr string
+	var ready bool
+	var timeout time.Duration
+	cmd := &cobra.Command{
+		Use:   "health",
+		Short: "Exit 0 when a running daemon is alive (or ready, with --ready)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			path := "/healthz"
+			if ready {
+				path = "/readyz"
+			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
+			defer cancel()
+			req, err := http.NewRequestWithContext(ctx, http.MethodGet, adminBase(addr)+path, nil)
+			if err != nil {
+				return err
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				return err
+			}
+			body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				return fmt.Errorf("%s: %s: %s", path, resp.Status, strings.TrimSpace(string(body)))
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&addr, "admin", "127.0.0.1:9464", "the daemon's admin address (host:port or URL)")
+	cmd.Flags().BoolVar(&ready, "ready", false, "check /readyz (sinks reachable) instead of /healthz")
+	cmd.Flags().DurationVar(&timeout, "timeout", 5*time.Second, "request timeout")
+	return cmd
+}
 
 func newTriggerCmd(_ *globals) *cobra.Command {
 	var addr string

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"net/http/httptest"
 	"sync/atomic"
 	"testing"
@@ -65,4 +66,29 @@ func TestTriggerCommand(t *testing.T) {
 	require.ErrorContains(t, err, "404")
 	err = runTrigger(t.Context(), &out, "127.0.0.1:1", "ehr", false, 0)
 	require.ErrorContains(t, err, "is the daemon running")
+}
+
+func TestHealthCommand(t *testing.T) {
+	var ready atomic.Bool
+	srv := httptest.NewServer(pipeline.NewAdminHandler(pipeline.AdminOptions{
+		Controller: func() pipeline.Controller { return nil },
+		Ready: func(context.Context) error {
+			if !ready.Load() {
+				return errors.New("sink down")
+			}
+			return nil
+		},
+	}))
+	defer srv.Close()
+	run := func(args ...string) error {
+		root := newRoot()
+		root.SetArgs(append([]string{"health", "--admin", srv.URL}, args...))
+		root.SetOut(io.Discard)
+		return root.ExecuteContext(t.Context())
+	}
+	require.NoError(t, run())
+	err := run("--ready")
+	require.ErrorContains(t, err, "503")
+	srv.Close()
+	require.Error(t, run(), "a daemon that does not answer is not healthy")
 }
