@@ -260,3 +260,43 @@ func TestViewsSQL(t *testing.T) {
 	require.Len(t, s.LiveFiles(sinktest.PatientView.Name), 1)
 	require.Contains(t, sql, `CREATE OR REPLACE VIEW "observation_code" AS SELECT CAST(NULL AS VARCHAR) AS "_resource_id", CAST(NULL AS VARCHAR) AS "code", CAST(NULL AS INTEGER) AS "idx" WHERE false;`)
 }
+
+func TestReplaceTable(t *testing.T) {
+	ctx := t.Context()
+	mem := memory.NewCheckedAllocator(memory.NewGoAllocator())
+	defer mem.AssertSize(t, 0)
+	dir := t.TempDir()
+	s := open(t, dir, WithAllocator(mem))
+	require.NoError(t, s.Prepare(ctx, []*pipeline.Table{sinktest.PatientView}))
+	v := sinktest.PatientView
+	seq := func(recs ...arrow.RecordBatch) func(func(arrow.RecordBatch, error) bool) {
+		return func(yield func(arrow.RecordBatch, error) bool) {
+			for i, r := range recs {
+				if !yield(r, nil) {
+					for _, rest := range recs[i+1:] {
+						rest.Release()
+					}
+					return
+				}
+			}
+		}
+	}
+	require.NoError(t, s.ReplaceTable(ctx, v, seq(
+		sinktest.Build(mem, v, []any{"a", int64(1), "Ann"}).Rec,
+		sinktest.Build(mem, v, []any{"b", int64(2), "Bob"}).Rec)))
+	require.ElementsMatch(t, []string{"a|Ann", "b|Bob"}, tableRows(t, s.st, v.Name, "_resource_id", "name"))
+	old := s.LiveFiles(v.Name)
+	failing := func(yield func(arrow.RecordBatch, error) bool) {
+		if yield(sinktest.Build(mem, v, []any{"c", int64(1), "Cy"}).Rec, nil) {
+			yield(nil, errors.New("view evaluation failed"))
+		}
+	}
+	require.ErrorContains(t, s.ReplaceTable(ctx, v, failing), "view evaluation failed")
+	require.Equal(t, old, s.LiveFiles(v.Name))
+	require.ElementsMatch(t, []string{"a|Ann", "b|Bob"}, tableRows(t, s.st, v.Name, "_resource_id", "name"))
+	for _, f := range listFiles(t, dir) {
+		if strings.HasSuffix(f, ".parquet") {
+			require.Contains(t, old, filepath.Join(dir, f), "unlisted file %s left behind", f)
+		}
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"iter"
+	"log/slog"
 	"os"
 	"strings"
 	"testing"
@@ -46,7 +47,11 @@ func openSink(t testing.TB) *Sink {
 		_, err = conn.Exec(ctx, "DROP SCHEMA IF EXISTS "+pgx.Identifier{schema}.Sanitize()+" CASCADE")
 		require.NoError(t, err)
 	})
-	s, err := New(context.Background(), configs.PostgresSink{DSN: dsn, Schema: schema}, "pg", nil)
+	var log *slog.Logger
+	if os.Getenv("FHIRFERRY_TEST_DEBUG") != "" {
+		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	s, err := New(context.Background(), configs.PostgresSink{DSN: dsn, Schema: schema}, "pg", log)
 	require.NoError(t, err)
 	return s
 }
