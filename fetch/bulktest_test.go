@@ -489,4 +489,3 @@ func (o *countingObserver) Progress(_, t string) {
 	o.progress = append(o.progress, t)
 	o.mu.Unlock()
 }
-

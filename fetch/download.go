@@ -189,7 +189,8 @@ func (c *Client) fetchFile(ctx context.Context, m *Manifest, f File, u, path str
 	enc := strings.ToLower(strings.TrimSpace(resp.Header.Get("Content-Encoding")))
 	switch enc {
 	case "gzip", "x-gzip":
-		zr, zerr := gzip.NewReader(io.TeeReader(wire, bw))
+		// A large buffer keeps socket reads big; gzip would add a 4 KiB one.
+		zr, zerr := gzip.NewReader(bufio.NewReaderSize(io.TeeReader(wire, bw), 128<<10))
 		if zerr != nil {
 			return sp, "", c.readError(ctx, u, zerr)
 		}
