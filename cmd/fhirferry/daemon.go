@@ -75,6 +75,10 @@ func runDaemon(ctx context.Context, g *globals, levelSet, formatSet bool, cfgPat
 	}
 	log := lg.logger()
 	notify := pipeline.NewNotifier()
+	// Catch SIGHUP from the start: its default action would kill us.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -128,10 +132,6 @@ func runDaemon(ctx context.Context, g *globals, levelSet, formatSet bool, cfgPat
 	defer cancelRuns()
 	schedDone := make(chan error, 1)
 	go func() { schedDone <- s.Run(runCtx) }()
-
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
 
 	var wg sync.WaitGroup
 	wg.Add(1)

@@ -293,6 +293,18 @@ sinks:
 		s := p.status(t)
 		return s.State == "idle" && s.LastRun != nil && s.LastRun.Outcome == pipeline.OutcomeSuccess
 	}, 90*time.Second, 50*time.Millisecond)
+
+	// 4. SIGHUP reloads the config: a broken file is rejected, a good one
+	// swaps the schedule (and reopens the sinks) without a restart.
+	good := readFile(cfgPath)
+	require.NoError(t, os.WriteFile(cfgPath, []byte(good+"bogus_key: 1\n"), 0o600))
+	require.NoError(t, p.cmd.Process.Signal(syscall.SIGHUP))
+	require.Eventually(t, func() bool { return strings.Contains(readFile(logPath), "config reload rejected") }, 10*time.Second, 20*time.Millisecond)
+	require.Equal(t, "@every 3s", p.status(t).Schedule)
+	require.NoError(t, os.WriteFile(cfgPath, []byte(strings.Replace(good, `"@every 3s"`, `"@hourly"`, 1)), 0o600))
+	require.NoError(t, p.cmd.Process.Signal(syscall.SIGHUP))
+	require.Eventually(t, func() bool { return p.status(t).Schedule == "@hourly" }, 30*time.Second, 50*time.Millisecond, "log:\n%s", readFile(logPath))
+	require.Eventually(t, func() bool { code, _ := httpGet(p.admin + "/readyz"); return code == http.StatusOK }, 10*time.Second, 50*time.Millisecond)
 	p.stop(t, 40*time.Second)
 	_, err = os.Stat(statePath)
 	require.ErrorIs(t, err, os.ErrNotExist, "no unfinished run after a clean stop between runs")
