@@ -224,3 +224,16 @@ func TestReplaceTable(t *testing.T) {
 		})
 	}
 }
+
+func TestConfigApplied(t *testing.T) {
+	s := open(t, stageAppender) // Threads: 2, MemoryLimit: 1GB
+	defer s.Close()
+	var threads int64
+	var limit string
+	require.NoError(t, s.DB().QueryRowContext(t.Context(),
+		"SELECT current_setting('threads'), current_setting('memory_limit')").Scan(&threads, &limit))
+	require.Equal(t, int64(2), threads)
+	require.Contains(t, limit, "953.6 MiB") // 1GB in DuckDB's binary units
+	_, err := New(configs.DuckDBSink{Path: filepath.Join(t.TempDir(), "x.duckdb"), MemoryLimit: "lots"}, "bad", nil)
+	require.ErrorContains(t, err, "duckdb sink bad: open")
+}

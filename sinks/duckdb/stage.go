@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"time"
 
 	"github.com/apache/arrow-go/v18/arrow"
 	"github.com/apache/arrow-go/v18/arrow/array"
@@ -47,10 +46,13 @@ func (m stageMode) String() string {
 }
 
 // Parquet row groups are cut at this many rows (DuckDB's own row group
-// size) or bytes, so one buffered row group bounds the writer's memory.
+// size) or Arrow (uncompressed) bytes. The byte cut bounds both the
+// writer's buffered row group and what each DuckDB thread decompresses at
+// Commit: zstd shrinks FHIR JSON about tenfold, so a cut on compressed
+// bytes made row groups too large to read under a small memory_limit.
 const (
 	rowGroupRows  = 122880
-	rowGroupBytes = 32 << 20
+	rowGroupBytes = 16 << 20
 )
 
 // stage is one table's staged rows within a Txn. rel is the relation Commit
@@ -63,9 +65,10 @@ type stage struct {
 	app  *duckdb.Appender
 	vals []driver.Value
 
-	path string
-	file *os.File
-	pw   *pqarrow.FileWriter
+	path    string
+	file    *os.File
+	pw      *pqarrow.FileWriter
+	rgBytes int64 // Arrow bytes in the buffered row group
 }
 
 // newStage creates the staging relation of t.
@@ -132,8 +135,9 @@ func (st *stage) write(rec arrow.RecordBatch) error {
 		if err := st.pw.WriteBuffered(rec); err != nil {
 			return fmt.Errorf("stage %s: %w", st.t.Name, err)
 		}
-		if st.pw.RowGroupTotalBytesWritten() >= rowGroupBytes {
+		if st.rgBytes += recordBytes(rec); st.rgBytes >= rowGroupBytes {
 			st.pw.NewBufferedRowGroup()
+			st.rgBytes = 0
 		}
 		st.rows += rec.NumRows()
 		return nil
@@ -272,4 +276,24 @@ func getter(col arrow.Array) (func(int) driver.Value, error) {
 	return nil, fmt.Errorf("arrow type %s cannot be staged", col.DataType())
 }
 
-var _ = time.Time{}
+// recordBytes is the size of rec's Arrow buffers (slices count in full).
+func recordBytes(rec arrow.RecordBatch) int64 {
+	var n int64
+	for _, c := range rec.Columns() {
+		n += dataBytes(c.Data())
+	}
+	return n
+}
+
+func dataBytes(d arrow.ArrayData) int64 {
+	var n int64
+	for _, b := range d.Buffers() {
+		if b != nil {
+			n += int64(b.Len())
+		}
+	}
+	for _, c := range d.Children() {
+		n += dataBytes(c)
+	}
+	return n
+}
