@@ -38,7 +38,7 @@ func (c *Client) KickOff(ctx context.Context, r Request) (string, error) {
 			if err != nil {
 				return "", fmt.Errorf("fetch: kick-off: bad Content-Location %q: %w", loc, err)
 			}
-			c.log.Info("export kicked off", "level", r.Level, "method", x.method, "status_url", redact(abs))
+			c.log.Debug("export kicked off", "level", r.Level, "method", x.method, "status_url", redact(abs))
 			return abs, nil
 		case resp.StatusCode == http.StatusUnauthorized && c.o.Auth != nil && !authRetried:
 			c.o.Auth.Invalidate(tok)

@@ -72,7 +72,7 @@ func (c *Client) wait(ctx context.Context, statusURL string) (*Manifest, error) 
 			}
 			if next == "" {
 				merged.reindex()
-				c.log.Info("export complete", "status_url", redact(statusURL), "output", len(merged.Output),
+				c.log.Debug("export complete", "status_url", redact(statusURL), "output", len(merged.Output),
 					"deleted", len(merged.Deleted), "error", len(merged.Error), "transaction_time", merged.TransactionTime)
 				return merged, nil
 			}
@@ -141,7 +141,7 @@ func (c *Client) Delete(ctx context.Context, statusURL string) error {
 			}
 			werr = c.retryOrFail(ctx, attempt, nil, "network", fmt.Errorf("fetch: delete %s: %w", redact(statusURL), err))
 		case resp.StatusCode >= 200 && resp.StatusCode < 300:
-			c.log.Info("export deleted", "status_url", redact(statusURL))
+			c.log.Debug("export deleted", "status_url", redact(statusURL))
 			return nil
 		case resp.StatusCode == http.StatusUnauthorized && c.o.Auth != nil && !authRetried:
 			c.o.Auth.Invalidate(tok)

@@ -226,7 +226,7 @@ func (r *Runner) export(ctx context.Context, store *stateStore, st *RunState, lo
 	if st.Spooled == nil {
 		st.Spooled = map[int]fetch.Spooled{}
 	}
-	log.Info("export complete", "transaction_time", m.TransactionTime, "files", len(m.Files()))
+	log.Debug("export complete", "transaction_time", m.TransactionTime, "files", len(m.Files()))
 	return store.save(st)
 }
 

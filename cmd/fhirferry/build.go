@@ -1,12 +1,9 @@
-//go:build wip
-
 package main
 
 import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -17,12 +14,10 @@ import (
 	"github.com/fhirferry/fhirferry/fetch"
 	"github.com/fhirferry/fhirferry/fetch/auth"
 	"github.com/fhirferry/fhirferry/pipeline"
-	"github.com/fhirferry/fhirferry/schemas"
 	"github.com/fhirferry/fhirferry/sinks/duckdb"
 	"github.com/fhirferry/fhirferry/sinks/parquet"
 	"github.com/fhirferry/fhirferry/sinks/postgres"
 	"github.com/fhirferry/fhirferry/transform"
-	"github.com/fhirferry/fhirferry/transform/view"
 )
 
 // app is a configuration turned into components: the transform engine and
@@ -51,7 +46,7 @@ func buildAppFromConfig(ctx context.Context, cfg *configs.Config, log *slog.Logg
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, err
 	}
-	views, err := loadViews(cfg.Views)
+	views, err := transform.LoadViews(cfg.Views.DefaultsOn(), cfg.Views.Dir)
 	if err != nil {
 		return nil, err
 	}
@@ -88,32 +83,6 @@ func newSink(ctx context.Context, sc configs.Sink, log *slog.Logger) (pipeline.S
 		return parquet.New(sc.Parquet, sc.Name, log)
 	}
 	return nil, fmt.Errorf("unknown sink type %q", sc.Type)
-}
-
-// loadViews compiles the default pack and the user's folder.
-func loadViews(vc configs.Views) ([]transform.View, error) {
-	var files []schemas.ViewFile
-	if vc.DefaultsOn() {
-		files = append(files, schemas.DefaultViews()...)
-	}
-	if vc.Dir != "" {
-		own, err := schemas.LoadViewDir(vc.Dir)
-		if err != nil {
-			return nil, err
-		}
-		files = append(files, own...)
-	}
-	var out []transform.View
-	var errs []error
-	for _, f := range files {
-		v, err := view.Compile(f.JSON)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("view %s: %w", f.Name, err))
-			continue
-		}
-		out = append(out, transform.View{Name: v.Name, Resource: v.Resource, Description: v.Description, Runner: v})
-	}
-	return out, errors.Join(errs...)
 }
 
 func (a *app) close() {

@@ -1,5 +1,3 @@
-//go:build wip
-
 package main
 
 import (
@@ -154,7 +152,7 @@ func TestDaemonEndToEnd(t *testing.T) {
 	}
 	dir := t.TempDir()
 	bin := filepath.Join(dir, "fhirferry")
-	build := exec.Command("go", "build", "-tags", "wip", "-o", bin, ".")
+	build := exec.Command("go", "build", "-o", bin, ".")
 	out, err := build.CombinedOutput()
 	require.NoError(t, err, "go build: %s", out)
 

@@ -1,5 +1,3 @@
-//go:build wip
-
 package main
 
 import (
@@ -38,6 +36,9 @@ deleted resources), runs an incremental export, and prints what happened. The
 folder is reset at the start; the config it used is left in <dir>/fhirferry.yaml.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if !cmd.Flags().Changed("log-level") {
+				g.logLevel = "warn" // the demo prints its own account of each run
+			}
 			return runDemo(cmd.Context(), g, cmd.OutOrStdout(), dir, patients)
 		},
 	}
@@ -142,7 +143,7 @@ sinks:
 	if err != nil {
 		return err
 	}
-	if err := printChanges(ctx, out, wh.DB(), mut); err != nil {
+	if err := printChanges(ctx, out, wh.DB(), mut, srv.Truth("group", "cohort", nil)); err != nil {
 		return err
 	}
 	if err := printTables(ctx, out, wh); err != nil {
@@ -179,8 +180,14 @@ func printTables(ctx context.Context, out io.Writer, wh *duckdb.Sink) error {
 
 // printChanges shows that the warehouse followed the server: updated
 // resources carry the new version and deleted ones are gone.
-func printChanges(ctx context.Context, out io.Writer, db *sql.DB, mut bulktest.MutationResult) error {
-	fmt.Fprintln(out, "\nWhat the incremental run changed in fhir_resources:")
+func printChanges(ctx context.Context, out io.Writer, db *sql.DB, mut bulktest.MutationResult, truth map[bulktest.Key]bulktest.TruthRow) error {
+	fmt.Fprintln(out, "\nWhat the incremental run changed in fhir_resources (resources of the Group's patients):")
+	var updated []bulktest.Key
+	for _, k := range mut.Updated {
+		if _, ok := truth[k]; ok {
+			updated = append(updated, k) // updates outside the Group are not exported to it
+		}
+	}
 	show := func(label string, keys []bulktest.Key, n int) error {
 		for i, k := range keys {
 			if i == n {
@@ -201,7 +208,7 @@ func printChanges(ctx context.Context, out io.Writer, db *sql.DB, mut bulktest.M
 		}
 		return nil
 	}
-	if err := show("updated", mut.Updated, 4); err != nil {
+	if err := show("updated", updated, 4); err != nil {
 		return err
 	}
 	return show("deleted", mut.Deleted, 4)

@@ -1,0 +1,170 @@
+package pipeline_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"path/filepath"
+	"reflect"
+	"sort"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/fhirferry/fhirferry/configs"
+	"github.com/fhirferry/fhirferry/fetch"
+	"github.com/fhirferry/fhirferry/fetch/bulktest"
+	"github.com/fhirferry/fhirferry/pipeline"
+	"github.com/fhirferry/fhirferry/sinks/duckdb"
+	"github.com/fhirferry/fhirferry/transform"
+)
+
+// harness wires the real pieces: the bulktest server over HTTP, the fetch
+// client, the transform engine and a DuckDB file.
+type harness struct {
+	srv    *bulktest.Server
+	sink   *duckdb.Sink
+	runner *pipeline.Runner
+	level  string
+	group  string
+}
+
+func newHarness(t *testing.T, opts bulktest.Options, level, group string) *harness {
+	t.Helper()
+	ctx := context.Background()
+	srv, err := bulktest.NewServer(opts)
+	require.NoError(t, err)
+	t.Cleanup(srv.Close)
+	dir := t.TempDir()
+	sink, err := duckdb.New(configs.DuckDBSink{Path: filepath.Join(dir, "warehouse.duckdb")}, "duck", nil)
+	require.NoError(t, err)
+	t.Cleanup(func() { sink.Close() })
+	eng, err := transform.New(transform.Options{Views: testViews(t), BatchRows: 500})
+	require.NoError(t, err)
+	require.NoError(t, sink.Prepare(ctx, eng.Tables()))
+	c, err := fetch.New(fetch.Options{BaseURL: srv.BaseURL(), MinWait: 5 * time.Millisecond, MaxWait: 100 * time.Millisecond, Parallel: 3})
+	require.NoError(t, err)
+	r := &pipeline.Runner{
+		Source: "src", Request: fetch.Request{Level: level, GroupID: group},
+		Client: c, Engine: eng, Sinks: []pipeline.Sink{sink}, DataDir: dir,
+		Workers: 2, QueueDepth: 2, DeleteAfter: true, FailOnErrorOutcomes: true,
+	}
+	return &harness{srv: srv, sink: sink, runner: r, level: level, group: group}
+}
+
+func (h *harness) run(t *testing.T) *pipeline.Result {
+	t.Helper()
+	res, err := h.runner.Run(context.Background())
+	require.NoError(t, err)
+	return res
+}
+
+type stored struct {
+	version     string
+	lastUpdated time.Time
+	json        string
+}
+
+// assertTruth compares the raw landing with the server's ground truth:
+// same keys, current versions, identical JSON.
+func (h *harness) assertTruth(t *testing.T) {
+	t.Helper()
+	truth := h.srv.Truth(h.level, h.group, nil)
+	rows, err := h.sink.DB().Query(`SELECT resource_type, id, coalesce(version_id, ''), last_updated, resource::VARCHAR FROM fhir_resources`)
+	require.NoError(t, err)
+	defer rows.Close()
+	got := map[bulktest.Key]stored{}
+	for rows.Next() {
+		var k bulktest.Key
+		var s stored
+		require.NoError(t, rows.Scan(&k.Type, &k.ID, &s.version, &s.lastUpdated, &s.json))
+		_, dup := got[k]
+		require.False(t, dup, "duplicate row for %v", k)
+		got[k] = s
+	}
+	require.NoError(t, rows.Err())
+	var missing, extra, stale []string
+	for k, want := range truth {
+		g, ok := got[k]
+		if !ok {
+			missing = append(missing, k.Type+"/"+k.ID)
+			continue
+		}
+		if g.version != want.VersionID || !g.lastUpdated.Equal(want.LastUpdated) || !jsonEqual(t, g.json, string(want.JSON)) {
+			stale = append(stale, fmt.Sprintf("%s/%s (have v%s %s, want v%s %s)", k.Type, k.ID, g.version, g.lastUpdated, want.VersionID, want.LastUpdated))
+		}
+	}
+	for k := range got {
+		if _, ok := truth[k]; !ok {
+			extra = append(extra, k.Type+"/"+k.ID)
+		}
+	}
+	sort.Strings(missing)
+	sort.Strings(extra)
+	require.Empty(t, missing, "resources missing from the warehouse")
+	require.Empty(t, extra, "resources in the warehouse the server no longer has")
+	require.Empty(t, stale, "resources not at their current version")
+	require.Len(t, got, len(truth))
+}
+
+func jsonEqual(t *testing.T, a, b string) bool {
+	var x, y any
+	require.NoError(t, json.Unmarshal([]byte(a), &x))
+	require.NoError(t, json.Unmarshal([]byte(b), &y))
+	return reflect.DeepEqual(x, y)
+}
+
+func (h *harness) checkpoint(t *testing.T) pipeline.Checkpoint {
+	cp, ok, err := h.sink.Checkpoint(context.Background(), "src")
+	require.NoError(t, err)
+	require.True(t, ok)
+	return cp
+}
+
+func TestIncrementalRunsMatchGroundTruth(t *testing.T) {
+	for _, tc := range []struct{ level, group string }{{"system", ""}, {"group", "cohort"}} {
+		t.Run(tc.level, func(t *testing.T) {
+			h := newHarness(t, bulktest.Options{
+				Patients: 12, Seed: 3, FileMaxResources: 150, PollsBeforeComplete: 2,
+				TransactionTimeOffset: time.FixedZone("", -5*3600),
+			}, tc.level, tc.group)
+
+			res1 := h.run(t)
+			require.Empty(t, res1.Since, "first run is a full export")
+			require.Regexp(t, `-05:00$`, res1.TransactionTime)
+			require.Equal(t, res1.TransactionTime, h.checkpoint(t).TransactionTime, "checkpoint is the manifest's transactionTime, verbatim")
+			require.Positive(t, res1.Stats.Resources)
+			require.Zero(t, res1.Stats.Rejects)
+			h.assertTruth(t)
+			assertViewsFollowRaw(t, h.sink)
+
+			mut := h.srv.Advance(24*time.Hour, bulktest.Mutation{NewPatients: 2, UpdatedResources: 25, DeletedResources: 9, RecreatedResources: 0})
+			require.NotEmpty(t, mut.Updated)
+			require.NotEmpty(t, mut.Deleted)
+			res2 := h.run(t)
+			require.Equal(t, res1.TransactionTime, res2.Since, "_since is the previous transactionTime exactly")
+			require.NotEqual(t, res1.TransactionTime, res2.TransactionTime)
+			require.Equal(t, res2.TransactionTime, h.checkpoint(t).TransactionTime)
+			require.Positive(t, res2.Stats.Deleted)
+			require.Less(t, res2.Stats.Resources, res1.Stats.Resources, "an incremental export carries only changes")
+			h.assertTruth(t)
+			assertViewsFollowRaw(t, h.sink)
+
+			// Delete-then-recreate across runs.
+			h.srv.Advance(time.Hour, bulktest.Mutation{RecreatedResources: 3, DeletedResources: 2})
+			h.run(t)
+			h.assertTruth(t)
+
+			// No changes: the run still commits and moves the checkpoint.
+			h.srv.Advance(time.Hour, bulktest.Mutation{})
+			res4 := h.run(t)
+			require.Zero(t, res4.Stats.Deleted)
+			require.Equal(t, res4.TransactionTime, h.checkpoint(t).TransactionTime)
+			h.assertTruth(t)
+			st := h.srv.Stats()
+			require.Equal(t, 4, st.KickOffs)
+			require.Equal(t, 4, st.Deletes, "every export is released once loaded")
+		})
+	}
+}
