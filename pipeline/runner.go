@@ -277,6 +277,7 @@ func (r *Runner) apply(ctx context.Context, store *stateStore, st *RunState, res
 		if err != nil {
 			return err
 		}
+		commitStart := time.Now()
 		for _, s := range todo {
 			t0 := time.Now()
 			if err := sum.txns[s.Name()].Commit(ctx, sum.summary); err != nil {
@@ -294,7 +295,7 @@ func (r *Runner) apply(ctx context.Context, store *stateStore, st *RunState, res
 			}
 			res.Committed = append(res.Committed, s.Name())
 		}
-		r.phase("commit", 0)
+		r.phase("commit", time.Since(commitStart))
 	}
 	st.Phase = PhaseCommitted
 	if err := store.save(st); err != nil {
