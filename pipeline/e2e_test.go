@@ -137,7 +137,7 @@ func TestIncrementalRunsMatchGroundTruth(t *testing.T) {
 			require.Positive(t, res1.Stats.Resources)
 			require.Zero(t, res1.Stats.Rejects)
 			h.assertTruth(t)
-			assertViewsFollowRaw(t, h.sink)
+			assertViewsFollowRaw(t, h.sink, h.runner.Engine.Tables())
 
 			mut := h.srv.Advance(24*time.Hour, bulktest.Mutation{NewPatients: 2, UpdatedResources: 25, DeletedResources: 9, RecreatedResources: 0})
 			require.NotEmpty(t, mut.Updated)
@@ -149,7 +149,7 @@ func TestIncrementalRunsMatchGroundTruth(t *testing.T) {
 			require.Positive(t, res2.Stats.Deleted)
 			require.Less(t, res2.Stats.Resources, res1.Stats.Resources, "an incremental export carries only changes")
 			h.assertTruth(t)
-			assertViewsFollowRaw(t, h.sink)
+			assertViewsFollowRaw(t, h.sink, h.runner.Engine.Tables())
 
 			// Delete-then-recreate across runs.
 			h.srv.Advance(time.Hour, bulktest.Mutation{RecreatedResources: 3, DeletedResources: 2})
