@@ -127,6 +127,10 @@ type Faults struct {
 	WrongTypeLines int
 	// MalformedLines: inject N non-JSON lines into the next files served.
 	MalformedLines int
+	// RejectPatientParam answers every kick-off that carries a `patient`
+	// parameter with 400 OperationOutcome, like servers that do not
+	// support it (the Group membership pattern must fall back).
+	RejectPatientParam bool
 	// VeryLongLine: the next output file served starts with a resource
 	// whose text.div is this many bytes long (consumed once).
 	VeryLongLine int
@@ -195,6 +199,9 @@ type RequestRecord struct {
 	HadAuth bool   // the request carried an Authorization header
 	Status  int
 	Fault   string // the injected fault that answered it, if any
+	// Params are a kick-off's parameters as name=value, from the query
+	// (sorted by name) or the POST Parameters body (in body order).
+	Params []string
 }
 
 // Stats counts what the server saw. It is a copy; later requests don't

@@ -181,7 +181,7 @@ func (s *Server) handleKickOff(w http.ResponseWriter, r *http.Request, rec *Requ
 	}
 	s.mu.Unlock()
 
-	req, err := s.parseKickOff(r, sc, st)
+	req, err := s.parseKickOff(r, rec, sc, st)
 	if err != nil {
 		status := http.StatusBadRequest
 		if br, ok := err.(*badRequest); ok {

@@ -63,8 +63,8 @@ var supportedFilters = map[int][]string{
 type param struct{ name, value string }
 
 // parseKickOff validates a kick-off and returns what to export. st is the
-// snapshot the export will use.
-func (s *Server) parseKickOff(r *http.Request, sc scope, st *state) (*exportReq, error) {
+// snapshot the export will use; the parameters are recorded in rec.
+func (s *Server) parseKickOff(r *http.Request, rec *RequestRecord, sc scope, st *state) (*exportReq, error) {
 	if a := r.Header.Get("Accept"); a != "application/fhir+json" {
 		return nil, bad("the Accept header must be exactly application/fhir+json, got %q", a)
 	}
@@ -104,6 +104,9 @@ func (s *Server) parseKickOff(r *http.Request, sc scope, st *state) (*exportReq,
 		}
 	default:
 		return nil, &badRequest{status: http.StatusMethodNotAllowed, msg: "kick-off takes GET or POST"}
+	}
+	for _, p := range params {
+		rec.Params = append(rec.Params, p.name+"="+p.value)
 	}
 	req := &exportReq{scope: sc, lenient: lenient, request: requestURL(r, s)}
 	var typeList, elemList []string
@@ -146,6 +149,9 @@ func (s *Server) parseKickOff(r *http.Request, sc scope, st *state) (*exportReq,
 				return nil, err
 			}
 		case "patient":
+			if s.rejectPatientParam(rec) {
+				return nil, bad("the patient parameter is not supported by this server")
+			}
 			if err := s.addPatient(req, st, p.value); err != nil {
 				return nil, err
 			}
@@ -322,6 +328,17 @@ func (req *exportReq) addTypeFilter(v string) error {
 	}
 	req.filters[typ] = append(req.filters[typ], f)
 	return nil
+}
+
+// rejectPatientParam consumes the RejectPatientParam fault.
+func (s *Server) rejectPatientParam(rec *RequestRecord) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.faults.RejectPatientParam {
+		return false
+	}
+	s.faultLocked(rec, "RejectPatientParam")
+	return true
 }
 
 func (s *Server) addPatient(req *exportReq, st *state, ref string) error {
