@@ -76,3 +76,21 @@ type Txn interface {
 
 // ErrTxnDone is returned by a Txn used after Commit or Rollback.
 var ErrTxnDone = errors.New("pipeline: transaction already ended")
+
+// Rebuilder is implemented by sinks that can rebuild a view table from their
+// raw landing, so a new or changed view gets rows for every stored resource
+// without a new export (`fhirferry views rebuild`).
+type Rebuilder interface {
+	// ScanRaw streams the current raw resources of one type (the resource
+	// JSON and its id). resource is valid only during the call to fn; an
+	// error from fn stops the scan and is returned.
+	ScanRaw(ctx context.Context, resourceType string, fn func(id string, resource []byte) error) error
+	// ReplaceTable atomically replaces a table's rows with the batches
+	// produce emits (creating or altering the table to t's schema). emit
+	// takes ownership of each batch and releases it, also on error; produce
+	// must return emit's error. Batches have t.Schema (ColSeq included, not
+	// stored). On any error the table keeps its previous rows. ScanRaw may
+	// be called from produce, and then reads the landing as it was when
+	// ReplaceTable started: no run of this process commits in between.
+	ReplaceTable(ctx context.Context, t *Table, produce func(emit func(Batch) error) error) error
+}

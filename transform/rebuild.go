@@ -1,0 +1,148 @@
+package transform
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+
+	"github.com/apache/arrow-go/v18/arrow"
+	"github.com/valyala/fastjson"
+
+	"github.com/fhirferry/fhirferry/pipeline"
+	"github.com/fhirferry/fhirferry/schemas"
+)
+
+// RebuildStats counts what a rebuild read and wrote.
+type RebuildStats struct {
+	Resources int64 // raw resources read
+	Rows      int64 // view rows emitted
+	// Failed counts resources whose view evaluation failed: like a run,
+	// the rebuild leaves them without rows (the run recorded the reject).
+	Failed int64
+}
+
+// ViewTable returns the table of the named view, or nil.
+func (e *Engine) ViewTable(name string) *pipeline.Table {
+	if vt, ok := e.viewTable(name); ok {
+		return vt.table
+	}
+	return nil
+}
+
+func (e *Engine) viewTable(name string) (viewTable, bool) {
+	for _, vts := range e.viewsByType {
+		for _, vt := range vts {
+			if vt.table.Name == name {
+				return vt, true
+			}
+		}
+	}
+	return viewTable{}, false
+}
+
+// RebuildView evaluates one view over resources that scan yields (the raw
+// landing of a sink, see [pipeline.Rebuilder]) and passes its batches to
+// emit, which takes ownership of them. The batches have the same columns
+// and rows as a run loading those resources would give; _seq is 0.
+func (e *Engine) RebuildView(ctx context.Context, name string, scan func(fn func(id string, res []byte) error) error, emit func(pipeline.Batch) error) error {
+	_, err := e.RebuildViewStats(ctx, name, scan, emit)
+	return err
+}
+
+// RebuildViewStats is [Engine.RebuildView] reporting what it did.
+func (e *Engine) RebuildViewStats(ctx context.Context, name string, scan func(fn func(id string, res []byte) error) error, emit func(pipeline.Batch) error) (RebuildStats, error) {
+	var rs RebuildStats
+	vt, ok := e.viewTable(name)
+	if !ok {
+		return rs, fmt.Errorf("rebuild: no view named %q", name)
+	}
+	p, _ := e.parsers.Get().(*fastjson.Parser)
+	if p == nil {
+		p = &fastjson.Parser{}
+	}
+	defer e.parsers.Put(p)
+	// The view's batches are cut and emitted exactly as in a run; the reject
+	// rows a failing resource produces are dropped (the run kept them).
+	fp := &fileProc{e: e, builders: map[*pipeline.Table]*tableBuilder{}, emit: func(b pipeline.Batch) error {
+		if b.Table != vt.table {
+			b.Release()
+			return nil
+		}
+		rs.Rows += b.Rec.NumRows()
+		return emit(b)
+	}}
+	defer fp.release()
+	var st Stats
+	err := scan(func(id string, res []byte) error {
+		if rs.Resources%1024 == 0 {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+		}
+		rs.Resources++
+		v, err := p.ParseBytes(res)
+		if err != nil {
+			return fmt.Errorf("rebuild %s: stored %s %s is not JSON: %w", name, vt.table.ResourceType, id, err)
+		}
+		return fp.view(&st, vt, v, vt.table.ResourceType, id, 0, 0)
+	})
+	if err == nil {
+		err = fp.flushAll()
+	}
+	rs.Failed = st.Rejects
+	return rs, err
+}
+
+// ViewDefinitionsTable records, per sink, the definition each view table
+// was last built from, so a changed or new view is detected (see
+// [ViewHashes]). Callers of ReplaceTable rewrite it whole.
+var ViewDefinitionsTable = &pipeline.Table{
+	Name: "view_definitions",
+	Kind: pipeline.KindAppend,
+	Schema: arrow.NewSchema([]arrow.Field{
+		{Name: "name", Type: arrow.BinaryTypes.String},
+		{Name: "resource_type", Type: arrow.BinaryTypes.String},
+		{Name: "definition_hash", Type: arrow.BinaryTypes.String},
+		{Name: "updated_at", Type: schemas.Timestamp},
+	}, nil),
+	Description: "The ViewDefinition (SHA-256 of its canonical JSON) each view table was last rebuilt from.",
+}
+
+// ViewHash is the hash of a ViewDefinition: SHA-256 of its canonical JSON
+// (keys sorted, no insignificant space), so reformatting a file does not
+// count as a change.
+func ViewHash(def []byte) (string, error) {
+	var v any
+	d := json.NewDecoder(bytes.NewReader(def))
+	d.UseNumber()
+	if err := d.Decode(&v); err != nil {
+		return "", err
+	}
+	c, err := json.Marshal(v)
+	if err != nil {
+		return "", err
+	}
+	sum := sha256.Sum256(c)
+	return hex.EncodeToString(sum[:]), nil
+}
+
+// ViewHashes returns the [ViewHash] of every view LoadViews(defaults, dir)
+// loads, by view name.
+func ViewHashes(defaults bool, dir string) (map[string]string, error) {
+	files, err := schemas.ResolveViews(defaults, dir)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]string, len(files))
+	for _, f := range files {
+		h, err := ViewHash(f.JSON)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", f.Source, err)
+		}
+		out[f.Name] = h
+	}
+	return out, nil
+}
