@@ -632,7 +632,7 @@ func (h *benchHooks) Phase(_, phase string, d time.Duration) {
 		h.phases[phase] += d.Seconds()
 	}
 }
-func (*benchHooks) Committed(string, string, time.Duration)          {}
+func (*benchHooks) Committed(string, string, time.Duration)            {}
 func (*benchHooks) FileDone(string, fetch.Spooled, pipeline.FileStats) {}
 func (*benchHooks) Manifest(string, *fetch.Manifest)                   {}
 
