@@ -188,10 +188,10 @@ func TestReplaceTable(t *testing.T) {
 			mem, s, ctx := checked(t), open(t, mode), t.Context()
 			defer s.Close()
 			require.NoError(t, s.Prepare(ctx, sinktest.Tables()))
-			emitAll := func(rows ...[]any) func(func(arrow.RecordBatch) error) error {
-				return func(emit func(arrow.RecordBatch) error) error {
+			emitAll := func(rows ...[]any) func(func(pipeline.Batch) error) error {
+				return func(emit func(pipeline.Batch) error) error {
 					for _, r := range rows {
-						if err := emit(sinktest.Build(mem, sinktest.PatientView, r).Rec); err != nil {
+						if err := emit(sinktest.Build(mem, sinktest.PatientView, r)); err != nil {
 							return err
 						}
 					}
@@ -203,7 +203,7 @@ func TestReplaceTable(t *testing.T) {
 
 			// A failing producer leaves the old table.
 			boom := errors.New("boom")
-			err := s.ReplaceTable(ctx, sinktest.PatientView, func(emit func(arrow.RecordBatch) error) error {
+			err := s.ReplaceTable(ctx, sinktest.PatientView, func(emit func(pipeline.Batch) error) error {
 				if err := emitAll([]any{"c", int64(3), "z"})(emit); err != nil {
 					return err
 				}
@@ -214,8 +214,8 @@ func TestReplaceTable(t *testing.T) {
 
 			// A narrower schema replaces the columns too.
 			narrow := sinktest.ViewTable("patient_view", "Patient")
-			require.NoError(t, s.ReplaceTable(ctx, narrow, func(emit func(arrow.RecordBatch) error) error {
-				return emit(sinktest.Build(mem, narrow, []any{"c", int64(3)}).Rec)
+			require.NoError(t, s.ReplaceTable(ctx, narrow, func(emit func(pipeline.Batch) error) error {
+				return emit(sinktest.Build(mem, narrow, []any{"c", int64(3)}))
 			}))
 			require.Equal(t, []string{"c"}, rows(t, s, "patient_view", "_resource_id"))
 			cols, err := existingColumns(ctx, s.DB(), "patient_view")

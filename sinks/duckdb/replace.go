@@ -5,22 +5,23 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/apache/arrow-go/v18/arrow"
-
 	"github.com/fhirferry/fhirferry/pipeline"
+	"github.com/fhirferry/fhirferry/schemas"
 )
 
-// ReplaceTable replaces the whole of table t (dropping and recreating it
-// with t's current schema) with the rows produce emits, atomically:
-// readers see the old table until the new one is complete. produce calls
-// emit once per batch; emit takes ownership of the batch and releases it,
-// also on error, and produce must return emit's error. Batches have
-// t.Schema, ColSeq included (it is not stored).
+var _ pipeline.Rebuilder = (*Sink)(nil)
+
+// ReplaceTable implements [pipeline.Rebuilder]: it replaces the whole of
+// table t (dropping and recreating it with t's current schema) with the
+// rows produce emits, atomically: readers see the old table until the new
+// one is complete. Batches must be for t, with t.Schema, ColSeq included
+// (it is not stored).
 //
 // It is the write behind `fhirferry views rebuild`; like a Txn it holds the
-// sink's single writer slot while it runs.
+// sink's single writer slot while it runs, so no run commits between a
+// [Sink.ScanRaw] that produce makes and the replacement.
 func (s *Sink) ReplaceTable(ctx context.Context, t *pipeline.Table,
-	produce func(emit func(arrow.RecordBatch) error) error) (err error) {
+	produce func(emit func(pipeline.Batch) error) error) (err error) {
 	if t == nil || t.Kind == pipeline.KindDeleted {
 		return fmt.Errorf("duckdb sink %s: replace table: not a stored table", s.name)
 	}
@@ -40,12 +41,18 @@ func (s *Sink) ReplaceTable(ctx context.Context, t *pipeline.Table,
 		return err
 	}
 	txn.order = append(txn.order, st)
-	err = produce(func(rec arrow.RecordBatch) error {
-		defer rec.Release()
+	err = produce(func(b pipeline.Batch) error {
+		defer b.Release()
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		return st.write(rec)
+		if b.Table != t && (b.Table == nil || b.Table.Name != t.Name) {
+			return fmt.Errorf("batch for table %v, not %s", tableName(b.Table), t.Name)
+		}
+		if b.Rec == nil {
+			return errors.New("batch without rows")
+		}
+		return st.write(b.Rec)
 	})
 	if err != nil {
 		return err
@@ -82,5 +89,38 @@ func (s *Sink) ReplaceTable(ctx context.Context, t *pipeline.Table,
 	s.mu.Lock()
 	s.tables[t.Name] = t
 	s.mu.Unlock()
+	return nil
+}
+
+func tableName(t *pipeline.Table) string {
+	if t == nil {
+		return "<nil>"
+	}
+	return t.Name
+}
+
+// ScanRaw implements [pipeline.Rebuilder]: it streams the committed raw
+// resources of one type, in no particular order. It reads through the
+// shared pool, so it may run while ReplaceTable holds the writer slot.
+func (s *Sink) ScanRaw(ctx context.Context, resourceType string, fn func(id string, resource []byte) error) (err error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT id, CAST(resource AS VARCHAR) FROM `+quote(schemas.RawTable)+
+		` WHERE resource_type = ?`, resourceType)
+	if err != nil {
+		return fmt.Errorf("duckdb sink %s: scan %s: %w", s.name, resourceType, err)
+	}
+	defer func() { err = errors.Join(err, rows.Close()) }()
+	var id string
+	var res []byte
+	for rows.Next() {
+		if err := rows.Scan(&id, &res); err != nil {
+			return fmt.Errorf("duckdb sink %s: scan %s: %w", s.name, resourceType, err)
+		}
+		if err := fn(id, res); err != nil {
+			return err
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("duckdb sink %s: scan %s: %w", s.name, resourceType, err)
+	}
 	return nil
 }
