@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"iter"
 	"log/slog"
 	"slices"
 	"strings"
@@ -265,78 +264,6 @@ func (s *Sink) views() []*pipeline.Table {
 	}
 	slices.SortFunc(out, func(a, b *pipeline.Table) int { return strings.Compare(a.Name, b.Name) })
 	return out
-}
-
-// ReplaceTable atomically replaces the whole table t (a view being rebuilt)
-// with the rows of batches: the table is dropped, re-created from t.Schema
-// and loaded in one transaction, so readers see the old rows or the new ones.
-// Every record batches yields is released, also on error.
-func (s *Sink) ReplaceTable(ctx context.Context, t *pipeline.Table, batches iter.Seq2[arrow.RecordBatch, error]) (err error) {
-	if t.Kind != pipeline.KindView && t.Kind != pipeline.KindAppend {
-		return fmt.Errorf("postgres sink %s: ReplaceTable %s: only view and append tables can be replaced", s.name, t.Name)
-	}
-	cols, err := tableColumns(t, true)
-	if err != nil {
-		return fmt.Errorf("postgres sink %s: %w", s.name, err)
-	}
-	tx, err := s.pool.Begin(ctx)
-	if err != nil {
-		return fmt.Errorf("postgres sink %s: replace %s: %w", s.name, t.Name, err)
-	}
-	defer func() {
-		if err != nil {
-			_ = tx.Rollback(context.WithoutCancel(ctx))
-		}
-	}()
-	if _, err = tx.Exec(ctx, "DROP TABLE IF EXISTS "+s.ident(t.Name)); err != nil {
-		return fmt.Errorf("postgres sink %s: replace %s: %w", s.name, t.Name, err)
-	}
-	if err = s.createTable(ctx, tx, t); err != nil {
-		return fmt.Errorf("postgres sink %s: replace: %w", s.name, err)
-	}
-	names := make([]string, len(cols))
-	cast := false
-	for i, c := range cols {
-		names[i] = c.name
-		cast = cast || c.store != c.stage
-	}
-	target := pgx.Identifier{s.schema, t.Name}
-	if cast {
-		// Hinted types are cast from the staged types, as in a run's commit.
-		target = pgx.Identifier{"_ff_replace"}
-		if _, err = tx.Exec(ctx, "CREATE TEMP TABLE _ff_replace ("+stageDefs(cols)+") ON COMMIT DROP"); err != nil {
-			return fmt.Errorf("postgres sink %s: replace %s: %w", s.name, t.Name, err)
-		}
-	}
-	var rows int64
-	for rec, ierr := range batches {
-		if ierr != nil {
-			if rec != nil {
-				rec.Release()
-			}
-			return fmt.Errorf("postgres sink %s: replace %s: %w", s.name, t.Name, ierr)
-		}
-		n, cerr := copyRecord(ctx, tx, target, names, rec, cols)
-		rec.Release()
-		if cerr != nil {
-			return fmt.Errorf("postgres sink %s: replace %s: %w", s.name, t.Name, cerr)
-		}
-		rows += n
-	}
-	if cast {
-		q := fmt.Sprintf("INSERT INTO %s (%s) SELECT %s FROM _ff_replace s", s.ident(t.Name), colList(cols, ""), colList(cols, "s"))
-		if _, err = tx.Exec(ctx, q); err != nil {
-			return fmt.Errorf("postgres sink %s: replace %s: %w", s.name, t.Name, err)
-		}
-	}
-	if err = tx.Commit(ctx); err != nil {
-		return fmt.Errorf("postgres sink %s: replace %s: %w", s.name, t.Name, err)
-	}
-	s.mu.Lock()
-	s.tables[t.Name] = t
-	s.mu.Unlock()
-	s.log.Info("replaced table", "table", t.Name, "rows", rows)
-	return nil
 }
 
 // copyRecord streams rec into table with binary COPY in the staged types.

@@ -5,7 +5,6 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
-	"iter"
 	"log/slog"
 	"os"
 	"strings"
@@ -241,16 +240,17 @@ func TestReplaceTable(t *testing.T) {
 	s := openSink(t)
 	defer s.Close()
 	require.NoError(t, s.Prepare(ctx, []*pipeline.Table{sinktest.PatientView}))
-	seq := func(bs ...pipeline.Batch) iter.Seq2[arrow.RecordBatch, error] {
-		return func(yield func(arrow.RecordBatch, error) bool) {
+	seq := func(bs ...pipeline.Batch) func(func(pipeline.Batch) error) error {
+		return func(emit func(pipeline.Batch) error) error {
 			for i, b := range bs {
-				if !yield(b.Rec, nil) {
+				if err := emit(b); err != nil {
 					for _, rest := range bs[i+1:] {
 						rest.Release()
 					}
-					return
+					return err
 				}
 			}
+			return nil
 		}
 	}
 	v2 := sinktest.ViewTable(sinktest.PatientView.Name, "Patient",
@@ -263,11 +263,11 @@ func TestReplaceTable(t *testing.T) {
 	require.ElementsMatch(t, []string{"p1|Smith|1.3", "p2|Jones|NULL"}, rows(t, s, v2.Name, "_resource_id", "family", "amount"))
 
 	// A failing iterator leaves the previous table in place.
-	failing := func(yield func(arrow.RecordBatch, error) bool) {
-		if !yield(sinktest.Build(mem, v2, []any{"p3", int64(1), "Doe", "2"}).Rec, nil) {
-			return
+	failing := func(emit func(pipeline.Batch) error) error {
+		if err := emit(sinktest.Build(mem, v2, []any{"p3", int64(1), "Doe", "2"})); err != nil {
+			return err
 		}
-		yield(nil, fmt.Errorf("view evaluation failed"))
+		return fmt.Errorf("view evaluation failed")
 	}
 	require.ErrorContains(t, s.ReplaceTable(ctx, v2, failing), "view evaluation failed")
 	require.ElementsMatch(t, []string{"p1|Smith|1.3", "p2|Jones|NULL"}, rows(t, s, v2.Name, "_resource_id", "family", "amount"))

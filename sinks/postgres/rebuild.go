@@ -1,0 +1,161 @@
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/fhirferry/fhirferry/pipeline"
+	"github.com/fhirferry/fhirferry/schemas"
+)
+
+var _ pipeline.Rebuilder = (*Sink)(nil)
+
+// scanFetch is how many raw rows ScanRaw fetches from its cursor at a time.
+const scanFetch = 500
+
+// ReplaceTable implements [pipeline.Rebuilder]: the whole table t (a view
+// being rebuilt, or an append table such as view_definitions) is dropped,
+// re-created from t.Schema and loaded with the batches produce emits, in
+// one transaction, so readers see the old rows or the new ones.
+//
+// The transaction first takes a SHARE lock on the raw landing: a run's
+// commit (of any process) waits until the replacement commits, so rows
+// produce computes from [Sink.ScanRaw] are still current when they become
+// visible.
+func (s *Sink) ReplaceTable(ctx context.Context, t *pipeline.Table, produce func(emit func(pipeline.Batch) error) error) (err error) {
+	if t == nil || (t.Kind != pipeline.KindView && t.Kind != pipeline.KindAppend) {
+		return fmt.Errorf("postgres sink %s: replace table: only view and append tables can be replaced", s.name)
+	}
+	defer func() {
+		if err != nil {
+			err = fmt.Errorf("postgres sink %s: replace %s: %w", s.name, t.Name, err)
+		}
+	}()
+	cols, err := tableColumns(t, true)
+	if err != nil {
+		return err
+	}
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			_ = tx.Rollback(context.WithoutCancel(ctx))
+		}
+	}()
+	if _, err = tx.Exec(ctx, "LOCK TABLE "+s.ident(schemas.RawTable)+" IN SHARE MODE"); err != nil {
+		return err
+	}
+	if _, err = tx.Exec(ctx, "DROP TABLE IF EXISTS "+s.ident(t.Name)); err != nil {
+		return err
+	}
+	if err = s.createTable(ctx, tx, t); err != nil {
+		return err
+	}
+	names := make([]string, len(cols))
+	cast := false
+	for i, c := range cols {
+		names[i] = c.name
+		cast = cast || c.store != c.stage
+	}
+	target := pgx.Identifier{s.schema, t.Name}
+	if cast {
+		// Hinted types are cast from the staged types, as in a run's commit.
+		target = pgx.Identifier{"_ff_replace"}
+		if _, err = tx.Exec(ctx, "CREATE TEMP TABLE _ff_replace ("+stageDefs(cols)+") ON COMMIT DROP"); err != nil {
+			return err
+		}
+	}
+	var rows int64
+	err = produce(func(b pipeline.Batch) error {
+		defer b.Release()
+		if b.Table != t && (b.Table == nil || b.Table.Name != t.Name) {
+			return fmt.Errorf("batch for table %v, not %s", tableName(b.Table), t.Name)
+		}
+		if b.Rec == nil {
+			return errors.New("batch without rows")
+		}
+		n, err := copyRecord(ctx, tx, target, names, b.Rec, cols)
+		rows += n
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	if cast {
+		q := fmt.Sprintf("INSERT INTO %s (%s) SELECT %s FROM _ff_replace s", s.ident(t.Name), colList(cols, ""), colList(cols, "s"))
+		if _, err = tx.Exec(ctx, q); err != nil {
+			return err
+		}
+	}
+	if err = tx.Commit(ctx); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.tables[t.Name] = t
+	s.mu.Unlock()
+	s.log.Debug("replaced table", "table", t.Name, "rows", rows)
+	return nil
+}
+
+func tableName(t *pipeline.Table) string {
+	if t == nil {
+		return "<nil>"
+	}
+	return t.Name
+}
+
+// ScanRaw implements [pipeline.Rebuilder]: it streams the committed raw
+// resources of one type through a cursor in a read-only transaction, so
+// memory stays bounded and stopping early does not read the rest. The
+// JSON is PostgreSQL's rendering of the stored jsonb (keys reordered,
+// whitespace normalised), which views read the same.
+func (s *Sink) ScanRaw(ctx context.Context, resourceType string, fn func(id string, resource []byte) error) (err error) {
+	var fnErr error // returned as is
+	defer func() {
+		if err != nil && err != fnErr { //nolint:errorlint // identity, not a kind of error
+			err = fmt.Errorf("postgres sink %s: scan %s: %w", s.name, resourceType, err)
+		}
+	}()
+	tx, err := s.pool.BeginTx(ctx, pgx.TxOptions{AccessMode: pgx.ReadOnly, IsoLevel: pgx.RepeatableRead})
+	if err != nil {
+		return err
+	}
+	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+	if _, err := tx.Exec(ctx, "DECLARE ff_scan NO SCROLL CURSOR FOR SELECT id, resource::text FROM "+
+		s.ident(schemas.RawTable)+" WHERE resource_type = $1", resourceType); err != nil {
+		return err
+	}
+	fetch := fmt.Sprintf("FETCH %d FROM ff_scan", scanFetch)
+	for {
+		rows, err := tx.Query(ctx, fetch)
+		if err != nil {
+			return err
+		}
+		n := 0
+		var id string
+		var res []byte
+		for rows.Next() {
+			n++
+			if err := rows.Scan(&id, &res); err != nil {
+				rows.Close()
+				return err
+			}
+			if fnErr = fn(id, res); fnErr != nil {
+				rows.Close()
+				return fnErr
+			}
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		if n < scanFetch {
+			return nil
+		}
+	}
+}
