@@ -7,14 +7,12 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
-	"iter"
 	"log/slog"
 	"regexp"
 	"slices"
 	"strings"
 	"sync"
 
-	"github.com/apache/arrow-go/v18/arrow"
 	"github.com/apache/arrow-go/v18/arrow/memory"
 	"github.com/apache/arrow-go/v18/parquet/compress"
 
@@ -247,60 +245,6 @@ func newTag(run string) string {
 		run = run[:40]
 	}
 	return run + "-" + hex.EncodeToString(b)
-}
-
-// ReplaceTable atomically replaces table t (a view being rebuilt) with the
-// rows of batches, released as they are written; on error the lake is
-// unchanged.
-func (s *Sink) ReplaceTable(ctx context.Context, t *pipeline.Table, batches iter.Seq2[arrow.RecordBatch, error]) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.busy {
-		return fmt.Errorf("parquet sink %s: replace %s during a run", s.name, t.Name)
-	}
-	tag := newTag("replace")
-	stored := arrow.NewSchema(t.StoredFields(), nil)
-	fs := newFileSet(ctx, s.st, s.mem, s.comp, stored, t.Name+"/"+tag)
-	write := func() error {
-		for rec, err := range batches {
-			if err != nil {
-				if rec != nil {
-					rec.Release()
-				}
-				return err
-			}
-			c, err := conform(s.mem, rec, stored)
-			rec.Release()
-			if err != nil {
-				return err
-			}
-			err = fs.write(c)
-			c.Release()
-			if err != nil {
-				return err
-			}
-		}
-		return nil
-	}
-	err := write()
-	var files []fileMeta
-	if err == nil {
-		files, err = fs.close()
-	}
-	if err != nil {
-		s.deleteAll(ctx, paths(fs.abort()))
-		return fmt.Errorf("parquet sink %s: replace %s: %w", s.name, t.Name, err)
-	}
-	m := s.meta.clone()
-	m.Tables[t.Name] = &tableMeta{Kind: t.Kind.String(), ResourceType: t.ResourceType, Columns: columnsOf(t), Files: files}
-	m.Version++
-	if err := publish(ctx, s.st, m, tag); err != nil {
-		s.deleteAll(ctx, paths(files))
-		return fmt.Errorf("parquet sink %s: replace %s: %w", s.name, t.Name, err)
-	}
-	s.tables[t.Name] = t
-	s.published(ctx, m, tag)
-	return nil
 }
 
 func paths(fs []fileMeta) []string {

@@ -269,27 +269,29 @@ func TestReplaceTable(t *testing.T) {
 	s := open(t, dir, WithAllocator(mem))
 	require.NoError(t, s.Prepare(ctx, []*pipeline.Table{sinktest.PatientView}))
 	v := sinktest.PatientView
-	seq := func(recs ...arrow.RecordBatch) func(func(arrow.RecordBatch, error) bool) {
-		return func(yield func(arrow.RecordBatch, error) bool) {
-			for i, r := range recs {
-				if !yield(r, nil) {
-					for _, rest := range recs[i+1:] {
+	seq := func(bs ...pipeline.Batch) func(func(pipeline.Batch) error) error {
+		return func(emit func(pipeline.Batch) error) error {
+			for i, b := range bs {
+				if err := emit(b); err != nil {
+					for _, rest := range bs[i+1:] {
 						rest.Release()
 					}
-					return
+					return err
 				}
 			}
+			return nil
 		}
 	}
 	require.NoError(t, s.ReplaceTable(ctx, v, seq(
-		sinktest.Build(mem, v, []any{"a", int64(1), "Ann"}).Rec,
-		sinktest.Build(mem, v, []any{"b", int64(2), "Bob"}).Rec)))
+		sinktest.Build(mem, v, []any{"a", int64(1), "Ann"}),
+		sinktest.Build(mem, v, []any{"b", int64(2), "Bob"}))))
 	require.ElementsMatch(t, []string{"a|Ann", "b|Bob"}, tableRows(t, s.st, v.Name, "_resource_id", "name"))
 	old := s.LiveFiles(v.Name)
-	failing := func(yield func(arrow.RecordBatch, error) bool) {
-		if yield(sinktest.Build(mem, v, []any{"c", int64(1), "Cy"}).Rec, nil) {
-			yield(nil, errors.New("view evaluation failed"))
+	failing := func(emit func(pipeline.Batch) error) error {
+		if err := emit(sinktest.Build(mem, v, []any{"c", int64(1), "Cy"})); err != nil {
+			return err
 		}
+		return errors.New("view evaluation failed")
 	}
 	require.ErrorContains(t, s.ReplaceTable(ctx, v, failing), "view evaluation failed")
 	require.Equal(t, old, s.LiveFiles(v.Name))
