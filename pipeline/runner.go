@@ -62,6 +62,9 @@ type Runner struct {
 	FailOnErrorOutcomes bool
 	// MaxKickOffs bounds re-kick-offs after an export vanished (404, expiry).
 	MaxKickOffs int
+	// Full makes every new run export from InitialSince whatever the
+	// checkpoints say (the Group back-fill runs of C49, see Backfill).
+	Full bool
 }
 
 // Result summarises a finished run.
@@ -80,6 +83,12 @@ type Result struct {
 	Stats     FileStats
 	Files     int
 	WireBytes int64
+	// NewMembers and RemovedMembers are the Group membership changes a
+	// Backfill run found (C49); Backfill is the run that fetched the new
+	// members' history, nil when none was needed.
+	NewMembers     []string
+	RemovedMembers []string
+	Backfill       *Result
 }
 
 func (r *Runner) log() *slog.Logger {
@@ -162,6 +171,9 @@ func (e *jobFailure) Unwrap() error { return e.err }
 // since is the oldest checkpoint over the sinks; a sink without one needs
 // a full export (or the configured initial _since).
 func (r *Runner) since(ctx context.Context) (string, error) {
+	if r.Full {
+		return r.InitialSince, nil
+	}
 	var oldest string
 	var oldestT time.Time
 	for _, s := range r.Sinks {
