@@ -88,7 +88,7 @@ func (b *Backfill) Run(ctx context.Context) (*Result, error) {
 	r := b.Runner
 	group := r.Request.GroupID
 	if r.Request.Level != fetch.LevelGroup || group == "" {
-		return nil, fmt.Errorf("source %s: the new-member back-fill needs a group-level source", r.Source)
+		return nil, errors.New("the new-member back-fill needs a group-level source")
 	}
 	path := MembersPath(r.DataDir, r.Source)
 	snap, err := loadMembership(path)
@@ -137,7 +137,7 @@ func (b *Backfill) plan(ctx context.Context, snap *membership, log *slog.Logger)
 	taken := time.Now().UTC()
 	cur, err := b.Members.GroupMembers(ctx, group)
 	if err != nil {
-		return nil, fmt.Errorf("source %s: read the members of Group/%s: %w", r.Source, group, err)
+		return nil, fmt.Errorf("read the members of Group/%s: %w", group, err)
 	}
 	cur = restrict(cur, r.Request.Patients)
 	if cur == nil {
@@ -210,7 +210,7 @@ func (b *Backfill) backfill(ctx context.Context, path string, snap *membership, 
 		res, err = b.backfillRunner(cyc).Run(ctx)
 	}
 	if err != nil {
-		return res, fmt.Errorf("source %s: back-fill of %d new member(s) of Group/%s: %w", b.Runner.Source, len(cyc.New), b.Runner.Request.GroupID, err)
+		return res, fmt.Errorf("back-fill of %d new member(s) of Group/%s: %w", len(cyc.New), b.Runner.Request.GroupID, err)
 	}
 	cyc.BackfillDone = true
 	if err := saveMembership(path, snap); err != nil {
