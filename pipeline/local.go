@@ -103,8 +103,10 @@ type localManifest struct {
 }
 
 // fromManifest maps each manifest entry to the local file with the URL's
-// base name. Files the manifest lists but the folder lacks are an error:
-// loading part of an export would advance the checkpoint past lost data.
+// base name or, failing that, to the files of the entry's type (folders
+// where a type's files were joined into <Type>.ndjson). Files the manifest
+// lists but the folder lacks are an error: loading part of an export would
+// advance the checkpoint past lost data.
 func (l *LocalExport) fromManifest(m *fetch.Manifest, data []byte, files []string) error {
 	var lm localManifest
 	if err := json.Unmarshal(data, &lm); err != nil {
@@ -115,32 +117,42 @@ func (l *LocalExport) fromManifest(m *fetch.Manifest, data []byte, files []strin
 	for _, f := range files {
 		byBase[strings.TrimSuffix(filepath.Base(f), ".gz")] = f
 	}
-	find := func(u string) (string, error) {
+	used := map[string]bool{}
+	var missing []string
+	add := func(kind fetch.FileKind, typ, u string) {
+		var found []string
 		base := u
 		if pu, err := url.Parse(u); err == nil {
 			base = pu.Path
 		}
 		base = path.Base(base)
 		if f, ok := byBase[base]; ok {
-			return f, nil
+			found = []string{f}
+		} else {
+			for _, f := range files {
+				if k, t := guessKind(filepath.Base(f)); k == kind && (t == typ || kind != fetch.KindOutput) {
+					found = append(found, f)
+				}
+			}
 		}
-		return "", fmt.Errorf("file %s listed in the manifest is not in the folder", base)
-	}
-	var missing []string
-	add := func(kind fetch.FileKind, typ, u string) {
-		f, err := find(u)
-		if err != nil {
-			missing = append(missing, err.Error())
+		if len(found) == 0 {
+			missing = append(missing, fmt.Sprintf("file %s (%s) listed in the manifest is not in the folder", base, typ))
 			return
 		}
-		fi := fetch.File{Kind: kind, Type: typ, URL: f, Count: -1}
-		switch kind {
-		case fetch.KindDeleted:
-			m.Deleted = append(m.Deleted, fi)
-		case fetch.KindError:
-			m.Error = append(m.Error, fi)
-		default:
-			m.Output = append(m.Output, fi)
+		for _, f := range found {
+			if used[f] {
+				continue
+			}
+			used[f] = true
+			fi := fetch.File{Kind: kind, Type: typ, URL: f, Count: -1}
+			switch kind {
+			case fetch.KindDeleted:
+				m.Deleted = append(m.Deleted, fi)
+			case fetch.KindError:
+				m.Error = append(m.Error, fi)
+			default:
+				m.Output = append(m.Output, fi)
+			}
 		}
 	}
 	for _, o := range lm.Output {
@@ -167,7 +179,7 @@ func guessKind(name string) (fetch.FileKind, string) {
 	switch {
 	case strings.Contains(lower, "deleted"):
 		return fetch.KindDeleted, "Bundle"
-	case strings.Contains(lower, "error") || strings.Contains(base, "OperationOutcome"):
+	case strings.Contains(lower, "error") || strings.HasPrefix(lower, "err_") || strings.Contains(base, "OperationOutcome"):
 		return fetch.KindError, "OperationOutcome"
 	}
 	if m := numbered.FindStringSubmatch(base); m != nil {
