@@ -1,0 +1,38 @@
+package main
+
+import (
+	"bytes"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+)
+
+// TestDemo runs `fhirferry demo` (SMART auth, initial and incremental Group
+// export into DuckDB) and checks its account of what happened.
+func TestDemo(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "demo")
+	var out bytes.Buffer
+	root := newRoot()
+	root.SetOut(&out)
+	root.SetErr(&out)
+	root.SetArgs([]string{"demo", "--dir", dir, "--patients", "8"})
+	require.NoError(t, root.Execute(), out.String())
+	s := out.String()
+	require.Contains(t, s, "SMART Backend Services")
+	require.Regexp(t, `demo\s+success\s+-\s+2025-01-01T00:00:00(\.000)?Z`, s, "run 1 is a full export")
+	require.Regexp(t, `demo\s+success\s+2025-01-01T00:00:00(\.000)?Z\s+2025-01-02T00:00:00(\.000)?Z`, s, "run 2 starts at run 1's transactionTime")
+	require.Regexp(t, `deleted\s+\S+/\S+: no longer in the warehouse`, s)
+	require.Regexp(t, `updated\s+\S+/\S+: version 2, lastUpdated 2025-01-02`, s)
+	m := regexp.MustCompile(`(?m)^  (female|male)\s+(\d+)\s+(\d+)`).FindAllStringSubmatch(s, -1)
+	require.NotEmpty(t, m, "the sample query returns rows")
+	patients := 0
+	for _, row := range m {
+		n, _ := strconv.Atoi(row[2])
+		patients += n
+	}
+	require.Positive(t, patients)
+	require.Contains(t, s, "duckdb "+filepath.Join(dir, "warehouse.duckdb"))
+}
