@@ -33,11 +33,12 @@ summary and exits non-zero if any source failed.`,
 			ctx := cmd.Context()
 			log := g.logger()
 			prog := newProgress(cmd.ErrOrStderr())
-			a, err := buildApp(ctx, cfgPath, log, prog, nil)
+			a, err := buildApp(ctx, cfgPath, log, prog, prog.observer)
 			if err != nil {
 				return err
 			}
 			defer a.close()
+			warnStaleViews(ctx, cmd.ErrOrStderr(), a, cfgPath)
 			names := []string{source}
 			if source == "" {
 				names = names[:0]
@@ -148,6 +149,29 @@ func (p *progress) FileDone(_ string, sp fetch.Spooled, st pipeline.FileStats) {
 	if p.bar != nil {
 		p.bar.Describe(fmt.Sprintf("%s (%d resources)", sp.File.Type, st.Resources))
 		_ = p.bar.Add(1)
+	}
+}
+
+// observer shows the server's X-Progress while an export is prepared; the
+// other client events are for metrics.
+func (p *progress) observer(source string) fetch.Observer { return waitProgress{p: p, source: source} }
+
+type waitProgress struct {
+	p      *progress
+	source string
+}
+
+func (w waitProgress) Retry(string)           {}
+func (w waitProgress) HTTPStatus(string, int) {}
+func (w waitProgress) Bytes(string, int64)    {}
+func (w waitProgress) Progress(_, text string) {
+	if !w.p.tty {
+		return
+	}
+	w.p.mu.Lock()
+	defer w.p.mu.Unlock()
+	if w.p.bar == nil { // only while waiting, before files load
+		fmt.Fprintf(w.p.w, "\r\033[K%s: export in progress: %.80s", w.source, text)
 	}
 }
 
