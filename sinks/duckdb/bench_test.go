@@ -66,10 +66,16 @@ func benchJSON(r *rand.Rand, id string, lu time.Time) string {
 // benchBatches builds n resources in raw batches of batchRows rows (about
 // the transform's 8 MiB cut) and their view batches, and the JSON bytes.
 func benchBatches(mem memory.Allocator, n, batchRows int) ([]pipeline.Batch, int64) {
-	r := rand.New(rand.NewPCG(1, 2))
+	return benchBatchesFrom(mem, 0, n, batchRows)
+}
+
+// benchBatchesFrom builds resources first .. first+n-1.
+func benchBatchesFrom(mem memory.Allocator, first, n, batchRows int) ([]pipeline.Batch, int64) {
+	r := rand.New(rand.NewPCG(1, uint64(first)))
 	var out []pipeline.Batch
 	var bytes int64
-	for start := 0; start < n; start += batchRows {
+	n += first
+	for start := first; start < n; start += batchRows {
 		var raws []sinktest.Raw
 		var views [][]any
 		for i := start; i < min(n, start+batchRows); i++ {
@@ -97,7 +103,8 @@ func benchRows() int {
 
 // BenchmarkLoad measures one initial run of benchRows resources (raw
 // landing and one view), staging plus Commit, for each staging path. Set
-// FHIRFERRY_BENCH_ROWS for larger runs.
+// FHIRFERRY_BENCH_ROWS for larger runs and FHIRFERRY_BENCH_MEMORY (e.g.
+// 128MB) to load under a DuckDB memory_limit.
 func BenchmarkLoad(b *testing.B) {
 	mem := memory.NewGoAllocator()
 	n := benchRows()
@@ -150,7 +157,8 @@ func BenchmarkLoad(b *testing.B) {
 }
 
 func configs_(b *testing.B, i int) configs.DuckDBSink {
-	return configs.DuckDBSink{Path: fmt.Sprintf("%s/b%d.duckdb", b.TempDir(), i)}
+	return configs.DuckDBSink{Path: fmt.Sprintf("%s/b%d.duckdb", b.TempDir(), i),
+		MemoryLimit: os.Getenv("FHIRFERRY_BENCH_MEMORY")}
 }
 
 func benchLog() *slog.Logger {

@@ -237,3 +237,35 @@ func TestConfigApplied(t *testing.T) {
 	_, err := New(configs.DuckDBSink{Path: filepath.Join(t.TempDir(), "x.duckdb"), MemoryLimit: "lots"}, "bad", nil)
 	require.ErrorContains(t, err, "duckdb sink bad: open")
 }
+
+// TestLargeRunUnderMemoryLimit stages and commits a run larger than
+// DuckDB's memory limit through the default path, generating batches on
+// the fly: staging must spill rather than accumulate in memory.
+func TestLargeRunUnderMemoryLimit(t *testing.T) {
+	if testing.Short() {
+		t.Skip("writes about 70 MB")
+	}
+	mem, ctx := checked(t), t.Context()
+	dir := t.TempDir()
+	s, err := New(configs.DuckDBSink{Path: filepath.Join(dir, "w.duckdb"), MemoryLimit: "100MB", Threads: 1}, "big", nil)
+	require.NoError(t, err)
+	defer s.Close()
+	require.NoError(t, s.Prepare(ctx, []*pipeline.Table{benchObsView}))
+	txn, err := s.Begin(ctx, pipeline.RunInfo{RunID: "big", Source: "s", ExportID: "e", TransactionTime: "2025-02-01T00:00:00Z"})
+	require.NoError(t, err)
+	const n, per = 19200, 1600
+	var jsonBytes int64
+	for start := 0; start < n; start += per {
+		batches, b := benchBatchesFrom(mem, start, per, per)
+		jsonBytes += b
+		for _, bt := range batches {
+			require.NoError(t, txn.Write(ctx, bt))
+		}
+	}
+	require.Greater(t, jsonBytes, int64(100<<20))
+	require.NoError(t, txn.Commit(ctx, pipeline.RunSummary{Outcome: "success"}))
+	var raws, views, ids int64
+	require.NoError(t, s.DB().QueryRowContext(ctx, `SELECT (SELECT count(*) FROM fhir_resources),
+		count(*), count(DISTINCT _resource_id) FROM observation_bench`).Scan(&raws, &views, &ids))
+	require.Equal(t, [3]int64{n, n, n}, [3]int64{raws, views, ids})
+}

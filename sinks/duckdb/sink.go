@@ -37,8 +37,8 @@ type Sink struct {
 	tables map[string]*pipeline.Table // prepared tables by name
 }
 
-// New opens (creating if needed) the DuckDB file cfg.Path. Runs stage
-// their Parquet files in a spool folder next to it, cfg.Path + ".spool".
+// New opens (creating if needed) the DuckDB file cfg.Path (":memory:" for
+// a throwaway database).
 func New(cfg configs.DuckDBSink, name string, log *slog.Logger) (*Sink, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -60,9 +60,20 @@ func New(cfg configs.DuckDBSink, name string, log *slog.Logger) (*Sink, error) {
 	if err != nil {
 		return nil, fmt.Errorf("duckdb sink %s: open %s: %w", name, cfg.Path, err)
 	}
+	spool := cfg.Path + ".spool"
+	if cfg.Path == ":memory:" {
+		if spool, err = os.MkdirTemp("", "fhirferry-duckdb-spool-"); err != nil {
+			return nil, errors.Join(fmt.Errorf("duckdb sink %s: %w", name, err), conn.Close())
+		}
+	}
+	// The file is locked to this process now, so whatever a crashed run
+	// left in the spool folder is stale.
+	if err := os.RemoveAll(spool); err != nil {
+		return nil, errors.Join(fmt.Errorf("duckdb sink %s: clear spool: %w", name, err), conn.Close())
+	}
 	s := &Sink{
 		name: name, log: log, path: cfg.Path, db: sql.OpenDB(conn),
-		spool: cfg.Path + ".spool", mode: defaultMode,
+		spool: spool, mode: defaultMode,
 		writer: make(chan struct{}, 1), tables: map[string]*pipeline.Table{},
 	}
 	return s, nil

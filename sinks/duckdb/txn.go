@@ -76,6 +76,9 @@ func (t *Txn) Write(ctx context.Context, b pipeline.Batch) error {
 	if t.done {
 		return pipeline.ErrTxnDone
 	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
 	if b.Table == nil || b.Rec == nil {
 		return fmt.Errorf("duckdb sink %s: batch without table or rows", t.s.name)
 	}
