@@ -189,16 +189,36 @@ func (a *app) runner(ctx context.Context, name string) (*pipeline.Runner, error)
 	}, nil
 }
 
-// runSource performs one run of the named source.
+// runSource performs one run of the named source: for a Group source with
+// export.backfill_new_members, a run of the membership pattern (C49).
 func (a *app) runSource(ctx context.Context, name string) (*pipeline.Result, error) {
 	r, err := a.runner(ctx, name)
 	if err != nil {
 		return nil, err
 	}
+	run, err := a.runFunc(name, r)
+	if err != nil {
+		return nil, err
+	}
 	t0 := time.Now()
-	res, err := r.Run(ctx)
+	res, err := run(ctx)
 	if err != nil {
 		return res, fmt.Errorf("source %s: %w (after %s)", name, err, time.Since(t0).Round(time.Millisecond))
 	}
 	return res, nil
+}
+
+// runFunc picks how a source runs: plainly, or wrapped in the Group
+// membership pattern when the config asks for it.
+func (a *app) runFunc(name string, r *pipeline.Runner) (func(context.Context) (*pipeline.Result, error), error) {
+	src, _ := a.cfg.Source(name)
+	if !src.Export.BackfillNewMembers {
+		return r.Run, nil
+	}
+	ml, ok := r.Client.(pipeline.MemberLister)
+	if !ok {
+		return nil, fmt.Errorf("source %s: backfill_new_members needs a client that reads Group members", name)
+	}
+	b := &pipeline.Backfill{Runner: r, Members: ml}
+	return b.Run, nil
 }
