@@ -451,19 +451,3 @@ func cellJSON(v view.Value) []byte {
 	}
 	return b
 }
-
-func newViewsRebuildCmd(*globals) *cobra.Command {
-	var cfgPath, name string
-	cmd := &cobra.Command{
-		Use:   "rebuild --config FILE [--view NAME]",
-		Short: "Rebuild view tables from the raw landing without a new export",
-		Args:  cobra.NoArgs,
-		RunE: func(*cobra.Command, []string) error {
-			return errors.New("views rebuild: not available yet: it needs the sinks' raw-landing scan and table replacement wired into the pipeline")
-		},
-	}
-	cmd.Flags().StringVar(&cfgPath, "config", "", "config file (required)")
-	cmd.Flags().StringVar(&name, "view", "", "rebuild only this view (default: all)")
-	_ = cmd.MarkFlagRequired("config")
-	return cmd
-}
