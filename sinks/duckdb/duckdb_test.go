@@ -269,3 +269,30 @@ func TestLargeRunUnderMemoryLimit(t *testing.T) {
 		count(*), count(DISTINCT _resource_id) FROM observation_bench`).Scan(&raws, &views, &ids))
 	require.Equal(t, [3]int64{n, n, n}, [3]int64{raws, views, ids})
 }
+
+// TestEmptyBatchesAndMemoryDB commits runs whose batches have no rows, in
+// both staging paths, and a run into an in-memory database.
+func TestEmptyBatchesAndMemoryDB(t *testing.T) {
+	for _, mode := range modes {
+		t.Run(mode.String(), func(t *testing.T) {
+			mem, ctx := checked(t), t.Context()
+			s, err := New(configs.DuckDBSink{Path: ":memory:"}, "m", nil)
+			require.NoError(t, err)
+			s.mode = mode
+			require.NoError(t, s.Prepare(ctx, sinktest.Tables()))
+			txn, err := s.Begin(ctx, pipeline.RunInfo{RunID: "r1", Source: "s", ExportID: "e", TransactionTime: "2025-02-01T00:00:00Z"})
+			require.NoError(t, err)
+			require.NoError(t, txn.Write(ctx, sinktest.RawBatch(mem)))
+			require.NoError(t, txn.Write(ctx, sinktest.Build(mem, sinktest.PatientView)))
+			require.NoError(t, txn.Write(ctx, sinktest.RejectBatch(mem, sinktest.Prov{})))
+			require.NoError(t, txn.Write(ctx, sinktest.RawBatch(mem, sinktest.Raw{Type: "Patient", ID: "p", Seq: 1})))
+			require.NoError(t, txn.Commit(ctx, pipeline.RunSummary{Outcome: "success"}))
+			require.Equal(t, []string{"p"}, rows(t, s, schemas.RawTable, "id"))
+			require.Empty(t, rows(t, s, schemas.RejectsTable, "reason"))
+			spool := s.spool
+			require.NoError(t, s.Close())
+			_, err = os.Stat(spool)
+			require.True(t, os.IsNotExist(err), "the temporary spool folder is removed")
+		})
+	}
+}
