@@ -78,7 +78,13 @@ type Result struct {
 	Finished        time.Time
 	Resumed         bool
 	// Skipped lists the sinks that already held the export.
-	Skipped   []string
+	Skipped []string
+	// Deferred lists the sinks left out of a full export (no _since)
+	// because they hold an older state of the source: a full export
+	// carries no deleted entries, so it cannot bring them up to date. They
+	// catch up in the next run, which starts at their checkpoint. Full
+	// runners (back-fills) never defer.
+	Deferred  []string
 	Committed []string
 	Stats     FileStats
 	Files     int
@@ -280,6 +286,12 @@ func (r *Runner) apply(ctx context.Context, store *stateStore, st *RunState, res
 		}
 		if ok && cp.ExportID == info.ExportID {
 			res.Skipped = append(res.Skipped, s.Name())
+			continue
+		}
+		if ok && cp.TransactionTime != "" && st.Since == "" && !r.Full {
+			log.Warn("sink holds an older state than a full export can update; it catches up in the next run",
+				"sink", s.Name(), "checkpoint", cp.TransactionTime)
+			res.Deferred = append(res.Deferred, s.Name())
 			continue
 		}
 		todo = append(todo, s)
