@@ -1,0 +1,286 @@
+// Package pipelinetest holds the checks the end-to-end and crash tests
+// share: a warehouse's raw landing and view tables compared with the
+// bulktest server's ground truth, whatever engine holds them (DuckDB,
+// PostgreSQL, or a Parquet lake read through DuckDB). The checks go through
+// database/sql with SQL that DuckDB and PostgreSQL both accept, so one
+// implementation proves every sink.
+package pipelinetest
+
+import (
+	"bytes"
+	"context"
+	"database/sql"
+	"encoding/json"
+	"fmt"
+	"maps"
+	"reflect"
+	"slices"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/apache/arrow-go/v18/arrow"
+	"github.com/apache/arrow-go/v18/arrow/array"
+	"github.com/apache/arrow-go/v18/arrow/memory"
+	"github.com/stretchr/testify/require"
+
+	"github.com/fhirferry/fhirferry/fetch/bulktest"
+	"github.com/fhirferry/fhirferry/pipeline"
+	"github.com/fhirferry/fhirferry/schemas"
+	"github.com/fhirferry/fhirferry/transform"
+)
+
+// Truth is the server's current state, as bulktest.Server.Truth returns it.
+type Truth = map[bulktest.Key]bulktest.TruthRow
+
+// maxListed caps the keys listed in a failure message.
+const maxListed = 15
+
+// RequireMatchesTruth fails t unless db's fhir_resources equals truth
+// exactly (every current resource once, at its version, lastUpdated and
+// JSON; nothing deleted left) and every view table holds exactly the rows
+// the views compute from the current resources (RequireViewsMatch).
+func RequireMatchesTruth(t testing.TB, db *sql.DB, views []transform.View, truth Truth) {
+	t.Helper()
+	RequireRawMatches(t, db, truth)
+	RequireViewsMatch(t, db, views, truth)
+}
+
+// RequireRawMatches compares the raw landing with truth: same keys, no
+// duplicate key, current version, lastUpdated and JSON.
+func RequireRawMatches(t testing.TB, db *sql.DB, truth Truth) {
+	t.Helper()
+	ctx := context.Background()
+	rows, err := db.QueryContext(ctx, `SELECT resource_type, id, coalesce(version_id, ''), last_updated, CAST(resource AS VARCHAR) FROM `+schemas.RawTable)
+	require.NoError(t, err)
+	defer rows.Close()
+	type stored struct {
+		version string
+		lu      sql.NullTime
+		json    string
+	}
+	got := map[bulktest.Key]stored{}
+	var dups []string
+	for rows.Next() {
+		var k bulktest.Key
+		var s stored
+		require.NoError(t, rows.Scan(&k.Type, &k.ID, &s.version, &s.lu, &s.json))
+		if _, dup := got[k]; dup {
+			dups = append(dups, k.Type+"/"+k.ID)
+		}
+		got[k] = s
+	}
+	require.NoError(t, rows.Err())
+	var missing, extra, stale []string
+	for k, want := range truth {
+		g, ok := got[k]
+		if !ok {
+			missing = append(missing, k.Type+"/"+k.ID)
+			continue
+		}
+		if g.version != want.VersionID || !g.lu.Valid || !g.lu.Time.Equal(want.LastUpdated) || !jsonEqual(t, g.json, want.JSON) {
+			stale = append(stale, fmt.Sprintf("%s/%s (have v%s %s, want v%s %s)", k.Type, k.ID, g.version, g.lu.Time.UTC().Format(time.RFC3339Nano), want.VersionID, want.LastUpdated.UTC().Format(time.RFC3339Nano)))
+		}
+	}
+	for k := range got {
+		if _, ok := truth[k]; !ok {
+			extra = append(extra, k.Type+"/"+k.ID)
+		}
+	}
+	require.Empty(t, head(dups), "duplicate rows in %s", schemas.RawTable)
+	require.Empty(t, head(missing), "%d resources missing from %s", len(missing), schemas.RawTable)
+	require.Empty(t, head(extra), "%d resources in %s the server no longer has", len(extra), schemas.RawTable)
+	require.Empty(t, head(stale), "%d resources not at their current version", len(stale))
+	require.Len(t, got, len(truth))
+}
+
+func jsonEqual(t testing.TB, a string, b []byte) bool {
+	var x, y any
+	require.NoError(t, json.Unmarshal([]byte(a), &x))
+	require.NoError(t, json.Unmarshal(b, &y))
+	return reflect.DeepEqual(x, y)
+}
+
+func head(s []string) []string {
+	sort.Strings(s)
+	if len(s) > maxListed {
+		return append(s[:maxListed:maxListed], fmt.Sprintf("... and %d more", len(s)-maxListed))
+	}
+	return s
+}
+
+// ViewRows maps a view table to its rows grouped by resource id; each row
+// is its text columns joined by "|" (see TextColumns), and each resource's
+// rows are sorted, so equal maps mean equal tables.
+type ViewRows map[string]map[string][]string
+
+// ExpectedViews runs views over the current resources of truth, as the
+// pipeline would over an export holding exactly them, and returns the rows
+// every view table must hold. Arrow memory is checked for leaks.
+func ExpectedViews(t testing.TB, views []transform.View, truth Truth) (ViewRows, []*pipeline.Table) {
+	t.Helper()
+	mem := memory.NewCheckedAllocator(memory.NewGoAllocator())
+	defer mem.AssertSize(t, 0)
+	eng, err := transform.New(transform.Options{Views: views, BatchRows: 1000, Alloc: mem})
+	require.NoError(t, err)
+	var tables []*pipeline.Table
+	out := ViewRows{}
+	for _, tb := range eng.Tables() {
+		if tb.Kind == pipeline.KindView {
+			tables = append(tables, tb)
+			out[tb.Name] = map[string][]string{}
+		}
+	}
+	byType := map[string][]bulktest.Key{}
+	for k := range truth {
+		byType[k.Type] = append(byType[k.Type], k)
+	}
+	origin := pipeline.Origin{Source: "truth", ExportID: "truth", TransactionTime: "2000-01-01T00:00:00Z"}
+	for i, typ := range slices.Sorted(maps.Keys(byType)) {
+		var buf bytes.Buffer
+		for _, k := range byType[typ] {
+			buf.Write(truth[k].JSON)
+			buf.WriteByte('\n')
+		}
+		emit := func(b pipeline.Batch) error {
+			defer b.Release()
+			if b.Table.Kind != pipeline.KindView {
+				return nil
+			}
+			cols := TextColumns(b.Table)
+			idx := make([]int, len(cols))
+			for j, c := range cols {
+				idx[j] = b.Rec.Schema().FieldIndices(c)[0]
+			}
+			rid := b.Rec.Column(b.Rec.Schema().FieldIndices(pipeline.ColResourceID)[0]).(*array.String)
+			vals := make([]string, len(cols))
+			for r := range int(b.Rec.NumRows()) {
+				for j, ci := range idx {
+					col := b.Rec.Column(ci).(*array.String)
+					if col.IsNull(r) {
+						vals[j] = "NULL"
+					} else {
+						vals[j] = col.Value(r)
+					}
+				}
+				id := rid.Value(r)
+				out[b.Table.Name][id] = append(out[b.Table.Name][id], strings.Join(vals, "|"))
+			}
+			return nil
+		}
+		st, err := eng.Process(context.Background(), origin, pipeline.Input{Name: typ + ".ndjson", Kind: "output", Type: typ, Index: i}, &buf, emit)
+		require.NoError(t, err)
+		require.Zero(t, st.Rejects, "ground truth of %s has rejected lines", typ)
+	}
+	for _, m := range out {
+		for _, rs := range m {
+			sort.Strings(rs)
+		}
+	}
+	return out, tables
+}
+
+// TextColumns are the columns of a view table the comparison reads: the
+// resource id and every plain text column (no ansi/type tag, not JSON),
+// whose values every engine stores verbatim.
+func TextColumns(tb *pipeline.Table) []string {
+	cols := []string{pipeline.ColResourceID}
+	for _, f := range tb.StoredFields() {
+		if f.Name == pipeline.ColResourceID || !arrow.TypeEqual(f.Type, arrow.BinaryTypes.String) || schemas.IsJSON(f) {
+			continue
+		}
+		if _, tagged := f.Metadata.GetValue("ansi/type"); tagged {
+			continue
+		}
+		cols = append(cols, f.Name)
+	}
+	return cols
+}
+
+// RequireViewsMatch fails t unless every view table in db holds exactly
+// the rows ExpectedViews computes from truth: one group of rows per current
+// resource of the view's type that yields rows, none for deleted or other
+// resources, with equal text columns.
+func RequireViewsMatch(t testing.TB, db *sql.DB, views []transform.View, truth Truth) {
+	t.Helper()
+	want, tables := ExpectedViews(t, views, truth)
+	require.NotEmpty(t, tables, "no view tables to compare")
+	nonEmpty := 0
+	for _, tb := range tables {
+		got := ReadView(t, db, tb)
+		exp := want[tb.Name]
+		if len(exp) > 0 {
+			nonEmpty++
+		}
+		var missing, extra, differ []string
+		for id, rows := range exp {
+			g, ok := got[id]
+			switch {
+			case !ok:
+				missing = append(missing, id)
+			case !slices.Equal(g, rows):
+				differ = append(differ, fmt.Sprintf("%s: have %q, want %q", id, g, rows))
+			}
+		}
+		for id := range got {
+			if _, ok := exp[id]; !ok {
+				extra = append(extra, id)
+			}
+		}
+		require.Empty(t, head(missing), "view %s: resources with no rows", tb.Name)
+		require.Empty(t, head(extra), "view %s: rows of resources that are not current", tb.Name)
+		require.Empty(t, head(differ), "view %s: rows differ", tb.Name)
+	}
+	require.Positive(t, nonEmpty, "every view table is empty: nothing was compared")
+}
+
+// ReadView reads a view table's TextColumns grouped by resource id, each
+// group sorted.
+func ReadView(t testing.TB, db *sql.DB, tb *pipeline.Table) map[string][]string {
+	t.Helper()
+	cols := TextColumns(tb)
+	sel := make([]string, len(cols))
+	for i, c := range cols {
+		sel[i] = fmt.Sprintf("CAST(%s AS VARCHAR)", quote(c))
+	}
+	rows, err := db.QueryContext(context.Background(), "SELECT "+strings.Join(sel, ", ")+" FROM "+quote(tb.Name))
+	require.NoError(t, err, "read view %s", tb.Name)
+	defer rows.Close()
+	got := map[string][]string{}
+	vals := make([]sql.NullString, len(cols))
+	ptrs := make([]any, len(cols))
+	for i := range vals {
+		ptrs[i] = &vals[i]
+	}
+	parts := make([]string, len(cols))
+	for rows.Next() {
+		require.NoError(t, rows.Scan(ptrs...))
+		for i, v := range vals {
+			if v.Valid {
+				parts[i] = v.String
+			} else {
+				parts[i] = "NULL"
+			}
+		}
+		id := parts[0]
+		got[id] = append(got[id], strings.Join(parts, "|"))
+	}
+	require.NoError(t, rows.Err())
+	for _, rs := range got {
+		sort.Strings(rs)
+	}
+	return got
+}
+
+func quote(ident string) string { return `"` + strings.ReplaceAll(ident, `"`, `""`) + `"` }
+
+// Checkpoint reads a source's stored checkpoint transactionTime through
+// SQL, for warehouses written by another process.
+func Checkpoint(t testing.TB, db *sql.DB, source string) string {
+	t.Helper()
+	var tt string
+	err := db.QueryRowContext(context.Background(), `SELECT transaction_time FROM `+schemas.CheckTable+` WHERE source = $1`, source).Scan(&tt)
+	require.NoError(t, err, "checkpoint of source %s", source)
+	return tt
+}
