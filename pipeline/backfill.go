@@ -154,8 +154,8 @@ func (b *Backfill) plan(ctx context.Context, snap *membership, log *slog.Logger)
 	}
 	switch {
 	case full:
-		// The main run exports everything from InitialSince, newcomers
-		// included: nothing to back-fill.
+		// The main run exports everything from InitialSince into every
+		// sink, newcomers included: nothing to back-fill.
 	case !known:
 		// The sinks hold data but nobody recorded who was in the Group:
 		// members may have joined unseen since, so re-export it once.
@@ -171,27 +171,22 @@ func (b *Backfill) plan(ctx context.Context, snap *membership, log *slog.Logger)
 	return cyc, nil
 }
 
-// mainIsFull reports whether the main run will export from InitialSince
-// (some sink has no checkpoint), or resumes a run that did.
+// mainIsFull reports whether the main run is a full export into every
+// sink: none holds a checkpoint of the source. When only some do, those
+// may sit out a full export and catch up incrementally later, so the
+// newcomers still need their back-fill.
 func (b *Backfill) mainIsFull(ctx context.Context) (bool, error) {
 	r := b.Runner
-	st, err := newStateStore(r.DataDir, r.Source).load()
-	if err != nil {
-		return false, err
-	}
-	if st != nil {
-		return st.Since == r.InitialSince, nil
-	}
 	for _, s := range r.Sinks {
 		cp, ok, err := s.Checkpoint(ctx, r.Source)
 		if err != nil {
 			return false, fmt.Errorf("read checkpoint of sink %s: %w", s.Name(), err)
 		}
-		if !ok || cp.TransactionTime == "" {
-			return true, nil
+		if ok && cp.TransactionTime != "" {
+			return false, nil
 		}
 	}
-	return false, nil
+	return true, nil
 }
 
 // backfill runs the back-fill export of the cycle, falling back to a full

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -14,9 +15,11 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/fhirferry/fhirferry/configs"
 	"github.com/fhirferry/fhirferry/fetch"
 	"github.com/fhirferry/fhirferry/fetch/bulktest"
 	"github.com/fhirferry/fhirferry/pipeline"
+	"github.com/fhirferry/fhirferry/sinks/duckdb"
 )
 
 // These tests run the Group membership pattern (C49) against the real
@@ -371,4 +374,30 @@ func TestBackfillNeedsAGroupSource(t *testing.T) {
 	h := newHarness(t, bfOpts, "system", "")
 	_, err := bfBackfill(h).Run(context.Background())
 	require.ErrorContains(t, err, "needs a group-level source")
+}
+
+// TestGroupBackfillWhenASinkIsAdded: a sink added to a source with history
+// makes the main run a full export, but the sinks that hold a checkpoint
+// may sit it out and catch up incrementally, so the newcomers are still
+// back-filled into every sink.
+func TestGroupBackfillWhenASinkIsAdded(t *testing.T) {
+	h := newHarness(t, bfOpts, "group", "cohort")
+	b := bfBackfill(h)
+	bfRun(t, b)
+	mut := h.srv.Advance(24*time.Hour, bulktest.Mutation{AddGroupMembers: 2, UpdatedResources: 10})
+
+	added, err := duckdb.New(configs.DuckDBSink{Path: filepath.Join(t.TempDir(), "added.duckdb")}, "added", nil)
+	require.NoError(t, err)
+	t.Cleanup(func() { added.Close() })
+	require.NoError(t, added.Prepare(context.Background(), h.runner.Engine.Tables()))
+	h.runner.Sinks = append(h.runner.Sinks, added)
+
+	res := bfRun(t, b)
+	require.Empty(t, res.Since, "the new sink needs a full export")
+	require.Equal(t, bfRefs(mut.AddedToGroup), res.NewMembers)
+	require.NotNil(t, res.Backfill, "the old sink may not take the full export: back-fill anyway")
+	h.srv.Advance(time.Hour, bulktest.Mutation{UpdatedResources: 5})
+	bfRun(t, b)
+	h.assertTruth(t)
+	(&harness{srv: h.srv, sink: added, level: h.level, group: h.group}).assertTruth(t)
 }
