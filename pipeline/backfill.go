@@ -136,6 +136,10 @@ func (b *Backfill) plan(ctx context.Context, snap *membership, log *slog.Logger)
 	group := r.Request.GroupID
 	taken := time.Now().UTC()
 	cur, err := b.Members.GroupMembers(ctx, group)
+	var ue *fetch.UnsupportedError
+	if errors.As(err, &ue) {
+		return nil, fmt.Errorf("read the members of Group/%s for export.backfill_new_members (turn it off for servers that cannot): %w", group, err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("read the members of Group/%s: %w", group, err)
 	}

@@ -401,3 +401,23 @@ func TestGroupBackfillWhenASinkIsAdded(t *testing.T) {
 	h.assertTruth(t)
 	(&harness{srv: h.srv, sink: added, level: h.level, group: h.group}).assertTruth(t)
 }
+
+type bfListerFunc func(ctx context.Context, group string) ([]string, error)
+
+func (f bfListerFunc) GroupMembers(ctx context.Context, group string) ([]string, error) {
+	return f(ctx, group)
+}
+
+func TestGroupBackfillStopsWhenMembersCannotBeRead(t *testing.T) {
+	h := newHarness(t, bfOpts, "group", "cohort")
+	b := &pipeline.Backfill{Runner: h.runner, Members: bfListerFunc(func(context.Context, string) ([]string, error) {
+		return nil, &fetch.UnsupportedError{Feature: "group read", HTTPError: fetch.HTTPError{Kind: "group", StatusCode: 405}}
+	})}
+	_, err := b.Run(context.Background())
+	require.ErrorContains(t, err, "turn it off")
+	var ue *fetch.UnsupportedError
+	require.ErrorAs(t, err, &ue)
+	require.Empty(t, bfKickOffs(h, 0), "nothing is exported with an unknown membership")
+	_, err = os.Stat(pipeline.MembersPath(h.runner.DataDir, "src"))
+	require.ErrorIs(t, err, os.ErrNotExist)
+}
