@@ -619,10 +619,12 @@ func newBenchChildCmd(g *globals) *cobra.Command {
 	return cmd
 }
 
-// benchHooks records phase durations.
+// benchHooks records phase durations and, with an rssSampler, the peak
+// RSS of each phase.
 type benchHooks struct {
 	mu     sync.Mutex
 	phases map[string]float64
+	rss    *rssSampler
 }
 
 func (h *benchHooks) Phase(_, phase string, d time.Duration) {
@@ -631,6 +633,77 @@ func (h *benchHooks) Phase(_, phase string, d time.Duration) {
 	if d > 0 {
 		h.phases[phase] += d.Seconds()
 	}
+	if h.rss != nil {
+		h.rss.cut(phase)
+	}
+}
+
+// rssSampler reads VmRSS every 20 ms and keeps the peak of each phase, so
+// the report shows which phase sets the process's ru_maxrss.
+type rssSampler struct {
+	mu    sync.Mutex
+	cur   int64
+	peaks map[string]int64
+	order []string
+	stop  chan struct{}
+	done  chan struct{}
+}
+
+func startRSSSampler() *rssSampler {
+	s := &rssSampler{peaks: map[string]int64{}, stop: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(s.done)
+		tk := time.NewTicker(20 * time.Millisecond)
+		defer tk.Stop()
+		for {
+			s.sample()
+			select {
+			case <-s.stop:
+				return
+			case <-tk.C:
+			}
+		}
+	}()
+	return s
+}
+
+func (s *rssSampler) sample() {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			s.mu.Lock()
+			s.cur = max(s.cur, kb<<10)
+			s.mu.Unlock()
+		}
+	}
+}
+
+// cut closes a phase: its peak is the highest sample since the last cut.
+func (s *rssSampler) cut(phase string) {
+	s.sample()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.peaks[phase]; !ok {
+		s.order = append(s.order, phase)
+	}
+	s.peaks[phase] = max(s.peaks[phase], s.cur)
+	s.cur = 0
+}
+
+func (s *rssSampler) close() string {
+	close(s.stop)
+	<-s.done
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var parts []string
+	for _, p := range s.order {
+		parts = append(parts, p+" "+mib(s.peaks[p]))
+	}
+	return "peak RSS by phase: " + strings.Join(parts, ", ")
 }
 func (*benchHooks) Committed(string, string, time.Duration)            {}
 func (*benchHooks) FileDone(string, fetch.Spooled, pipeline.FileStats) {}
@@ -669,13 +742,15 @@ sinks:
 	if err != nil {
 		return r, err
 	}
-	hooks := &benchHooks{phases: map[string]float64{}}
+	hooks := &benchHooks{phases: map[string]float64{}, rss: startRSSSampler()}
 	log := g.logger()
 	t0 := time.Now()
 	a, err := buildAppFromConfig(ctx, cfg, log, hooks, nil)
 	if err != nil {
+		hooks.rss.close()
 		return r, err
 	}
+	hooks.rss.cut("open")
 	var res *pipeline.Result
 	if what == "export" {
 		res, err = a.runSource(ctx, "bench")
@@ -689,23 +764,27 @@ sinks:
 	}
 	if err != nil {
 		a.close()
+		hooks.rss.close()
 		return r, err
 	}
 	var rows int64
 	if err := a.sinks["duck"].(interface{ DB() *sql.DB }).DB().QueryRowContext(ctx,
 		"SELECT count(*) FROM fhir_resources").Scan(&rows); err != nil {
 		a.close()
+		hooks.rss.close()
 		return r, err
 	}
 	tc := time.Now()
 	a.close() // checkpoints the database: part of the load
+	hooks.rss.cut("close")
+	byPhase := hooks.rss.close()
 	r.Phases = hooks.phases
 	r.Phases["close"] = time.Since(tc).Seconds()
 	r.Seconds = time.Since(t0).Seconds()
 	r.Bytes, r.Resources, r.Rows = res.Stats.Bytes, res.Stats.Resources, rows
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
-	r.Note = fmt.Sprintf("(Go runtime sys %s, rejects %d, files %d)", mib(int64(ms.Sys)), res.Stats.Rejects, res.Files)
+	r.Note = fmt.Sprintf("(%s; Go runtime sys %s, rejects %d, files %d)", byPhase, mib(int64(ms.Sys)), res.Stats.Rejects, res.Files)
 	return r, nil
 }
 
