@@ -239,35 +239,42 @@ func TestConfigApplied(t *testing.T) {
 }
 
 // TestLargeRunUnderMemoryLimit stages and commits a run larger than
-// DuckDB's memory limit through the default path, generating batches on
-// the fly: staging must spill rather than accumulate in memory.
+// DuckDB's memory limit through both staging paths, generating batches on
+// the fly: staging must spill or stream to disk rather than accumulate in
+// memory, and Commit must not need the run in memory (the Parquet path
+// once ran out of memory casting the staged text to JSON).
 func TestLargeRunUnderMemoryLimit(t *testing.T) {
 	if testing.Short() {
-		t.Skip("writes about 70 MB")
+		t.Skip("writes about 100 MB per staging path")
 	}
-	mem, ctx := checked(t), t.Context()
-	dir := t.TempDir()
-	s, err := New(configs.DuckDBSink{Path: filepath.Join(dir, "w.duckdb"), MemoryLimit: "100MB", Threads: 1}, "big", nil)
-	require.NoError(t, err)
-	defer s.Close()
-	require.NoError(t, s.Prepare(ctx, []*pipeline.Table{benchObsView}))
-	txn, err := s.Begin(ctx, pipeline.RunInfo{RunID: "big", Source: "s", ExportID: "e", TransactionTime: "2025-02-01T00:00:00Z"})
-	require.NoError(t, err)
-	const n, per = 19200, 1600
-	var jsonBytes int64
-	for start := 0; start < n; start += per {
-		batches, b := benchBatchesFrom(mem, start, per, per)
-		jsonBytes += b
-		for _, bt := range batches {
-			require.NoError(t, txn.Write(ctx, bt))
-		}
+	for _, mode := range modes {
+		t.Run(mode.String(), func(t *testing.T) {
+			mem, ctx := checked(t), t.Context()
+			dir := t.TempDir()
+			s, err := New(configs.DuckDBSink{Path: filepath.Join(dir, "w.duckdb"), MemoryLimit: "100MB", Threads: 1}, "big", nil)
+			require.NoError(t, err)
+			defer s.Close()
+			s.mode = mode
+			require.NoError(t, s.Prepare(ctx, []*pipeline.Table{benchObsView}))
+			txn, err := s.Begin(ctx, pipeline.RunInfo{RunID: "big", Source: "s", ExportID: "e", TransactionTime: "2025-02-01T00:00:00Z"})
+			require.NoError(t, err)
+			const n, per = 19200, 1600
+			var jsonBytes int64
+			for start := 0; start < n; start += per {
+				batches, b := benchBatchesFrom(mem, start, per, per)
+				jsonBytes += b
+				for _, bt := range batches {
+					require.NoError(t, txn.Write(ctx, bt))
+				}
+			}
+			require.Greater(t, jsonBytes, int64(100<<20))
+			require.NoError(t, txn.Commit(ctx, pipeline.RunSummary{Outcome: "success"}))
+			var raws, views, ids int64
+			require.NoError(t, s.DB().QueryRowContext(ctx, `SELECT (SELECT count(*) FROM fhir_resources),
+				count(*), count(DISTINCT _resource_id) FROM observation_bench`).Scan(&raws, &views, &ids))
+			require.Equal(t, [3]int64{n, n, n}, [3]int64{raws, views, ids})
+		})
 	}
-	require.Greater(t, jsonBytes, int64(100<<20))
-	require.NoError(t, txn.Commit(ctx, pipeline.RunSummary{Outcome: "success"}))
-	var raws, views, ids int64
-	require.NoError(t, s.DB().QueryRowContext(ctx, `SELECT (SELECT count(*) FROM fhir_resources),
-		count(*), count(DISTINCT _resource_id) FROM observation_bench`).Scan(&raws, &views, &ids))
-	require.Equal(t, [3]int64{n, n, n}, [3]int64{raws, views, ids})
 }
 
 // TestEmptyBatchesAndMemoryDB commits runs whose batches have no rows, in
@@ -295,4 +302,56 @@ func TestEmptyBatchesAndMemoryDB(t *testing.T) {
 			require.True(t, os.IsNotExist(err), "the temporary spool folder is removed")
 		})
 	}
+}
+
+// TestInvalidJSONFailsCommit: a resource that is not valid JSON (here a bad
+// escape, which the transform's parser lets through) fails the commit in
+// both staging paths, whether DuckDB casts the text (Appender) or reads a
+// Parquet JSON column (which it validates on read), and the sink stays
+// usable.
+func TestInvalidJSONFailsCommit(t *testing.T) {
+	for _, mode := range modes {
+		t.Run(mode.String(), func(t *testing.T) {
+			mem, s, ctx := checked(t), open(t, mode), t.Context()
+			require.NoError(t, s.Prepare(ctx, nil))
+			run := pipeline.RunInfo{RunID: "bad", Source: "s", ExportID: "e1", TransactionTime: "2025-02-01T00:00:00Z"}
+			txn, err := s.Begin(ctx, run)
+			require.NoError(t, err)
+			require.NoError(t, txn.Write(ctx, sinktest.RawBatch(mem,
+				sinktest.Raw{Type: "Patient", ID: "ok", Seq: 1},
+				sinktest.Raw{Type: "Patient", ID: "bad", Seq: 2, Resource: `{"resourceType":"Patient","id":"bad","x":"\q"}`})))
+			err = txn.Commit(ctx, pipeline.RunSummary{Outcome: "success"})
+			require.ErrorContains(t, err, "JSON")
+			require.Empty(t, rows(t, s, schemas.RawTable, "id"))
+			_, ok, err := s.Checkpoint(ctx, "s")
+			require.NoError(t, err)
+			require.False(t, ok)
+
+			run.RunID, run.ExportID = "good", "e2"
+			txn, err = s.Begin(ctx, run)
+			require.NoError(t, err)
+			require.NoError(t, txn.Write(ctx, sinktest.RawBatch(mem, sinktest.Raw{Type: "Patient", ID: "ok", Seq: 1})))
+			require.NoError(t, txn.Commit(ctx, pipeline.RunSummary{Outcome: "success"}))
+			require.Equal(t, []string{"ok"}, rows(t, s, schemas.RawTable, "id"))
+		})
+	}
+}
+
+// TestParquetStagesJSONAsJSON: the Parquet path marks JSON columns with
+// Parquet's JSON logical type, so DuckDB reads them as JSON (validating
+// them on read) and Commit needs no VARCHAR-to-JSON cast, which held the
+// run's text in memory and ran out of memory_limit on large runs.
+func TestParquetStagesJSONAsJSON(t *testing.T) {
+	mem, s, ctx := checked(t), open(t, stageParquetSnappy), t.Context()
+	require.NoError(t, s.Prepare(ctx, nil))
+	txn, err := s.Begin(ctx, pipeline.RunInfo{RunID: "r", Source: "s", ExportID: "e", TransactionTime: "2025-02-01T00:00:00Z"})
+	require.NoError(t, err)
+	defer func() { require.NoError(t, txn.Rollback(ctx)) }()
+	require.NoError(t, txn.Write(ctx, sinktest.RawBatch(mem, sinktest.Raw{Type: "Patient", ID: "p", Seq: 1})))
+	tx := txn.(*Txn)
+	st := tx.stages[schemas.RawTable]
+	require.NoError(t, st.finish(ctx, tx.conn))
+	var typ, id string
+	require.NoError(t, tx.conn.QueryRowContext(ctx, "SELECT typeof(resource), resource->>'id' FROM "+st.rel).Scan(&typ, &id))
+	require.Equal(t, [2]string{"JSON", "p"}, [2]string{typ, id})
 }

@@ -11,12 +11,14 @@ import (
 
 	"github.com/apache/arrow-go/v18/arrow"
 	"github.com/apache/arrow-go/v18/arrow/array"
+	"github.com/apache/arrow-go/v18/arrow/extensions"
 	"github.com/apache/arrow-go/v18/parquet"
 	"github.com/apache/arrow-go/v18/parquet/compress"
 	"github.com/apache/arrow-go/v18/parquet/pqarrow"
 	duckdb "github.com/duckdb/duckdb-go/v2"
 
 	"github.com/fhirferry/fhirferry/pipeline"
+	"github.com/fhirferry/fhirferry/schemas"
 )
 
 // stageMode selects how a run's batches reach DuckDB before Commit.
@@ -69,6 +71,54 @@ type stage struct {
 	file    *os.File
 	pw      *pqarrow.FileWriter
 	rgBytes int64 // Arrow bytes in the buffered row group
+	// pqSchema is t.Schema with JSON columns (jsonCols) typed arrow.json,
+	// so the Parquet file marks them JSON and DuckDB reads them as JSON
+	// without a cast at Commit.
+	pqSchema *arrow.Schema
+	jsonCols []int
+}
+
+// jsonType is the Arrow extension type Parquet writes as logical type JSON.
+var jsonType = func() arrow.DataType {
+	t, err := extensions.NewJSONType(arrow.BinaryTypes.String)
+	if err != nil {
+		panic(err)
+	}
+	return t
+}()
+
+// parquetSchema returns t's schema with JSON columns typed arrow.json, and
+// the positions of those columns.
+func parquetSchema(t *pipeline.Table) (*arrow.Schema, []int) {
+	fields := t.Schema.Fields()
+	var cols []int
+	for i, f := range fields {
+		if schemas.IsJSON(f) && arrow.TypeEqual(f.Type, arrow.BinaryTypes.String) {
+			fields[i].Type = jsonType
+			cols = append(cols, i)
+		}
+	}
+	if cols == nil {
+		return t.Schema, nil
+	}
+	md := t.Schema.Metadata()
+	return arrow.NewSchema(fields, &md), cols
+}
+
+// asParquet returns rec with its JSON columns wrapped as arrow.json (no
+// copy: the extension arrays share rec's buffers).
+func (st *stage) asParquet(rec arrow.RecordBatch) arrow.RecordBatch {
+	cols := rec.Columns()
+	out := make([]arrow.Array, len(cols))
+	copy(out, cols)
+	for _, i := range st.jsonCols {
+		out[i] = array.NewExtensionArrayWithStorage(jsonType.(arrow.ExtensionType), cols[i])
+	}
+	rb := array.NewRecordBatch(st.pqSchema, out, rec.NumRows())
+	for _, i := range st.jsonCols {
+		out[i].Release()
+	}
+	return rb
 }
 
 // newStage creates the staging relation of t.
@@ -86,7 +136,8 @@ func newStage(ctx context.Context, conn *sql.Conn, mode stageMode, dir string, t
 		}
 		props := parquet.NewWriterProperties(parquet.WithCompression(codec),
 			parquet.WithDictionaryDefault(false), parquet.WithMaxRowGroupLength(rowGroupRows))
-		pw, err := pqarrow.NewFileWriter(t.Schema, f, props, pqarrow.NewArrowWriterProperties())
+		st.pqSchema, st.jsonCols = parquetSchema(t)
+		pw, err := pqarrow.NewFileWriter(st.pqSchema, f, props, pqarrow.NewArrowWriterProperties())
 		if err != nil {
 			f.Close()
 			return nil, fmt.Errorf("stage %s: %w", t.Name, err)
@@ -132,6 +183,10 @@ func (st *stage) write(rec arrow.RecordBatch) error {
 		return nil
 	}
 	if st.pw != nil {
+		if st.jsonCols != nil {
+			rec = st.asParquet(rec)
+			defer rec.Release()
+		}
 		if err := st.pw.WriteBuffered(rec); err != nil {
 			return fmt.Errorf("stage %s: %w", st.t.Name, err)
 		}
