@@ -77,6 +77,14 @@ func columnDefs(fields []arrow.Field, staging bool) (string, error) {
 			return "", err
 		}
 		defs[i] = quote(f.Name) + " " + typ
+		if !staging && schemas.IsJSON(f) {
+			// Resources are ~1 KB of mostly unique text: DuckDB's FSST and
+			// dictionary analysis of it cost more CPU than the load's
+			// whole Go side and buffer memory far beyond memory_limit,
+			// for about 5% smaller files (none on Synthea samples, where
+			// it chose Uncompressed anyway).
+			defs[i] += " USING COMPRESSION uncompressed"
+		}
 		if !staging && !f.Nullable {
 			defs[i] += " NOT NULL"
 		}

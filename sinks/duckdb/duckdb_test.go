@@ -3,8 +3,10 @@ package duckdb
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -354,4 +356,42 @@ func TestParquetStagesJSONAsJSON(t *testing.T) {
 	var typ, id string
 	require.NoError(t, tx.conn.QueryRowContext(ctx, "SELECT typeof(resource), resource->>'id' FROM "+st.rel).Scan(&typ, &id))
 	require.Equal(t, [2]string{"JSON", "p"}, [2]string{typ, id})
+}
+
+// TestJSONStoredUncompressed: the raw resource column is created without
+// string compression, which cost more than the rest of a load (see
+// columnDefs); text that FSST or a dictionary would compress stays
+// uncompressed after a checkpoint, and other columns are still compressed.
+func TestJSONStoredUncompressed(t *testing.T) {
+	mem, s, ctx := checked(t), open(t, stageParquetSnappy), t.Context()
+	require.NoError(t, s.Prepare(ctx, nil))
+	txn, err := s.Begin(ctx, pipeline.RunInfo{RunID: "r", Source: "s", ExportID: "e", TransactionTime: "2025-02-01T00:00:00Z"})
+	require.NoError(t, err)
+	body := strings.Repeat(`"text":"the same words again and again",`, 30)
+	raws := make([]sinktest.Raw, 4000)
+	for i := range raws {
+		id := fmt.Sprintf("p%d", i)
+		raws[i] = sinktest.Raw{Type: "Patient", ID: id, Seq: int64(i + 1),
+			Resource: `{"resourceType":"Patient","id":"` + id + `",` + body + `"n":1}`}
+	}
+	require.NoError(t, txn.Write(ctx, sinktest.RawBatch(mem, raws...)))
+	require.NoError(t, txn.Commit(ctx, pipeline.RunSummary{Outcome: "success"}))
+	_, err = s.DB().ExecContext(ctx, "CHECKPOINT")
+	require.NoError(t, err)
+	methods := func(col string) []string {
+		rs, err := s.DB().QueryContext(ctx, `SELECT DISTINCT compression FROM pragma_storage_info('fhir_resources')
+			WHERE column_name = ? AND segment_type <> 'VALIDITY' ORDER BY 1`, col)
+		require.NoError(t, err)
+		defer rs.Close()
+		var out []string
+		for rs.Next() {
+			var m string
+			require.NoError(t, rs.Scan(&m))
+			out = append(out, m)
+		}
+		require.NoError(t, rs.Err())
+		return out
+	}
+	require.Equal(t, []string{"Uncompressed"}, methods("resource"))
+	require.NotContains(t, methods("resource_type"), "Uncompressed")
 }
