@@ -4,13 +4,13 @@
 // # Staging
 //
 // A run's batches are written through as they arrive, never held in Go
-// memory: each table's batches are appended with the DuckDB Appender
-// into a TEMP table of the Txn's own connection, which DuckDB's buffer
-// manager spills to Path + ".tmp" when a run outgrows memory_limit. A
-// second path, unexported and kept for the benchmark and the tests,
-// writes each table's batches to a Parquet file in the run's folder under
-// Path + ".spool" and reads them back with read_parquet at Commit. Neither
-// needs the duckdb_arrow build tag.
+// memory: each table's batches go to a Parquet file (Snappy) in the run's
+// folder under Path + ".spool", read back with read_parquet at Commit.
+// JSON columns carry Parquet's JSON logical type, so DuckDB reads them as
+// JSON (validating them) without a cast. A second path, unexported and
+// kept for the benchmark and the tests, appends each batch with the DuckDB
+// Appender into a TEMP table of the Txn's own connection. Neither needs
+// the duckdb_arrow build tag.
 //
 // # Commit
 //
@@ -55,14 +55,17 @@
 //	parquet-snappy    3.37 s   5,930    36   2.85 s    0.89 s
 //	parquet-zstd      3.44 s   5,820    35   3.30 s    1.35 s
 //
-// The Appender won, though by less than the noise of this machine (an
-// earlier round of 10,000 rows under heavier load had Snappy ahead), so
-// two further facts decided. First, its Write is the cheapest, and Write
-// runs in the pipeline's hot path, back-pressuring the transform, while
-// Commit runs once. Second, it degrades gracefully: with memory_limit at
-// 128 MB and 2 threads, a 240 MB run committed through the Appender (in
-// 33 s, spilling), while the Parquet path's INSERT from read_parquet ran
-// out of memory, also with 4 MiB row groups. Zstd shrank the spool files
+// The Appender won there, by less than the noise of this machine, and
+// was the default while the Parquet path's INSERT ran out of memory at
+// memory_limit 128MB. That failure was the VARCHAR-to-JSON cast of the
+// staged text; with JSON-typed Parquet columns it is gone, and at the
+// scale of a real export the Parquet path is the one that fits: on the
+// 511 MB `fhirferry bench` export (514,031 resources, --views none, 2
+// threads), the Appender ran out of memory at memory_limit 128MB and
+// needed 1.4 GB RSS at 1GB (15.1 s), while Parquet staging committed at
+// 128MB in 16.5 s. The TEMP tables hold the whole run in DuckDB's memory
+// (or its spill files, uncompressed), where the Parquet spool is
+// compressed on disk and read once. Zstd shrank the spool files
 // but cost more CPU to write than it saved. An Arrow scan would need the
 // duckdb_arrow build tag, off in `go test ./...` and the demo, so it was
 // not built. The large share common to all paths is DuckDB writing the

@@ -79,8 +79,9 @@ func New(cfg configs.DuckDBSink, name string, log *slog.Logger) (*Sink, error) {
 	return s, nil
 }
 
-// defaultMode is the staging path measured fastest; see the package doc.
-const defaultMode = stageAppender
+// defaultMode is the staging path that stays within memory_limit at scale;
+// see the package doc.
+const defaultMode = stageParquetSnappy
 
 // Name implements pipeline.Sink.
 func (s *Sink) Name() string { return s.name }
