@@ -297,35 +297,11 @@ func loadMembership(path string) (*membership, error) {
 	return &m, nil
 }
 
-// saveMembership writes the snapshot durably: temp file, fsync, rename,
-// fsync of the folder.
+// saveMembership writes the snapshot durably (see writeFileAtomic).
 func saveMembership(path string, m *membership) error {
 	data, err := json.MarshalIndent(m, "", "  ")
 	if err != nil {
 		return err
 	}
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return err
-	}
-	tmp, err := os.CreateTemp(dir, ".members-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return err
-	}
-	return syncDir(dir)
+	return writeFileAtomic(path, data)
 }

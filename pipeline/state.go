@@ -72,7 +72,7 @@ func (s *stateStore) load() (*RunState, error) {
 	return &st, nil
 }
 
-// save writes st durably: temp file, fsync, rename, fsync of the folder.
+// save writes st durably.
 func (s *stateStore) save(st *RunState) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -80,11 +80,17 @@ func (s *stateStore) save(st *RunState) error {
 	if err != nil {
 		return err
 	}
-	dir := filepath.Dir(s.path)
+	return writeFileAtomic(s.path, data)
+}
+
+// writeFileAtomic replaces path with data so that a crash leaves either the
+// old or the new content: temp file, fsync, rename, fsync of the folder.
+func writeFileAtomic(path string, data []byte) error {
+	dir := filepath.Dir(path)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
-	tmp, err := os.CreateTemp(dir, ".state-*")
+	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+"-*")
 	if err != nil {
 		return err
 	}
@@ -100,7 +106,7 @@ func (s *stateStore) save(st *RunState) error {
 	if err := tmp.Close(); err != nil {
 		return err
 	}
-	if err := os.Rename(tmp.Name(), s.path); err != nil {
+	if err := os.Rename(tmp.Name(), path); err != nil {
 		return err
 	}
 	return syncDir(dir)
