@@ -72,6 +72,16 @@ summary and exits non-zero if any source failed.`,
 
 // printSummary writes one line per run.
 func printSummary(w io.Writer, results []*pipeline.Result, errs []error) {
+	// A Group back-fill (C49) is shown as its own line before its source's.
+	var rows []*pipeline.Result
+	var rowErrs []error
+	for i, r := range results {
+		if r.Backfill != nil {
+			rows, rowErrs = append(rows, r.Backfill), append(rowErrs, nil)
+		}
+		rows, rowErrs = append(rows, r), append(rowErrs, errs[i])
+	}
+	results, errs = rows, rowErrs
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "SOURCE\tOUTCOME\tSINCE\tTRANSACTION TIME\tFILES\tRESOURCES\tDELETED\tREJECTS\tDURATION")
 	for i, r := range results {
@@ -93,6 +103,15 @@ func printSummary(w io.Writer, results []*pipeline.Result, errs []error) {
 			r.Files, r.Stats.Resources, r.Stats.Deleted, r.Stats.Rejects, dur)
 	}
 	tw.Flush()
+	for _, r := range results {
+		if len(r.NewMembers) > 0 || len(r.RemovedMembers) > 0 {
+			fmt.Fprintf(w, "%s: Group membership: %d new member(s) back-filled, %d left the Group (their data is kept)\n",
+				r.Source, len(r.NewMembers), len(r.RemovedMembers))
+		}
+		if len(r.Deferred) > 0 {
+			fmt.Fprintf(w, "%s: sinks %v hold an older state than this full export can update; they catch up in the next run\n", r.Source, r.Deferred)
+		}
+	}
 	for i, err := range errs {
 		if err != nil {
 			fmt.Fprintf(w, "\n%s: %v\n", results[i].Source, err)
