@@ -85,6 +85,7 @@ func TestMultiSinkCommitFailure(t *testing.T) {
 	views := defaultViews(t)
 	for _, p := range sinkPairs {
 		t.Run(p.name, func(t *testing.T) {
+			t.Parallel()
 			ctx := context.Background()
 			srv := newMultiServer(t)
 			a := p.first(t, "a")

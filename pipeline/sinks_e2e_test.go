@@ -49,7 +49,7 @@ func openDuckSink(t *testing.T, name string) e2eSink {
 
 func openLakeSink(t *testing.T, name string) e2eSink {
 	t.Helper()
-	s, err := parquet.New(configs.ParquetSink{Dir: filepath.Join(t.TempDir(), name)}, name, nil)
+	s, err := parquet.New(configs.ParquetSink{Dir: filepath.Join(t.TempDir(), name), Compression: "snappy"}, name, nil)
 	require.NoError(t, err)
 	t.Cleanup(func() { require.NoError(t, s.Close()) })
 	return e2eSink{sink: s, read: func(t *testing.T) (*sql.DB, func()) {
@@ -127,6 +127,7 @@ func TestIncrementalRunsOnEverySink(t *testing.T) {
 				continue
 			}
 			t.Run(k.kind+"/"+tc.level, func(t *testing.T) {
+				t.Parallel()
 				srv, err := bulktest.NewServer(bulktest.Options{
 					Patients: 10, Seed: 5, FileMaxResources: 150, PollsBeforeComplete: -1,
 					TransactionTimeOffset: time.FixedZone("", -5*3600),
