@@ -48,8 +48,8 @@ func WithStore(st Store) Option { return func(s *Sink) { s.st = st } }
 func WithAllocator(mem memory.Allocator) Option { return func(s *Sink) { s.mem = mem } }
 
 // New opens (or starts) the lake in cfg.Dir. It reads _lake.json and removes
-// objects a crashed run left behind: staging files and Parquet files that
-// _lake.json does not list.
+// objects a crashed run left behind: staging files, temporary files of cut
+// writes, and Parquet files that _lake.json does not list.
 func New(cfg configs.ParquetSink, name string, log *slog.Logger, opts ...Option) (*Sink, error) {
 	comp, err := codec(cfg.Compression)
 	if err != nil {
@@ -75,6 +75,11 @@ func New(cfg configs.ParquetSink, name string, log *slog.Logger, opts ...Option)
 		return nil, fmt.Errorf("parquet sink %s: %w", name, err)
 	}
 	s.collect(ctx, s.meta.liveFiles(), "")
+	if d, ok := s.st.(*DirStore); ok {
+		if err := d.sweepTemp(ctx); err != nil {
+			log.Warn("removing temporary files of unfinished writes failed", "err", err)
+		}
+	}
 	return s, nil
 }
 

@@ -179,6 +179,36 @@ func (d *DirStore) List(ctx context.Context, prefix string) ([]string, error) {
 	return out, err
 }
 
+// sweepTemp removes what writes cut short by a crash left behind: the
+// hidden temporary files of Create (List never shows them, so collect
+// cannot) and the staging folders left empty. Call it only while nothing
+// writes to the lake (at start: one process writes a lake at a time).
+func (d *DirStore) sweepTemp(ctx context.Context) error {
+	var dirs []string
+	err := filepath.WalkDir(d.root, func(p string, e fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if e.IsDir() {
+			if rel, err := filepath.Rel(d.root, p); err == nil && strings.HasPrefix(filepath.ToSlash(rel)+"/", stagingDir) && rel+"/" != stagingDir {
+				dirs = append(dirs, p)
+			}
+			return nil
+		}
+		if strings.HasPrefix(e.Name(), ".") && strings.Contains(e.Name(), ".tmp-") {
+			return os.Remove(p)
+		}
+		return nil
+	})
+	for i := len(dirs) - 1; i >= 0; i-- {
+		_ = os.Remove(dirs[i]) // fails, as it should, on a folder that is not empty
+	}
+	return err
+}
+
 // Rename implements Store with rename(2), then syncs the directory so the
 // new name survives a power loss.
 func (d *DirStore) Rename(ctx context.Context, from, to string) error {
