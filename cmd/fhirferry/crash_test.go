@@ -40,10 +40,23 @@ var crashPoints = []struct {
 }
 
 // crashWarehouse is the sink a crash scenario's child writes, seen from
-// the test: the YAML of its config and a way to read it back.
+// the test: the YAML of its config and ways to read it back.
 type crashWarehouse struct {
 	yaml string
+	// open reads the tables; nil when nothing was ever published.
 	open func(t *testing.T) *sql.DB
+	// checkpoint is the source's checkpoint transactionTime.
+	checkpoint func(t *testing.T) string
+	// garbage lists leftovers of unfinished runs, when the sink can tell.
+	garbage func(t *testing.T) []string
+}
+
+func sqlCheckpoint(open func(t *testing.T) *sql.DB) func(t *testing.T) string {
+	return func(t *testing.T) string {
+		db := open(t)
+		defer db.Close()
+		return pipelinetest.Checkpoint(t, db, "ehr")
+	}
 }
 
 // TestCrashRecovery kills a real fhirferry process with SIGKILL at each
@@ -56,7 +69,7 @@ type crashWarehouse struct {
 // survives its client's deaths.
 func TestCrashRecovery(t *testing.T) {
 	if testing.Short() {
-		t.Skip("builds the binary and kills it 16 times")
+		t.Skip("builds the binary and kills it 24 times")
 	}
 	bin := filepath.Join(t.TempDir(), "fhirferry")
 	t0 := time.Now()
@@ -72,16 +85,31 @@ func TestCrashRecovery(t *testing.T) {
 	}{
 		{"duckdb", func(t *testing.T, dir string) crashWarehouse {
 			path := filepath.Join(dir, "warehouse.duckdb")
+			open := func(t *testing.T) *sql.DB { return pipelinetest.OpenDuckDB(t, path) }
 			return crashWarehouse{
 				yaml: fmt.Sprintf("    type: duckdb\n    duckdb:\n      path: %s\n", path),
-				open: func(t *testing.T) *sql.DB { return pipelinetest.OpenDuckDB(t, path) },
+				open: open, checkpoint: sqlCheckpoint(open),
+				garbage: func(t *testing.T) []string {
+					left, _ := filepath.Glob(path + ".spool/*")
+					return left
+				},
 			}
 		}},
 		{"postgres", func(t *testing.T, _ string) crashWarehouse {
 			dsn, schema := pipelinetest.PostgresSchema(t)
+			open := func(t *testing.T) *sql.DB { return pipelinetest.OpenPostgres(t, dsn, schema) }
 			return crashWarehouse{
 				yaml: fmt.Sprintf("    type: postgres\n    postgres:\n      dsn: %q\n      schema: %s\n", dsn, schema),
-				open: func(t *testing.T) *sql.DB { return pipelinetest.OpenPostgres(t, dsn, schema) },
+				open: open, checkpoint: sqlCheckpoint(open),
+			}
+		}},
+		{"parquet", func(t *testing.T, dir string) crashWarehouse {
+			lake := filepath.Join(dir, "lake")
+			return crashWarehouse{
+				yaml:       fmt.Sprintf("    type: parquet\n    parquet:\n      dir: %s\n      compression: snappy\n", lake),
+				open:       func(t *testing.T) *sql.DB { return pipelinetest.OpenLakeDir(t, lake) },
+				checkpoint: func(t *testing.T) string { return pipelinetest.LakeCheckpoint(t, lake, "ehr") },
+				garbage:    func(t *testing.T) []string { return pipelinetest.LakeGarbage(t, lake) },
 			}
 		}},
 	}
@@ -139,7 +167,7 @@ sinks:
 
 	t.Run("initial", func(t *testing.T) { e.crashAndRecover(t, spec, phase, nil, "") })
 	before := srv.Truth("system", "", nil)
-	cp := e.checkpoint(t)
+	cp := wh.checkpoint(t)
 	mut := srv.Advance(24*time.Hour, bulktest.Mutation{NewPatients: 1, UpdatedResources: 20, DeletedResources: 8, RecreatedResources: 2})
 	require.NotEmpty(t, mut.Deleted)
 	t.Run("incremental", func(t *testing.T) { e.crashAndRecover(t, spec, phase, before, cp) })
@@ -184,17 +212,21 @@ func (e *crashEnv) crashAndRecover(t *testing.T, spec, phase string, prev pipeli
 	db := e.wh.open(t)
 	switch {
 	case phase == pipeline.PhaseCommitted:
-		require.Equal(t, st.Manifest.TransactionTime, pipelinetest.Checkpoint(t, db, "ehr"))
+		require.Equal(t, st.Manifest.TransactionTime, e.wh.checkpoint(t))
 		pipelinetest.RequireRawMatches(t, db, e.srv.Truth("system", "", nil))
 	case prev == nil:
-		var n int
-		require.NoError(t, db.QueryRow(`SELECT count(*) FROM fhir_resources`).Scan(&n))
-		require.Zero(t, n, "a killed first run left rows behind")
+		if db != nil {
+			var n int
+			require.NoError(t, db.QueryRow(`SELECT count(*) FROM fhir_resources`).Scan(&n))
+			require.Zero(t, n, "a killed first run left rows behind")
+		}
 	default:
-		require.Equal(t, since, pipelinetest.Checkpoint(t, db, "ehr"), "a killed run moved the checkpoint")
+		require.Equal(t, since, e.wh.checkpoint(t), "a killed run moved the checkpoint")
 		pipelinetest.RequireRawMatches(t, db, prev)
 	}
-	require.NoError(t, db.Close())
+	if db != nil {
+		require.NoError(t, db.Close())
+	}
 
 	// 2. The restart.
 	stdout, stderr, err = e.run(t)
@@ -209,9 +241,13 @@ func (e *crashEnv) crashAndRecover(t *testing.T, spec, phase string, prev pipeli
 	require.Nil(t, e.state(t), "the state file is removed after the run")
 	e.requireSpoolEmpty(t)
 
+	if e.wh.garbage != nil {
+		require.Empty(t, e.wh.garbage(t), "the killed run's staging is left behind")
+	}
 	db = e.wh.open(t)
+	require.NotNil(t, db)
 	defer db.Close()
-	cp := pipelinetest.Checkpoint(t, db, "ehr")
+	cp := e.wh.checkpoint(t)
 	if st.Manifest != nil {
 		require.Equal(t, st.Manifest.TransactionTime, cp, "the checkpoint is the manifest's transactionTime")
 	}
@@ -245,12 +281,6 @@ func (e *crashEnv) state(t *testing.T) *pipeline.RunState {
 	var st pipeline.RunState
 	require.NoError(t, json.Unmarshal(b, &st))
 	return &st
-}
-
-func (e *crashEnv) checkpoint(t *testing.T) string {
-	db := e.wh.open(t)
-	defer db.Close()
-	return pipelinetest.Checkpoint(t, db, "ehr")
 }
 
 // requireSpoolEmpty checks no file is left under data_dir/spool.

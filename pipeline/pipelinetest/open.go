@@ -6,7 +6,11 @@ import (
 	"crypto/rand"
 	"database/sql"
 	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"io/fs"
 	"os"
+	"path/filepath"
 	"testing"
 
 	_ "github.com/duckdb/duckdb-go/v2" // the "duckdb" database/sql driver
@@ -81,4 +85,90 @@ func OpenLake(t testing.TB, lake *parquet.Sink) *sql.DB {
 	_, err = db.Exec(script.String())
 	require.NoError(t, err, "views.sql:\n%s", script.String())
 	return db
+}
+
+// lakeJSON is the part of a lake's _lake.json the checks read.
+type lakeJSON struct {
+	Checkpoints map[string]struct {
+		TransactionTime string `json:"transaction_time"`
+	} `json:"checkpoints"`
+	Tables map[string]struct {
+		Files []struct {
+			Path string `json:"path"`
+		} `json:"files"`
+	} `json:"tables"`
+}
+
+func readLakeJSON(t testing.TB, dir string) (*lakeJSON, bool) {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(dir, "_lake.json"))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, false
+	}
+	require.NoError(t, err)
+	var m lakeJSON
+	require.NoError(t, json.Unmarshal(b, &m), "_lake.json")
+	return &m, true
+}
+
+// OpenLakeDir reads a lake another process writes, from its files alone:
+// an in-memory DuckDB running the lake's views.sql. It returns nil when
+// the lake has published nothing yet. The caller closes it.
+func OpenLakeDir(t testing.TB, dir string) *sql.DB {
+	t.Helper()
+	script, err := os.ReadFile(filepath.Join(dir, "views.sql"))
+	if errors.Is(err, os.ErrNotExist) {
+		_, ok := readLakeJSON(t, dir)
+		require.False(t, ok, "the lake has _lake.json but no views.sql")
+		return nil
+	}
+	require.NoError(t, err)
+	db, err := sql.Open("duckdb", "")
+	require.NoError(t, err)
+	db.SetMaxOpenConns(1)
+	_, err = db.Exec(string(script))
+	require.NoError(t, err, "views.sql:\n%s", script)
+	return db
+}
+
+// LakeCheckpoint returns a source's checkpoint transactionTime from a
+// lake's _lake.json ("" when there is none).
+func LakeCheckpoint(t testing.TB, dir, source string) string {
+	t.Helper()
+	m, ok := readLakeJSON(t, dir)
+	if !ok {
+		return ""
+	}
+	return m.Checkpoints[source].TransactionTime
+}
+
+// LakeGarbage lists the files under dir that _lake.json does not list
+// (besides _lake.json and views.sql): what an unfinished run left.
+func LakeGarbage(t testing.TB, dir string) []string {
+	t.Helper()
+	m, ok := readLakeJSON(t, dir)
+	live := map[string]bool{"_lake.json": true, "views.sql": true}
+	if ok {
+		for _, tb := range m.Tables {
+			for _, f := range tb.Files {
+				live[filepath.ToSlash(f.Path)] = true
+			}
+		}
+	}
+	var garbage []string
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		rel, err := filepath.Rel(dir, p)
+		if err != nil {
+			return err
+		}
+		if !live[filepath.ToSlash(rel)] {
+			garbage = append(garbage, rel)
+		}
+		return nil
+	})
+	require.NoError(t, err)
+	return garbage
 }
