@@ -74,7 +74,10 @@ func New(cfg configs.ParquetSink, name string, log *slog.Logger, opts ...Option)
 	if s.meta, err = loadMeta(ctx, s.st); err != nil {
 		return nil, fmt.Errorf("parquet sink %s: %w", name, err)
 	}
-	s.collect(ctx, s.meta.liveFiles(), "")
+	// A crash between publishing _lake.json and rewriting views.sql would
+	// leave views.sql naming files the cleanup below deletes: rewrite it
+	// from the published state first.
+	s.published(ctx, s.meta, "")
 	if d, ok := s.st.(*DirStore); ok {
 		if err := d.sweepTemp(ctx); err != nil {
 			log.Warn("removing temporary files of unfinished writes failed", "err", err)

@@ -1,6 +1,7 @@
 package parquet
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -301,4 +302,30 @@ func TestReplaceTable(t *testing.T) {
 			require.Contains(t, old, filepath.Join(dir, f), "unlisted file %s left behind", f)
 		}
 	}
+}
+
+// A crash after _lake.json is published but before views.sql is rewritten
+// leaves views.sql naming old files; opening the lake rewrites it.
+func TestOpenRewritesStaleViewsSQL(t *testing.T) {
+	ctx := t.Context()
+	mem := memory.NewCheckedAllocator(memory.NewGoAllocator())
+	defer mem.AssertSize(t, 0)
+	dir := t.TempDir()
+	s := open(t, dir, WithAllocator(mem))
+	require.NoError(t, s.Prepare(ctx, []*pipeline.Table{sinktest.PatientView}))
+	txn, err := s.Begin(ctx, pipeline.RunInfo{RunID: "r1", Source: "src", ExportID: "r1", TransactionTime: "2025-01-01T00:00:00Z"})
+	require.NoError(t, err)
+	require.NoError(t, txn.Write(ctx, sinktest.RawBatch(mem, sinktest.Raw{Type: "Patient", ID: "a", VersionID: "1", LastUpdated: sinktest.T(1), Seq: 1})))
+	require.NoError(t, txn.Write(ctx, sinktest.Build(mem, sinktest.PatientView, []any{"a", int64(1), "Ann"})))
+	require.NoError(t, txn.Commit(ctx, pipeline.RunSummary{Outcome: "success"}))
+	var want bytes.Buffer
+	require.NoError(t, s.WriteDuckDBViews(&want))
+	require.Contains(t, want.String(), ".parquet")
+	stale := "CREATE OR REPLACE VIEW patient AS SELECT * FROM read_parquet(['gone.parquet']);\n"
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "views.sql"), []byte(stale), 0o644))
+
+	open(t, dir, WithAllocator(mem))
+	got, err := os.ReadFile(filepath.Join(dir, "views.sql"))
+	require.NoError(t, err)
+	require.Equal(t, want.String(), string(got))
 }
