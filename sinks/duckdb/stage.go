@@ -52,9 +52,12 @@ func (m stageMode) String() string {
 // writer's buffered row group and what each DuckDB thread decompresses at
 // Commit: zstd shrinks FHIR JSON about tenfold, so a cut on compressed
 // bytes made row groups too large to read under a small memory_limit.
+// 2 MiB rather than 16: every staged table (one per view) buffers its open
+// row group in Go memory, and DuckDB reads a column chunk in one
+// allocation, outside its buffer pool's accounting.
 const (
 	rowGroupRows  = 122880
-	rowGroupBytes = 16 << 20
+	rowGroupBytes = 2 << 20
 )
 
 // stage is one table's staged rows within a Txn. rel is the relation Commit
