@@ -199,6 +199,11 @@ type tableBuilder struct {
 	t     *pipeline.Table
 	b     *array.RecordBuilder
 	bytes int
+	// big is the raw landing's JSON column once a batch was cut by size:
+	// each later batch reserves its data buffer up front, instead of
+	// growing it by doubling (a copy and a zeroing of every step, which
+	// profiled at 15% of a load's CPU).
+	big *array.StringBuilder
 }
 
 func (fp *fileProc) builder(t *pipeline.Table) *tableBuilder {
@@ -231,8 +236,19 @@ func (fp *fileProc) emitRows(tb *tableBuilder, n int) error {
 }
 
 func (fp *fileProc) maybeFlush(tb *tableBuilder) error {
-	if n := tb.rows(); n >= fp.e.opts.BatchRows || tb.bytes >= fp.e.opts.BatchBytes {
-		return fp.emitRows(tb, n)
+	n := tb.rows()
+	full := tb.bytes >= fp.e.opts.BatchBytes
+	if n < fp.e.opts.BatchRows && !full {
+		return nil
+	}
+	if err := fp.emitRows(tb, n); err != nil {
+		return err
+	}
+	if full && tb.t == schemas.Raw {
+		tb.big = tb.b.Field(rawJSONCol).(*array.StringBuilder)
+	}
+	if tb.big != nil {
+		tb.big.ReserveData(fp.e.opts.BatchBytes + fp.e.opts.BatchBytes/4)
 	}
 	return nil
 }
@@ -334,7 +350,7 @@ func (fp *fileProc) resource(st *Stats, line int64, v *fastjson.Value, raw []byt
 		b.Field(3).(*array.TimestampBuilder).Append(arrow.Timestamp(lastUpdated.UnixMicro()))
 	}
 	b.Field(4).(*array.BooleanBuilder).Append(isSubsetted(v))
-	b.Field(5).(*array.StringBuilder).BinaryBuilder.Append(raw)
+	b.Field(rawJSONCol).(*array.StringBuilder).BinaryBuilder.Append(raw)
 	b.Field(6).(*array.Int64Builder).Append(seq)
 	fp.appendProvenance(b, 7, line)
 	tb.bytes += len(raw)
@@ -371,6 +387,9 @@ func (fp *fileProc) view(st *Stats, vt viewTable, v *fastjson.Value, typ, id str
 	tb.bytes += (tb.rows() - before) * 16 * (vt.width + 1)
 	return fp.maybeFlush(tb)
 }
+
+// rawJSONCol is the position of the resource JSON in schemas.Raw.
+const rawJSONCol = 5
 
 var subsettedCode = []byte("SUBSETTED")
 

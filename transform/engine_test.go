@@ -214,3 +214,40 @@ func TestRefKey(t *testing.T) {
 		require.Equal(t, want, typ+"/"+id)
 	}
 }
+
+// TestBatchesCutByBytes streams resources of varying size through batches
+// cut by BatchBytes (the path that reserves the raw JSON buffer of the
+// next batch): every line lands once, in order and unchanged, no batch
+// holds much more than BatchBytes of JSON, and all memory is released.
+func TestBatchesCutByBytes(t *testing.T) {
+	mem := memory.NewCheckedAllocator(memory.DefaultAllocator)
+	defer mem.AssertSize(t, 0)
+	const batchBytes = 4 << 10
+	e, err := New(Options{BatchRows: 1 << 20, BatchBytes: batchBytes, MaxLineBytes: 1 << 20, Alloc: mem})
+	require.NoError(t, err)
+	var lines []string
+	for i := range 300 {
+		lines = append(lines, fmt.Sprintf(`{"resourceType":"Patient","id":"p%d","text":"%s"}`, i, strings.Repeat("y", (i*37)%900)))
+	}
+	var got []string
+	var batches int
+	emit := func(b pipeline.Batch) error {
+		defer b.Release()
+		require.Equal(t, schemas.RawTable, b.Table.Name)
+		col := b.Rec.Column(rawJSONCol).(*array.String)
+		var n int
+		for i := range col.Len() {
+			got = append(got, col.Value(i))
+			n += len(col.Value(i))
+		}
+		require.Less(t, n, batchBytes+1000, "a batch is cut once it reaches BatchBytes")
+		batches++
+		return nil
+	}
+	st, err := e.Process(t.Context(), Origin{Source: "s"}, Input{Name: "Patient.ndjson", Kind: "output", Type: "Patient"},
+		strings.NewReader(strings.Join(lines, "\n")), emit)
+	require.NoError(t, err)
+	require.Equal(t, int64(300), st.Resources)
+	require.Equal(t, lines, got)
+	require.Greater(t, batches, 20)
+}
