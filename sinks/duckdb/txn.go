@@ -253,7 +253,7 @@ func (t *Txn) steps(raw, del string, sum pipeline.RunSummary) []step {
 		{name: "raw delete", sql: `DELETE FROM ` + R + ` t USING win w
 			WHERE t.resource_type = w.resource_type AND t.id = w.id`},
 		{name: "raw insert", sql: `INSERT INTO ` + R + ` (` + rawCols + `) SELECT ` + rawSel + ` FROM ` + raw + ` s
-			SEMI JOIN win w ON s.resource_type = w.resource_type AND s.id = w.id AND s._seq = w._seq`},
+			SEMI JOIN win w ON s._seq = w._seq`},
 		{name: "deleted keys", sql: `CREATE TEMP TABLE gone AS
 			SELECT DISTINCT d.resource_type, d.id FROM ` + del + ` d
 			ANTI JOIN (SELECT resource_type, id FROM ` + R + ` t WHERE ` + guard + `) n
@@ -272,8 +272,8 @@ func (t *Txn) steps(raw, del string, sum pipeline.RunSummary) []step {
 			cols, sel := selectList(v)
 			steps = append(steps, step{name: "view " + v.Name + " insert",
 				sql: `INSERT INTO ` + V + ` (` + cols + `) SELECT ` + sel + ` FROM ` + st.rel + ` s
-					SEMI JOIN (SELECT id, _seq FROM win WHERE resource_type = ?) w
-					ON s.` + quote(pipeline.ColResourceID) + ` = w.id AND s.` + quote(pipeline.ColSeq) + ` = w._seq`,
+					SEMI JOIN (SELECT _seq FROM win WHERE resource_type = ?) w
+					ON s.` + quote(pipeline.ColSeq) + ` = w._seq`,
 				args: []any{v.ResourceType}})
 		}
 	}
