@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"slices"
 	"strings"
 	"sync"
@@ -301,6 +302,11 @@ func (r *Runner) apply(ctx context.Context, store *stateStore, st *RunState, res
 		if err != nil {
 			return err
 		}
+		// The transform's batches and builders are garbage now. Handing
+		// their memory back before the sinks commit (DuckDB's commit is
+		// where it needs its memory_limit) keeps the process's peak at
+		// the larger of the two phases rather than their sum.
+		debug.FreeOSMemory()
 		commitStart := time.Now()
 		for _, s := range todo {
 			t0 := time.Now()
