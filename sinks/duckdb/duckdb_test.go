@@ -236,6 +236,12 @@ func TestConfigApplied(t *testing.T) {
 		"SELECT current_setting('threads'), current_setting('memory_limit')").Scan(&threads, &limit))
 	require.Equal(t, int64(2), threads)
 	require.Contains(t, limit, "953.6 MiB") // 1GB in DuckDB's binary units
+	var flush string
+	var background bool
+	require.NoError(t, s.DB().QueryRowContext(t.Context(),
+		"SELECT current_setting('allocator_flush_threshold'), current_setting('allocator_background_threads')").Scan(&flush, &background))
+	require.Equal(t, "15.2 MiB", flush) // 16MB
+	require.True(t, background)
 	_, err := New(configs.DuckDBSink{Path: filepath.Join(t.TempDir(), "x.duckdb"), MemoryLimit: "lots"}, "bad", nil)
 	require.ErrorContains(t, err, "duckdb sink bad: open")
 }

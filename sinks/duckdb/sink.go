@@ -49,6 +49,12 @@ func New(cfg configs.DuckDBSink, name string, log *slog.Logger) (*Sink, error) {
 	// Commit needs no particular row order, and keeping it costs memory
 	// on large inserts (DuckDB's own advice for bulk loads).
 	q := url.Values{"preserve_insertion_order": {"false"}}
+	// DuckDB's allocator keeps up to 128 MiB of freed memory cached after
+	// each task by default, on top of memory_limit; flushing at 16 MiB,
+	// with a background thread, keeps the process near the limit the
+	// user set (see the package doc for the measurement).
+	q.Set("allocator_flush_threshold", "16MB")
+	q.Set("allocator_background_threads", "true")
 	if cfg.Threads > 0 {
 		q.Set("threads", strconv.Itoa(cfg.Threads))
 	}
