@@ -73,7 +73,7 @@ func New(opts Options) (*Engine, error) {
 		opts.BatchRows = 8192
 	}
 	if opts.BatchBytes <= 0 {
-		opts.BatchBytes = 8 << 20
+		opts.BatchBytes = 2 << 20
 	}
 	if opts.MaxLineBytes <= 0 {
 		opts.MaxLineBytes = 64 << 20
