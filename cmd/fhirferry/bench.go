@@ -13,7 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"runtime/debug"
+	"runtime/pprof"
 	"sort"
 	"strconv"
 	"strings"
@@ -60,7 +60,7 @@ type benchTune struct {
 	Workers     int
 	QueueDepth  int
 	BatchRows   int
-	GoMemLimit  string // debug.SetMemoryLimit in the child ("" or "off": none)
+	GoMemLimit  string // GOMEMLIMIT of the child ("off": none)
 }
 
 func (t benchTune) args() []string {
@@ -73,12 +73,12 @@ func (t benchTune) args() []string {
 
 func (t *benchTune) register(cmd *cobra.Command) {
 	f := cmd.Flags()
-	f.StringVar(&t.MemoryLimit, "memory-limit", "128MB", "memory_limit of the DuckDB sink the pipeline loads into")
+	f.StringVar(&t.MemoryLimit, "memory-limit", "64MB", "memory_limit of the DuckDB sink the pipeline loads into")
 	f.IntVar(&t.Threads, "threads", 0, "threads of the DuckDB sink (0: DuckDB's default, one per core)")
 	f.IntVar(&t.Workers, "workers", 2, "transform workers (transform.workers)")
 	f.IntVar(&t.QueueDepth, "queue-depth", 4, "batches in flight to the sink (transform.queue_depth)")
 	f.IntVar(&t.BatchRows, "batch-rows", 8192, "rows per record batch (transform.batch_rows)")
-	f.StringVar(&t.GoMemLimit, "go-memory-limit", "160MiB", `Go soft memory limit of the pipeline process ("off" for none)`)
+	f.StringVar(&t.GoMemLimit, "go-memory-limit", "128MiB", `GOMEMLIMIT of the pipeline process ("off" for none)`)
 }
 
 func newBenchCmd(g *globals) *cobra.Command {
@@ -331,7 +331,10 @@ func (c *lineCounter) Write(p []byte) (int, error) {
 
 // runChild runs `fhirferry bench-child args...` and returns its report
 // with its peak RSS and CPU time.
-func runChild(ctx context.Context, args ...string) (benchResult, error) {
+func runChild(ctx context.Context, goMemLimit string, args ...string) (benchResult, error) {
+	if goMemLimit == "off" {
+		goMemLimit = ""
+	}
 	var r benchResult
 	exe, err := os.Executable()
 	if err != nil {
@@ -341,9 +344,9 @@ func runChild(ctx context.Context, args ...string) (benchResult, error) {
 	var stdout strings.Builder
 	cmd.Stdout = &stdout
 	cmd.Stderr = os.Stderr
-	// The child's Go runtime must not inherit a GOGC/GOMEMLIMIT that the
-	// user set for the parent: the child sets its own.
-	cmd.Env = append(os.Environ(), "GOGC=", "GOMEMLIMIT=")
+	// The child's Go runtime gets the benchmark's GOMEMLIMIT (the way a
+	// user would run fhirferry load), not whatever the parent inherited.
+	cmd.Env = append(os.Environ(), "GOGC=", "GOMEMLIMIT="+goMemLimit)
 	runErr := cmd.Run()
 	if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok && ru != nil {
 		r.PeakRSS = ru.Maxrss * 1024 // kilobytes on Linux
@@ -405,7 +408,7 @@ func benchPipeline(ctx context.Context, f *benchFlags, size int64, dir string, o
 	var results []benchResult
 	run := func(args ...string) (benchResult, error) {
 		logf("running %s (load average %s)", args[0], loadAvg())
-		r, err := runChild(ctx, args...)
+		r, err := runChild(ctx, f.tune.GoMemLimit, args...)
 		if err == nil {
 			results = append(results, r)
 		}
@@ -436,8 +439,10 @@ func benchPipeline(ctx context.Context, f *benchFlags, size int64, dir string, o
 	ratio := ours.mbps() / theirs.mbps()
 	fmt.Fprintf(out, "\nheadline: fhirferry load %.1f MB/s vs DuckDB read_json %.1f MB/s on the same %.1f MB: ratio %.2f (views=%s, target >= %s)\n",
 		ours.mbps(), theirs.mbps(), float64(gs.bytes)/1e6, ratio, f.views, map[string]string{"none": "2", "default": "1.5"}[f.views])
-	fmt.Fprintf(out, "peak RSS of the fhirferry pipeline: %s (target <= 256 MiB); DuckDB sink memory_limit %s, Go memory limit %s\n",
+	fmt.Fprintf(out, "peak RSS of the fhirferry pipeline: %s (target <= 256 MiB); DuckDB sink memory_limit %s, GOMEMLIMIT %s\n",
 		mib(ours.PeakRSS), f.tune.MemoryLimit, f.tune.GoMemLimit)
+	fmt.Fprintf(out, "the same load by hand: GOMEMLIMIT=%s fhirferry load %s --config <duckdb sink with memory_limit %s>\n",
+		f.tune.GoMemLimit, data, f.tune.MemoryLimit)
 	fmt.Fprintf(out, "load average at end: %s\n", loadAvg())
 	return nil
 }
@@ -497,7 +502,7 @@ func benchOneFile(ctx context.Context, f *benchFlags, size int64, dir string, ou
 			return err
 		}
 		logf("loading %s (load average %s)", label, loadAvg())
-		r, err := runChild(ctx, append([]string{"load", "--data", data, "--work", filepath.Join(work, "load-"+label), "--views", f.views}, f.tune.args()...)...)
+		r, err := runChild(ctx, f.tune.GoMemLimit, append([]string{"load", "--data", data, "--work", filepath.Join(work, "load-"+label), "--views", f.views}, f.tune.args()...)...)
 		if err != nil {
 			return err
 		}
@@ -512,7 +517,7 @@ func benchOneFile(ctx context.Context, f *benchFlags, size int64, dir string, ou
 	for _, r := range results {
 		lo, hi = min(lo, r.PeakRSS), max(hi, r.PeakRSS)
 	}
-	fmt.Fprintf(out, "\npeak RSS from %s to %s over a %.0fx larger input (target <= 256 MiB); DuckDB sink memory_limit %s, Go memory limit %s\n",
+	fmt.Fprintf(out, "\npeak RSS from %s to %s over a %.0fx larger input (target <= 256 MiB); DuckDB sink memory_limit %s, GOMEMLIMIT %s\n",
 		mib(lo), mib(hi), float64(results[len(results)-1].Bytes)/float64(max(results[0].Bytes, 1)), f.tune.MemoryLimit, f.tune.GoMemLimit)
 	fmt.Fprintf(out, "load average at end: %s\n", loadAvg())
 	return nil
@@ -578,8 +583,8 @@ func printResults(out io.Writer, rs []benchResult) {
 // measured load per process, so its peak RSS is its own.
 func newBenchChildCmd(g *globals) *cobra.Command {
 	var (
-		data, work, views, baseURL string
-		tune                       benchTune
+		data, work, views, baseURL, cpuProfile string
+		tune                                   benchTune
 	)
 	cmd := &cobra.Command{
 		Use:    "bench-child load|export|read_json|read_ndjson_objects|read_json_columns",
@@ -593,6 +598,17 @@ func newBenchChildCmd(g *globals) *cobra.Command {
 			}
 			if err := os.MkdirAll(work, 0o755); err != nil {
 				return err
+			}
+			if cpuProfile != "" {
+				f, err := os.Create(cpuProfile)
+				if err != nil {
+					return err
+				}
+				defer f.Close()
+				if err := pprof.StartCPUProfile(f); err != nil {
+					return err
+				}
+				defer pprof.StopCPUProfile()
 			}
 			var r benchResult
 			var err error
@@ -615,6 +631,7 @@ func newBenchChildCmd(g *globals) *cobra.Command {
 	fl.StringVar(&work, "work", "", "folder for the database and state (emptied first)")
 	fl.StringVar(&views, "views", "default", "default or none")
 	fl.StringVar(&baseURL, "base-url", "", "test server (export)")
+	fl.StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile of the child (go tool pprof)")
 	tune.register(cmd)
 	return cmd
 }
@@ -711,13 +728,6 @@ func (*benchHooks) Manifest(string, *fetch.Manifest)                   {}
 
 func childPipeline(ctx context.Context, g *globals, what, data, work, views, baseURL string, tune benchTune) (benchResult, error) {
 	r := benchResult{Name: "fhirferry " + what}
-	if tune.GoMemLimit != "" && tune.GoMemLimit != "off" {
-		lim, err := parseSize(tune.GoMemLimit)
-		if err != nil {
-			return r, err
-		}
-		debug.SetMemoryLimit(lim)
-	}
 	var src string
 	if what == "export" {
 		src = fmt.Sprintf(`
