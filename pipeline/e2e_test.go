@@ -168,3 +168,52 @@ func TestIncrementalRunsMatchGroundTruth(t *testing.T) {
 		})
 	}
 }
+
+type runRow struct{ id, outcome string }
+
+func (h *harness) runRows(t *testing.T) []runRow {
+	t.Helper()
+	rows, err := h.sink.DB().Query(`SELECT run_id, outcome FROM runs ORDER BY finished_at`)
+	require.NoError(t, err)
+	defer rows.Close()
+	var out []runRow
+	for rows.Next() {
+		var r runRow
+		require.NoError(t, rows.Scan(&r.id, &r.outcome))
+		out = append(out, r)
+	}
+	require.NoError(t, rows.Err())
+	return out
+}
+
+// TestFailedRunsAreRecorded: a run that fails is in the runs table with
+// its outcome; a resumed run that then succeeds replaces its failure row.
+func TestFailedRunsAreRecorded(t *testing.T) {
+	h := newHarness(t, bulktest.Options{Patients: 3, Seed: 9, PollsBeforeComplete: -1}, "system", "")
+	h.srv.SetFaults(bulktest.Faults{FailJob: true})
+	_, err := h.runner.Run(context.Background())
+	require.Error(t, err)
+	rows := h.runRows(t)
+	require.Len(t, rows, 1)
+	require.Equal(t, "failed", rows[0].outcome)
+
+	// A cancelled load keeps its state; the resumed run succeeds under the
+	// same run id and its row replaces the failure row.
+	h.srv.SetFaults(bulktest.Faults{SlowFirstByte: 300 * time.Millisecond})
+	ctx, cancel := context.WithTimeout(context.Background(), 150*time.Millisecond)
+	_, err = h.runner.Run(ctx)
+	cancel()
+	require.Error(t, err)
+	rows = h.runRows(t)
+	require.Len(t, rows, 2)
+	require.Equal(t, "cancelled", rows[1].outcome)
+	require.NotEqual(t, rows[0].id, rows[1].id, "a failed job is abandoned: the next run kicks off a new export")
+	require.Equal(t, 2, h.srv.Stats().KickOffs)
+	h.srv.SetFaults(bulktest.Faults{})
+	res := h.run(t)
+	require.True(t, res.Resumed)
+	require.Equal(t, rows[1].id, res.RunID)
+	rows = h.runRows(t)
+	require.Equal(t, []runRow{{rows[0].id, "failed"}, {res.RunID, "success"}}, rows)
+	h.assertTruth(t)
+}

@@ -132,12 +132,13 @@ func (r *Runner) Run(ctx context.Context) (*Result, error) {
 	}
 
 	for attempt := 0; ; attempt++ {
+		err = nil
 		if st.Manifest == nil {
-			if err := r.export(ctx, store, st, log); err != nil {
-				return res, err
-			}
+			err = r.export(ctx, store, st, log)
 		}
-		err = r.apply(ctx, store, st, res, log)
+		if err == nil {
+			err = r.apply(ctx, store, st, res, log)
+		}
 		if errors.Is(err, fetch.ErrExportGone) && attempt < r.maxKickOffs() {
 			// The server purged the export (or its files) before we held
 			// it: export again from the same watermark.
@@ -148,6 +149,7 @@ func (r *Runner) Run(ctx context.Context) (*Result, error) {
 		break
 	}
 	if err != nil {
+		r.recordFailure(ctx, st, res, err)
 		var fatal *jobFailure
 		if errors.As(err, &fatal) {
 			// The export itself is unusable: the next run starts a new one
@@ -160,6 +162,33 @@ func (r *Runner) Run(ctx context.Context) (*Result, error) {
 	log.Info("run finished", "transaction_time", res.TransactionTime, "resources", res.Stats.Resources,
 		"deleted", res.Stats.Deleted, "rejects", res.Stats.Rejects, "files", res.Files, "duration", res.Finished.Sub(res.Started).Round(time.Millisecond).String())
 	return res, nil
+}
+
+// recordFailure writes the failed attempt to the runs table of every sink
+// that can record it and did not commit the run. It must not hide err, so
+// its own failures are only logged.
+func (r *Runner) recordFailure(ctx context.Context, st *RunState, res *Result, err error) {
+	outcome := "failed"
+	if ctx.Err() != nil || errors.Is(err, context.Canceled) {
+		outcome = "cancelled"
+	}
+	info := RunInfo{RunID: st.RunID, Source: r.Source, ExportID: st.ExportID(), Since: st.Since, Started: st.Started}
+	if st.Manifest != nil {
+		info.TransactionTime = st.Manifest.TransactionTime
+	}
+	sum := RunSummary{Finished: time.Now().UTC(), Outcome: outcome, Files: int64(res.Files), Bytes: res.WireBytes,
+		Resources: res.Stats.Resources, Deleted: res.Stats.Deleted, Rejects: res.Stats.Rejects, Outcomes: res.Stats.Outcomes}
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	for _, s := range r.Sinks {
+		fr, ok := s.(FailureRecorder)
+		if !ok || slices.Contains(res.Committed, s.Name()) {
+			continue
+		}
+		if ferr := fr.RecordFailure(rctx, info, sum); ferr != nil {
+			r.log().Warn("could not record the failed run", "sink", s.Name(), "run_id", st.RunID, "err", ferr)
+		}
+	}
 }
 
 func (r *Runner) maxKickOffs() int {

@@ -94,3 +94,11 @@ type Rebuilder interface {
 	// ReplaceTable started: no run of this process commits in between.
 	ReplaceTable(ctx context.Context, t *Table, produce func(emit func(Batch) error) error) error
 }
+
+// FailureRecorder is implemented by sinks that record runs which did not
+// commit (outcome "failed" or "cancelled") in their runs table, so analysts
+// see every attempt, not only the successes. A run that later succeeds
+// under the same RunID replaces its failure row.
+type FailureRecorder interface {
+	RecordFailure(ctx context.Context, run RunInfo, sum RunSummary) error
+}

@@ -287,6 +287,8 @@ func (t *Txn) steps(raw, del string, sum pipeline.RunSummary) []step {
 	}
 	r := t.run
 	steps = append(steps,
+		// A failure row of an earlier attempt of this run gives way to the success.
+		step{name: "runs", sql: `DELETE FROM ` + quote(schemas.RunsTable) + ` WHERE run_id = ? AND outcome <> 'success'`, args: []any{r.RunID}},
 		step{name: "runs", sql: `INSERT INTO ` + quote(schemas.RunsTable) + ` VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 			args: []any{r.RunID, r.Source, r.ExportID, r.Since, r.TransactionTime, r.Started.UTC(), sum.Finished.UTC(),
 				sum.Outcome, sum.Files, sum.Bytes, sum.Resources, sum.Deleted, sum.Rejects, sum.Outcomes}},

@@ -1,0 +1,41 @@
+package duckdb
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/fhirferry/fhirferry/pipeline"
+	"github.com/fhirferry/fhirferry/schemas"
+)
+
+var _ pipeline.FailureRecorder = (*Sink)(nil)
+
+// RecordFailure implements pipeline.FailureRecorder: one runs row per run
+// id that has not succeeded, replaced by the row of a later success.
+func (s *Sink) RecordFailure(ctx context.Context, r pipeline.RunInfo, sum pipeline.RunSummary) error {
+	if err := s.acquire(ctx); err != nil {
+		return err
+	}
+	defer s.release()
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback() //nolint:errcheck // after Commit it is a no-op
+	var done int
+	if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM `+quote(schemas.RunsTable)+` WHERE run_id = ? AND outcome = 'success'`, r.RunID).Scan(&done); err != nil {
+		return fmt.Errorf("duckdb sink %s: record failed run: %w", s.name, err)
+	}
+	if done > 0 {
+		return nil // the run committed here; the failure was elsewhere
+	}
+	if _, err := tx.ExecContext(ctx, `DELETE FROM `+quote(schemas.RunsTable)+` WHERE run_id = ?`, r.RunID); err != nil {
+		return err
+	}
+	if _, err := tx.ExecContext(ctx, `INSERT INTO `+quote(schemas.RunsTable)+` VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		r.RunID, r.Source, r.ExportID, r.Since, r.TransactionTime, r.Started.UTC(), sum.Finished.UTC(),
+		sum.Outcome, sum.Files, sum.Bytes, sum.Resources, sum.Deleted, sum.Rejects, sum.Outcomes); err != nil {
+		return fmt.Errorf("duckdb sink %s: record failed run: %w", s.name, err)
+	}
+	return tx.Commit()
+}
