@@ -18,14 +18,18 @@ import (
 // Config is a whole fhirferry configuration file.
 type Config struct {
 	// DataDir holds run state, spooled files and the default DuckDB file.
-	DataDir   string          `yaml:"data_dir"`
-	Log       Log             `yaml:"log"`
-	Admin     Admin           `yaml:"admin"`
-	Views     Views           `yaml:"views"`
-	Transform TransformConfig `yaml:"transform"`
-	Daemon    Daemon          `yaml:"daemon"`
-	Sources   []Source        `yaml:"sources"`
-	Sinks     []Sink          `yaml:"sinks"`
+	DataDir string `yaml:"data_dir"`
+	// MemoryLimit is the Go runtime's soft memory limit (GOMEMLIMIT) for
+	// the process; 0 leaves the runtime default. DuckDB's own memory is set
+	// per sink (duckdb.memory_limit).
+	MemoryLimit ByteSize        `yaml:"memory_limit"`
+	Log         Log             `yaml:"log"`
+	Admin       Admin           `yaml:"admin"`
+	Views       Views           `yaml:"views"`
+	Transform   TransformConfig `yaml:"transform"`
+	Daemon      Daemon          `yaml:"daemon"`
+	Sources     []Source        `yaml:"sources"`
+	Sinks       []Sink          `yaml:"sinks"`
 }
 
 // Log configures log/slog output.

@@ -93,3 +93,11 @@ func TestDurationAndSize(t *testing.T) {
 	_, err = Parse([]byte("daemon: {jitter: soon}\n"))
 	require.ErrorContains(t, err, "not a duration")
 }
+
+func TestMemoryLimit(t *testing.T) {
+	cfg, err := Parse([]byte("memory_limit: 128MiB\n"))
+	require.NoError(t, err)
+	require.Equal(t, ByteSize(128<<20), cfg.MemoryLimit)
+	_, err = Parse([]byte("memory_limit: 1MiB\n"))
+	require.ErrorContains(t, err, "memory_limit")
+}

@@ -33,6 +33,9 @@ func (c *Config) Validate() error {
 	if t.MaxLineBytes < 1<<10 {
 		p.add("transform.max_line_bytes: %d is too small (at least 1KiB)", t.MaxLineBytes)
 	}
+	if c.MemoryLimit != 0 && c.MemoryLimit < 32<<20 {
+		p.add("memory_limit: %d is too small (at least 32MiB)", c.MemoryLimit)
+	}
 	if c.Daemon.MaxConcurrentRuns < 1 {
 		p.add("daemon.max_concurrent_runs must be positive")
 	}

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"runtime/debug"
 	"time"
 
 	"github.com/fhirferry/fhirferry/configs"
@@ -43,6 +44,10 @@ func buildApp(ctx context.Context, cfgPath string, log *slog.Logger, hooks pipel
 
 func buildAppFromConfig(ctx context.Context, cfg *configs.Config, log *slog.Logger, hooks pipeline.Hooks, obs func(string) fetch.Observer) (*app, error) {
 	a := &app{cfg: cfg, log: log, sinks: map[string]pipeline.Sink{}, hooks: hooks, obs: obs}
+	if cfg.MemoryLimit > 0 && os.Getenv("GOMEMLIMIT") == "" {
+		// The environment wins, as it does for the Go runtime itself.
+		debug.SetMemoryLimit(int64(cfg.MemoryLimit))
+	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, err
 	}
