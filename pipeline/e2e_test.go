@@ -2,11 +2,7 @@ package pipeline_test
 
 import (
 	"context"
-	"encoding/json"
-	"fmt"
 	"path/filepath"
-	"reflect"
-	"sort"
 	"testing"
 	"time"
 
@@ -16,6 +12,7 @@ import (
 	"github.com/fhirferry/fhirferry/fetch"
 	"github.com/fhirferry/fhirferry/fetch/bulktest"
 	"github.com/fhirferry/fhirferry/pipeline"
+	"github.com/fhirferry/fhirferry/pipeline/pipelinetest"
 	"github.com/fhirferry/fhirferry/sinks/duckdb"
 	"github.com/fhirferry/fhirferry/transform"
 )
@@ -25,6 +22,7 @@ import (
 type harness struct {
 	srv    *bulktest.Server
 	sink   *duckdb.Sink
+	views  []transform.View
 	runner *pipeline.Runner
 	level  string
 	group  string
@@ -40,7 +38,8 @@ func newHarness(t *testing.T, opts bulktest.Options, level, group string) *harne
 	sink, err := duckdb.New(configs.DuckDBSink{Path: filepath.Join(dir, "warehouse.duckdb")}, "duck", nil)
 	require.NoError(t, err)
 	t.Cleanup(func() { sink.Close() })
-	eng, err := transform.New(transform.Options{Views: testViews(t), BatchRows: 500})
+	views := testViews(t)
+	eng, err := transform.New(transform.Options{Views: views, BatchRows: 500})
 	require.NoError(t, err)
 	require.NoError(t, sink.Prepare(ctx, eng.Tables()))
 	c, err := fetch.New(fetch.Options{BaseURL: srv.BaseURL(), MinWait: 5 * time.Millisecond, MaxWait: 100 * time.Millisecond, Parallel: 3})
@@ -50,7 +49,7 @@ func newHarness(t *testing.T, opts bulktest.Options, level, group string) *harne
 		Client: c, Engine: eng, Sinks: []pipeline.Sink{sink}, DataDir: dir,
 		Workers: 2, QueueDepth: 2, DeleteAfter: true, FailOnErrorOutcomes: true,
 	}
-	return &harness{srv: srv, sink: sink, runner: r, level: level, group: group}
+	return &harness{srv: srv, sink: sink, views: views, runner: r, level: level, group: group}
 }
 
 func (h *harness) run(t *testing.T) *pipeline.Result {
@@ -60,59 +59,11 @@ func (h *harness) run(t *testing.T) *pipeline.Result {
 	return res
 }
 
-type stored struct {
-	version     string
-	lastUpdated time.Time
-	json        string
-}
-
-// assertTruth compares the raw landing with the server's ground truth:
-// same keys, current versions, identical JSON.
+// assertTruth compares the raw landing and every view table with the
+// server's ground truth.
 func (h *harness) assertTruth(t *testing.T) {
 	t.Helper()
-	truth := h.srv.Truth(h.level, h.group, nil)
-	rows, err := h.sink.DB().Query(`SELECT resource_type, id, coalesce(version_id, ''), last_updated, resource::VARCHAR FROM fhir_resources`)
-	require.NoError(t, err)
-	defer rows.Close()
-	got := map[bulktest.Key]stored{}
-	for rows.Next() {
-		var k bulktest.Key
-		var s stored
-		require.NoError(t, rows.Scan(&k.Type, &k.ID, &s.version, &s.lastUpdated, &s.json))
-		_, dup := got[k]
-		require.False(t, dup, "duplicate row for %v", k)
-		got[k] = s
-	}
-	require.NoError(t, rows.Err())
-	var missing, extra, stale []string
-	for k, want := range truth {
-		g, ok := got[k]
-		if !ok {
-			missing = append(missing, k.Type+"/"+k.ID)
-			continue
-		}
-		if g.version != want.VersionID || !g.lastUpdated.Equal(want.LastUpdated) || !jsonEqual(t, g.json, string(want.JSON)) {
-			stale = append(stale, fmt.Sprintf("%s/%s (have v%s %s, want v%s %s)", k.Type, k.ID, g.version, g.lastUpdated, want.VersionID, want.LastUpdated))
-		}
-	}
-	for k := range got {
-		if _, ok := truth[k]; !ok {
-			extra = append(extra, k.Type+"/"+k.ID)
-		}
-	}
-	sort.Strings(missing)
-	sort.Strings(extra)
-	require.Empty(t, missing, "resources missing from the warehouse")
-	require.Empty(t, extra, "resources in the warehouse the server no longer has")
-	require.Empty(t, stale, "resources not at their current version")
-	require.Len(t, got, len(truth))
-}
-
-func jsonEqual(t *testing.T, a, b string) bool {
-	var x, y any
-	require.NoError(t, json.Unmarshal([]byte(a), &x))
-	require.NoError(t, json.Unmarshal([]byte(b), &y))
-	return reflect.DeepEqual(x, y)
+	pipelinetest.RequireMatchesTruth(t, h.sink.DB(), h.views, h.srv.Truth(h.level, h.group, nil))
 }
 
 func (h *harness) checkpoint(t *testing.T) pipeline.Checkpoint {

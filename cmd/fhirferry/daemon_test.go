@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -11,8 +10,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"reflect"
-	"sort"
 	"strconv"
 	"strings"
 	"syscall"
@@ -21,10 +18,10 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/fhirferry/fhirferry/configs"
 	"github.com/fhirferry/fhirferry/fetch/bulktest"
 	"github.com/fhirferry/fhirferry/pipeline"
-	"github.com/fhirferry/fhirferry/sinks/duckdb"
+	"github.com/fhirferry/fhirferry/pipeline/pipelinetest"
+	"github.com/fhirferry/fhirferry/transform"
 )
 
 // daemonProc is one `fhirferry daemon` process.
@@ -314,50 +311,7 @@ sinks:
 
 func assertWarehouseMatches(t *testing.T, path string, truth map[bulktest.Key]bulktest.TruthRow) {
 	t.Helper()
-	sink, err := duckdb.New(configs.DuckDBSink{Path: path}, "check", nil)
+	views, err := transform.LoadViews(true, "")
 	require.NoError(t, err)
-	defer sink.Close()
-	rows, err := sink.DB().QueryContext(context.Background(), `SELECT resource_type, id, coalesce(version_id, ''), last_updated, resource::VARCHAR FROM fhir_resources`)
-	require.NoError(t, err)
-	defer rows.Close()
-	type stored struct {
-		version string
-		lu      time.Time
-		json    string
-	}
-	got := map[bulktest.Key]stored{}
-	for rows.Next() {
-		var k bulktest.Key
-		var s stored
-		require.NoError(t, rows.Scan(&k.Type, &k.ID, &s.version, &s.lu, &s.json))
-		_, dup := got[k]
-		require.False(t, dup, "duplicate row %v", k)
-		got[k] = s
-	}
-	require.NoError(t, rows.Err())
-	var missing, extra, stale []string
-	for k, want := range truth {
-		g, ok := got[k]
-		if !ok {
-			missing = append(missing, k.Type+"/"+k.ID)
-			continue
-		}
-		var a, b any
-		require.NoError(t, json.Unmarshal([]byte(g.json), &a))
-		require.NoError(t, json.Unmarshal(want.JSON, &b))
-		if g.version != want.VersionID || !g.lu.Equal(want.LastUpdated) || !reflect.DeepEqual(a, b) {
-			stale = append(stale, k.Type+"/"+k.ID)
-		}
-	}
-	for k := range got {
-		if _, ok := truth[k]; !ok {
-			extra = append(extra, k.Type+"/"+k.ID)
-		}
-	}
-	sort.Strings(missing)
-	sort.Strings(extra)
-	sort.Strings(stale)
-	require.Empty(t, missing, "missing from the warehouse")
-	require.Empty(t, extra, "in the warehouse but deleted on the server")
-	require.Empty(t, stale, "not at the current version")
+	pipelinetest.RequireMatchesTruth(t, pipelinetest.OpenDuckDB(t, path), views, truth)
 }
