@@ -399,7 +399,7 @@ func TestGroupBackfillWhenASinkIsAdded(t *testing.T) {
 	h.srv.Advance(time.Hour, bulktest.Mutation{UpdatedResources: 5})
 	bfRun(t, b)
 	h.assertTruth(t)
-	(&harness{srv: h.srv, sink: added, level: h.level, group: h.group}).assertTruth(t)
+	(&harness{srv: h.srv, sink: added, views: h.views, level: h.level, group: h.group}).assertTruth(t)
 }
 
 type bfListerFunc func(ctx context.Context, group string) ([]string, error)
