@@ -12,48 +12,16 @@ import (
 	"github.com/fhirferry/fhirferry/sinks/sinktest"
 )
 
-// loadScanFixture commits two runs: p1 updated, p2 deleted, p3 and an
-// Observation o1 unchanged.
-func loadScanFixture(t *testing.T, s *Sink) {
-	mem, ctx := checked(t), t.Context()
-	require.NoError(t, s.Prepare(ctx, sinktest.Tables()))
-	pat := func(id, vid string, h int, seq int64) sinktest.Raw {
-		return sinktest.Raw{Type: "Patient", ID: id, VersionID: vid, LastUpdated: sinktest.T(h), Seq: seq}
-	}
-	for i, batches := range [][]pipeline.Batch{
-		{sinktest.RawBatch(mem, pat("p1", "1", 0, 1), pat("p2", "1", 0, 2), pat("p3", "1", 0, 3),
-			sinktest.Raw{Type: "Observation", ID: "o1", VersionID: "1", Seq: 4})},
-		{sinktest.RawBatch(mem, pat("p1", "2", 1, 1)), sinktest.DeletedBatch(mem, sinktest.Deleted{Type: "Patient", ID: "p2"})},
-	} {
-		txn, err := s.Begin(ctx, pipeline.RunInfo{RunID: "r" + string(rune('1'+i)), Source: "s", ExportID: "e" + string(rune('1'+i)),
-			TransactionTime: sinktest.T(2 + i).Format(time.RFC3339)})
-		require.NoError(t, err)
-		for _, b := range batches {
-			require.NoError(t, txn.Write(ctx, b))
-		}
-		require.NoError(t, txn.Commit(ctx, pipeline.RunSummary{Outcome: "success"}))
-	}
-}
-
-func scanAll(t *testing.T, s pipeline.Rebuilder, typ string) map[string]string {
-	got := map[string]string{}
-	require.NoError(t, s.ScanRaw(t.Context(), typ, func(id string, res []byte) error {
-		got[id] = string(res)
-		return nil
-	}))
-	return got
-}
-
 func TestScanRaw(t *testing.T) {
 	s := open(t, stageParquetSnappy)
 	defer s.Close()
-	loadScanFixture(t, s)
+	sinktest.LoadScanFixture(t, s, checked(t))
 	require.Equal(t, map[string]string{
 		"p1": `{"resourceType":"Patient","id":"p1","meta":{"versionId":"2"}}`,
 		"p3": `{"resourceType":"Patient","id":"p3","meta":{"versionId":"1"}}`,
-	}, scanAll(t, s, "Patient"), "current versions only, deleted resources gone")
-	require.Equal(t, map[string]string{"o1": `{"resourceType":"Observation","id":"o1","meta":{"versionId":"1"}}`}, scanAll(t, s, "Observation"))
-	require.Empty(t, scanAll(t, s, "Encounter"))
+	}, sinktest.ScanAll(t, s, "Patient"), "current versions only, deleted resources gone")
+	require.Equal(t, map[string]string{"o1": `{"resourceType":"Observation","id":"o1","meta":{"versionId":"1"}}`}, sinktest.ScanAll(t, s, "Observation"))
+	require.Empty(t, sinktest.ScanAll(t, s, "Encounter"))
 
 	stop := errors.New("stop")
 	calls := 0
@@ -73,7 +41,7 @@ func TestReplaceTableFromScan(t *testing.T) {
 	mem, ctx := checked(t), t.Context()
 	s := open(t, stageParquetSnappy)
 	defer s.Close()
-	loadScanFixture(t, s)
+	sinktest.LoadScanFixture(t, s, checked(t))
 	require.NoError(t, s.ReplaceTable(ctx, sinktest.PatientView, func(emit func(pipeline.Batch) error) error {
 		// The writer slot is held: a run waits (here, until its deadline).
 		bctx, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
