@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"sync"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -15,9 +16,12 @@ import (
 func TestAttachmentsRelativeAndBinary(t *testing.T) {
 	pdf := []byte("%PDF-1.4 not really")
 	type hit struct{ path, auth, accept string }
+	var mu sync.Mutex // attachments download in parallel
 	var hits []hit
 	s := server(t, func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
 		hits = append(hits, hit{r.URL.Path, r.Header.Get("Authorization"), r.Header.Get("Accept")})
+		mu.Unlock()
 		switch r.URL.Path {
 		case "/fhir/Binary/b1":
 			w.Header().Set("Content-Type", "application/fhir+json")
