@@ -58,6 +58,7 @@ func (v Views) DefaultsOn() bool { return v.Defaults == nil || *v.Defaults }
 // TransformConfig bounds the streaming transform's memory and parallelism.
 type TransformConfig struct {
 	BatchRows    int      `yaml:"batch_rows"`
+	BatchBytes   ByteSize `yaml:"batch_bytes"`
 	Workers      int      `yaml:"workers"`
 	QueueDepth   int      `yaml:"queue_depth"`
 	MaxLineBytes ByteSize `yaml:"max_line_bytes"`
@@ -177,6 +178,9 @@ type DuckDBSink struct {
 	Path        string `yaml:"path"`
 	Threads     int    `yaml:"threads"`
 	MemoryLimit string `yaml:"memory_limit"`
+	// StreamThreads is DuckDB's thread count while a run's raw rows
+	// stream in alongside the transform (0: 1); Commit runs with Threads.
+	StreamThreads int `yaml:"stream_threads"`
 }
 
 // PostgresSink configures the PostgreSQL warehouse.
@@ -335,6 +339,9 @@ func (c *Config) applyDefaults() {
 	}
 	if t.QueueDepth == 0 {
 		t.QueueDepth = 4
+	}
+	if t.BatchBytes == 0 {
+		t.BatchBytes = 2 << 20
 	}
 	if t.MaxLineBytes == 0 {
 		t.MaxLineBytes = 64 << 20

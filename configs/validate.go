@@ -30,6 +30,9 @@ func (c *Config) Validate() error {
 	if t.BatchRows < 1 || t.Workers < 1 || t.QueueDepth < 1 {
 		p.add("transform: batch_rows, workers and queue_depth must be positive")
 	}
+	if t.BatchBytes < 64<<10 {
+		p.add("transform.batch_bytes: %d is too small (at least 64KiB)", t.BatchBytes)
+	}
 	if t.MaxLineBytes < 1<<10 {
 		p.add("transform.max_line_bytes: %d is too small (at least 1KiB)", t.MaxLineBytes)
 	}
@@ -51,6 +54,9 @@ func (c *Config) Validate() error {
 		sinkNames[k.Name] = true
 		switch k.Type {
 		case SinkDuckDB:
+			if k.DuckDB.Threads < 0 || k.DuckDB.StreamThreads < 0 {
+				p.add("%s: duckdb.threads and duckdb.stream_threads must not be negative", at)
+			}
 		case SinkPostgres:
 			if k.Postgres.DSN == "" {
 				p.add("%s: postgres.dsn is required", at)

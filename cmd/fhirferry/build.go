@@ -58,6 +58,7 @@ func buildAppFromConfig(ctx context.Context, cfg *configs.Config, log *slog.Logg
 	a.engine, err = transform.New(transform.Options{
 		Views:        views,
 		BatchRows:    cfg.Transform.BatchRows,
+		BatchBytes:   int(cfg.Transform.BatchBytes),
 		MaxLineBytes: int(cfg.Transform.MaxLineBytes),
 	})
 	if err != nil {
