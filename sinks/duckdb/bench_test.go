@@ -114,7 +114,7 @@ func BenchmarkLoad(b *testing.B) {
 			bt.Release()
 		}
 	}()
-	for _, mode := range []stageMode{stageAppender, stageParquetSnappy, stageParquetZstd} {
+	for _, mode := range []stageMode{stageParquetPlain, stageParquetSnappy} {
 		b.Run(mode.String(), func(b *testing.B) {
 			var write, commit, cpu time.Duration
 			for i := 0; b.Loop(); i++ {

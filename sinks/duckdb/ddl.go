@@ -137,7 +137,7 @@ func existingColumns(ctx context.Context, db execer, table string) (map[string]b
 // columns are nullable, since existing rows have no value for them; no
 // column is ever dropped or retyped.
 func ensureTable(ctx context.Context, db execer, t *pipeline.Table) error {
-	fields := t.StoredFields()
+	fields := storedFields(t)
 	have, err := existingColumns(ctx, db, t.Name)
 	if err != nil {
 		return fmt.Errorf("table %s: %w", t.Name, err)
@@ -170,6 +170,25 @@ func ensureTable(ctx context.Context, db execer, t *pipeline.Table) error {
 		}
 	}
 	return nil
+}
+
+// rawExtra are columns of the DuckDB raw table only: the run that loaded
+// the row, and the row's position in that run (pipeline.ColSeq). A run's
+// rows reach the table while the transform runs (see rawStream); these
+// let Commit tell them from the stored ones. Rows loaded before they
+// existed have NULLs.
+var rawExtra = []arrow.Field{
+	{Name: "run_id", Type: arrow.BinaryTypes.String, Nullable: true},
+	{Name: pipeline.ColSeq, Type: arrow.PrimitiveTypes.Int64, Nullable: true},
+}
+
+// storedFields returns the columns of t's stored table.
+func storedFields(t *pipeline.Table) []arrow.Field {
+	fields := t.StoredFields()
+	if t.Kind == pipeline.KindRaw {
+		fields = append(fields, rawExtra...)
+	}
+	return fields
 }
 
 // selectList renders the stored columns of t as read from a staging

@@ -20,7 +20,7 @@ import (
 	"github.com/fhirferry/fhirferry/sinks/sinktest"
 )
 
-var modes = []stageMode{stageAppender, stageParquetSnappy}
+var modes = []stageMode{stageParquetPlain, stageParquetSnappy}
 
 func checked(t *testing.T) *memory.CheckedAllocator {
 	mem := memory.NewCheckedAllocator(memory.NewGoAllocator())
@@ -73,7 +73,7 @@ func TestTypesRoundTrip(t *testing.T) {
 }
 
 func TestWriteErrorsReleaseBatch(t *testing.T) {
-	mem, s, ctx := checked(t), open(t, stageAppender), t.Context()
+	mem, s, ctx := checked(t), open(t, stageParquetPlain), t.Context()
 	defer s.Close()
 	require.NoError(t, s.Prepare(ctx, nil))
 	txn, err := s.Begin(ctx, pipeline.RunInfo{RunID: "r1", Source: "s"})
@@ -87,7 +87,7 @@ func TestWriteErrorsReleaseBatch(t *testing.T) {
 }
 
 func TestOneWriterAtATime(t *testing.T) {
-	s, ctx := open(t, stageAppender), t.Context()
+	s, ctx := open(t, stageParquetPlain), t.Context()
 	defer s.Close()
 	require.NoError(t, s.Prepare(ctx, nil))
 	txn, err := s.Begin(ctx, pipeline.RunInfo{RunID: "r1", Source: "s"})
@@ -104,7 +104,7 @@ func TestOneWriterAtATime(t *testing.T) {
 }
 
 func TestBeginRejectsBadTransactionTime(t *testing.T) {
-	s := open(t, stageAppender)
+	s := open(t, stageParquetPlain)
 	defer s.Close()
 	_, err := s.Begin(t.Context(), pipeline.RunInfo{RunID: "r1", Source: "s", TransactionTime: "yesterday"})
 	require.ErrorContains(t, err, `transaction_time "yesterday" is not an instant`)
@@ -113,7 +113,7 @@ func TestBeginRejectsBadTransactionTime(t *testing.T) {
 // TestFailureAtEveryStep fails Commit before each of its statements and
 // checks that nothing of the run is visible, then that the sink recovers.
 func TestFailureAtEveryStep(t *testing.T) {
-	mem, s, ctx := checked(t), open(t, stageAppender), t.Context()
+	mem, s, ctx := checked(t), open(t, stageParquetPlain), t.Context()
 	defer s.Close()
 	require.NoError(t, s.Prepare(ctx, sinktest.Tables()))
 	batches := func(vid string) []pipeline.Batch {
@@ -136,7 +136,7 @@ func TestFailureAtEveryStep(t *testing.T) {
 		return err
 	}
 	require.NoError(t, apply("r0", "1", ""))
-	steps := (&Txn{s: s, stages: map[string]*stage{}}).steps("raw", "del", pipeline.RunSummary{})
+	steps := (&Txn{s: s, stages: map[string]*stage{}}).steps("del", pipeline.RunSummary{})
 	require.Greater(t, len(steps), 8)
 	for _, st := range steps {
 		err := apply("bad", "22", st.name)
@@ -228,7 +228,7 @@ func TestReplaceTable(t *testing.T) {
 }
 
 func TestConfigApplied(t *testing.T) {
-	s := open(t, stageAppender) // Threads: 2, MemoryLimit: 1GB
+	s := open(t, stageParquetPlain) // Threads: 2, MemoryLimit: 1GB
 	defer s.Close()
 	var threads int64
 	var limit string
@@ -345,23 +345,74 @@ func TestInvalidJSONFailsCommit(t *testing.T) {
 	}
 }
 
-// TestParquetStagesJSONAsJSON: the Parquet path marks JSON columns with
-// Parquet's JSON logical type, so DuckDB reads them as JSON (validating
-// them on read) and Commit needs no VARCHAR-to-JSON cast, which held the
-// run's text in memory and ran out of memory_limit on large runs.
-func TestParquetStagesJSONAsJSON(t *testing.T) {
-	mem, s, ctx := checked(t), open(t, stageParquetSnappy), t.Context()
+// TestRawStreamsIntoOpenTransaction: raw rows reach the raw table through
+// Parquet parts while the run is open, typed JSON by the part's logical
+// type (no VARCHAR-to-JSON cast, which once held a run's text in memory),
+// tagged with the run and their _seq, and invisible to readers until
+// Commit; a Rollback leaves nothing behind.
+func TestRawStreamsIntoOpenTransaction(t *testing.T) {
+	for _, commit := range []bool{false, true} {
+		t.Run(fmt.Sprint("commit=", commit), func(t *testing.T) {
+			mem, s, ctx := checked(t), open(t, stageParquetSnappy), t.Context()
+			defer s.Close()
+			require.NoError(t, s.Prepare(ctx, nil))
+			txn, err := s.Begin(ctx, pipeline.RunInfo{RunID: "r", Source: "s", ExportID: "e", TransactionTime: "2025-02-01T00:00:00Z"})
+			require.NoError(t, err)
+			require.NoError(t, txn.Write(ctx, sinktest.RawBatch(mem, sinktest.Raw{Type: "Patient", ID: "p", Seq: 7})))
+			require.Equal(t, "1", setting(t, s, "threads"), "DuckDB streams with stream_threads")
+			defer func() { require.Equal(t, "2", setting(t, s, "threads"), "threads restored") }()
+			tx := txn.(*Txn)
+			require.NoError(t, tx.raw.flush(ctx))
+			// A second part after the first is queued.
+			require.NoError(t, txn.Write(ctx, sinktest.RawBatch(mem, sinktest.Raw{Type: "Patient", ID: "q", Seq: 8})))
+			require.NoError(t, tx.raw.finish(ctx))
+			var typ, ids, run string
+			var seqs int64
+			require.NoError(t, tx.tx.QueryRowContext(ctx, `SELECT any_value(typeof(resource)), string_agg(resource->>'id', ',' ORDER BY id),
+				any_value(run_id), sum(_seq) FROM fhir_resources`).Scan(&typ, &ids, &run, &seqs))
+			require.Equal(t, []any{"JSON", "p,q", "r", int64(15)}, []any{typ, ids, run, seqs})
+			require.Empty(t, rows(t, s, schemas.RawTable, "id"), "uncommitted rows are invisible")
+			parts, err := filepath.Glob(filepath.Join(tx.dir, "raw_*.parquet"))
+			require.NoError(t, err)
+			require.Empty(t, parts, "loaded parts are removed")
+			if commit {
+				require.NoError(t, txn.Commit(ctx, pipeline.RunSummary{Outcome: "success"}))
+				require.ElementsMatch(t, []string{"p|r|7", "q|r|8"}, rows(t, s, schemas.RawTable, "id", "run_id", "_seq"))
+				return
+			}
+			require.NoError(t, txn.Rollback(ctx))
+			require.Empty(t, rows(t, s, schemas.RawTable, "id"))
+		})
+	}
+}
+
+func setting(t *testing.T, s *Sink, name string) string {
+	t.Helper()
+	var v string
+	require.NoError(t, s.DB().QueryRowContext(t.Context(), "SELECT current_setting(?)::VARCHAR", name).Scan(&v))
+	return v
+}
+
+// TestRawStreamFailure: a part DuckDB refuses fails the run at the next
+// Write or at Commit, names the part, leaves nothing visible, restores the
+// thread count and frees the sink for the next run.
+func TestRawStreamFailure(t *testing.T) {
+	mem, s, ctx := checked(t), open(t, stageParquetPlain), t.Context()
+	defer s.Close()
 	require.NoError(t, s.Prepare(ctx, nil))
-	txn, err := s.Begin(ctx, pipeline.RunInfo{RunID: "r", Source: "s", ExportID: "e", TransactionTime: "2025-02-01T00:00:00Z"})
+	txn, err := s.Begin(ctx, pipeline.RunInfo{RunID: "r", Source: "s", ExportID: "e"})
 	require.NoError(t, err)
-	defer func() { require.NoError(t, txn.Rollback(ctx)) }()
-	require.NoError(t, txn.Write(ctx, sinktest.RawBatch(mem, sinktest.Raw{Type: "Patient", ID: "p", Seq: 1})))
-	tx := txn.(*Txn)
-	st := tx.stages[schemas.RawTable]
-	require.NoError(t, st.finish(ctx, tx.conn))
-	var typ, id string
-	require.NoError(t, tx.conn.QueryRowContext(ctx, "SELECT typeof(resource), resource->>'id' FROM "+st.rel).Scan(&typ, &id))
-	require.Equal(t, [2]string{"JSON", "p"}, [2]string{typ, id})
+	require.NoError(t, txn.Write(ctx, sinktest.RawBatch(mem, sinktest.Raw{Type: "Patient", ID: "p", Seq: 1, Resource: `{"resourceType":`})))
+	err = txn.Commit(ctx, pipeline.RunSummary{Outcome: "success"})
+	require.ErrorContains(t, err, "load raw part raw_0000.parquet")
+	require.Empty(t, rows(t, s, schemas.RawTable, "id"))
+	require.Empty(t, rows(t, s, schemas.RunsTable, "run_id"))
+	require.Equal(t, "2", setting(t, s, "threads"))
+	txn, err = s.Begin(ctx, pipeline.RunInfo{RunID: "r2", Source: "s", ExportID: "e2"})
+	require.NoError(t, err)
+	require.NoError(t, txn.Write(ctx, sinktest.RawBatch(mem, sinktest.Raw{Type: "Patient", ID: "q", Seq: 1})))
+	require.NoError(t, txn.Commit(ctx, pipeline.RunSummary{Outcome: "success"}))
+	require.Equal(t, []string{"q"}, rows(t, s, schemas.RawTable, "id"))
 }
 
 // TestJSONStoredUncompressed: the raw resource column is created without

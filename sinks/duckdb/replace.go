@@ -36,7 +36,7 @@ func (s *Sink) ReplaceTable(ctx context.Context, t *pipeline.Table,
 		}
 	}()
 	txn.done = true
-	st, err := newStage(ctx, txn.conn, s.mode, txn.dir, t, 0)
+	st, err := newStage(s.mode, txn.dir, t, 0)
 	if err != nil {
 		return err
 	}

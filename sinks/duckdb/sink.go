@@ -3,6 +3,7 @@ package duckdb
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -29,6 +30,8 @@ type Sink struct {
 	db    *sql.DB
 	spool string
 	mode  stageMode
+	// streamThreads is DuckDB's thread count while raw rows stream in.
+	streamThreads int
 
 	// writer holds a token while a Txn, Prepare or ReplaceTable runs.
 	writer chan struct{}
@@ -61,33 +64,64 @@ func New(cfg configs.DuckDBSink, name string, log *slog.Logger) (*Sink, error) {
 	if cfg.MemoryLimit != "" {
 		q.Set("memory_limit", cfg.MemoryLimit)
 	}
-	dsn := cfg.Path + "?" + q.Encode()
-	conn, err := duckdb.NewConnector(dsn, nil)
+	if cfg.Path != ":memory:" {
+		// Spill next to the file, as DuckDB does for a file it opens.
+		q.Set("temp_directory", cfg.Path+".tmp")
+	}
+	// The file is attached rather than opened, for ATTACH's ROW_GROUP_SIZE;
+	// every connection of the pool then makes it its default catalog.
+	attach := "ATTACH IF NOT EXISTS " + lit(cfg.Path) + " AS " + catalog +
+		" (ROW_GROUP_SIZE " + strconv.Itoa(rowGroupSize) + ")"
+	conn, err := duckdb.NewConnector(":memory:?"+q.Encode(), func(ex driver.ExecerContext) error {
+		for _, stmt := range []string{attach, "USE " + catalog} {
+			if _, err := ex.ExecContext(context.Background(), stmt, nil); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
 	if err != nil {
 		return nil, fmt.Errorf("duckdb sink %s: open %s: %w", name, cfg.Path, err)
+	}
+	db := sql.OpenDB(conn)
+	// Attach now, so that a locked or unreadable file fails here.
+	if err := db.PingContext(context.Background()); err != nil {
+		return nil, errors.Join(fmt.Errorf("duckdb sink %s: open %s: %w", name, cfg.Path, err), db.Close())
 	}
 	spool := cfg.Path + ".spool"
 	if cfg.Path == ":memory:" {
 		if spool, err = os.MkdirTemp("", "fhirferry-duckdb-spool-"); err != nil {
-			return nil, errors.Join(fmt.Errorf("duckdb sink %s: %w", name, err), conn.Close())
+			return nil, errors.Join(fmt.Errorf("duckdb sink %s: %w", name, err), db.Close())
 		}
 	}
 	// The file is locked to this process now, so whatever a crashed run
 	// left in the spool folder is stale.
 	if err := os.RemoveAll(spool); err != nil {
-		return nil, errors.Join(fmt.Errorf("duckdb sink %s: clear spool: %w", name, err), conn.Close())
+		return nil, errors.Join(fmt.Errorf("duckdb sink %s: clear spool: %w", name, err), db.Close())
 	}
 	s := &Sink{
-		name: name, log: log, path: cfg.Path, db: sql.OpenDB(conn),
-		spool: spool, mode: defaultMode,
+		name: name, log: log, path: cfg.Path, db: db,
+		spool: spool, mode: defaultMode, streamThreads: max(cfg.StreamThreads, 1),
 		writer: make(chan struct{}, 1), tables: map[string]*pipeline.Table{},
 	}
 	return s, nil
 }
 
+// catalog is the name the database file is attached under.
+const catalog = "fhirferry"
+
+// rowGroupSize is the rows per row group of every table, instead of
+// DuckDB's 122,880. A run's rows wait in memory until a row group fills:
+// 122,880 raw resources are about 120 MB, over a small memory_limit, so
+// DuckDB spilled them, compressed, to the temp directory and read them
+// back. At 16,384 (about 16 MB of FHIR JSON) loading 500 MB of raw
+// resources with 1 thread and memory_limit 48MB took 1.75 s instead of
+// 2.5 s, and scans of the small view rows are no slower.
+const rowGroupSize = 16384
+
 // defaultMode is the staging path that stays within memory_limit at scale;
 // see the package doc.
-const defaultMode = stageParquetSnappy
+const defaultMode = stageParquetPlain
 
 // Name implements pipeline.Sink.
 func (s *Sink) Name() string { return s.name }

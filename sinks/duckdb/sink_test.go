@@ -66,6 +66,6 @@ func harness(mode stageMode) sinktest.Harness {
 	}
 }
 
-func TestSemanticsAppender(t *testing.T) { sinktest.Run(t, harness(stageAppender)) }
+func TestSemanticsPlain(t *testing.T) { sinktest.Run(t, harness(stageParquetPlain)) }
 
-func TestSemanticsParquet(t *testing.T) { sinktest.Run(t, harness(stageParquetZstd)) }
+func TestSemanticsSnappy(t *testing.T) { sinktest.Run(t, harness(stageParquetSnappy)) }

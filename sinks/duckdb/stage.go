@@ -2,9 +2,6 @@ package duckdb
 
 import (
 	"context"
-	"database/sql"
-	"database/sql/driver"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -15,34 +12,29 @@ import (
 	"github.com/apache/arrow-go/v18/parquet"
 	"github.com/apache/arrow-go/v18/parquet/compress"
 	"github.com/apache/arrow-go/v18/parquet/pqarrow"
-	duckdb "github.com/duckdb/duckdb-go/v2"
 
 	"github.com/fhirferry/fhirferry/pipeline"
 	"github.com/fhirferry/fhirferry/schemas"
 )
 
-// stageMode selects how a run's batches reach DuckDB before Commit.
+// stageMode selects how staged Parquet files are compressed.
 type stageMode int
 
 const (
-	// stageAppender appends each batch through the DuckDB Appender into a
-	// TEMP table of the Txn's connection.
-	stageAppender stageMode = iota
-	// stageParquetSnappy and stageParquetZstd write each table's batches to
-	// a Parquet file in the run's spool folder; Commit reads them with
-	// read_parquet.
+	// stageParquetPlain writes uncompressed Parquet: the files live for one
+	// run in the page cache, and Snappy cost more CPU on both sides (Go
+	// writing, DuckDB reading) than the smaller files saved.
+	stageParquetPlain stageMode = iota
+	// stageParquetSnappy trades that CPU for a spool about 4x smaller.
 	stageParquetSnappy
-	stageParquetZstd
 )
 
 func (m stageMode) String() string {
 	switch m {
-	case stageAppender:
-		return "appender"
+	case stageParquetPlain:
+		return "parquet-plain"
 	case stageParquetSnappy:
 		return "parquet-snappy"
-	case stageParquetZstd:
-		return "parquet-zstd"
 	}
 	return "unknown"
 }
@@ -66,9 +58,6 @@ type stage struct {
 	t    *pipeline.Table
 	rel  string
 	rows int64
-
-	app  *duckdb.Appender
-	vals []driver.Value
 
 	path    string
 	file    *os.File
@@ -110,61 +99,60 @@ func parquetSchema(t *pipeline.Table) (*arrow.Schema, []int) {
 
 // asParquet returns rec with its JSON columns wrapped as arrow.json (no
 // copy: the extension arrays share rec's buffers).
-func (st *stage) asParquet(rec arrow.RecordBatch) arrow.RecordBatch {
+func asParquet(schema *arrow.Schema, jsonCols []int, rec arrow.RecordBatch) arrow.RecordBatch {
 	cols := rec.Columns()
 	out := make([]arrow.Array, len(cols))
 	copy(out, cols)
-	for _, i := range st.jsonCols {
+	for _, i := range jsonCols {
 		out[i] = array.NewExtensionArrayWithStorage(jsonType.(arrow.ExtensionType), cols[i])
 	}
-	rb := array.NewRecordBatch(st.pqSchema, out, rec.NumRows())
-	for _, i := range st.jsonCols {
+	rb := array.NewRecordBatch(schema, out, rec.NumRows())
+	for _, i := range jsonCols {
 		out[i].Release()
 	}
 	return rb
 }
 
-// newStage creates the staging relation of t.
-func newStage(ctx context.Context, conn *sql.Conn, mode stageMode, dir string, t *pipeline.Table, idx int) (*stage, error) {
-	st := &stage{t: t, rel: fmt.Sprintf("temp.main.stg_%d", idx)}
-	if mode != stageAppender {
-		st.path = filepath.Join(dir, fmt.Sprintf("%03d_%s.parquet", idx, sanitize(t.Name)))
-		f, err := os.Create(st.path)
-		if err != nil {
-			return nil, fmt.Errorf("stage %s: %w", t.Name, err)
-		}
-		codec := compress.Codecs.Snappy
-		if mode == stageParquetZstd {
-			codec = compress.Codecs.Zstd
-		}
-		props := parquet.NewWriterProperties(parquet.WithCompression(codec),
-			parquet.WithDictionaryDefault(false), parquet.WithMaxRowGroupLength(rowGroupRows))
-		st.pqSchema, st.jsonCols = parquetSchema(t)
-		pw, err := pqarrow.NewFileWriter(st.pqSchema, f, props, pqarrow.NewArrowWriterProperties())
-		if err != nil {
-			f.Close()
-			return nil, fmt.Errorf("stage %s: %w", t.Name, err)
-		}
-		st.file, st.pw = f, pw
-		return st, nil
-	}
-	defs, err := columnDefs(t.Schema.Fields(), true)
+// newStage creates the staging file of t in dir; Commit reads it through
+// the TEMP view rel.
+func newStage(mode stageMode, dir string, t *pipeline.Table, idx int) (*stage, error) {
+	st := &stage{t: t, rel: fmt.Sprintf("temp.main.stg_%d", idx),
+		path: filepath.Join(dir, fmt.Sprintf("%03d_%s.parquet", idx, sanitize(t.Name)))}
+	st.pqSchema, st.jsonCols = parquetSchema(t)
+	f, pw, err := createParquet(st.path, st.pqSchema, mode)
 	if err != nil {
 		return nil, fmt.Errorf("stage %s: %w", t.Name, err)
 	}
-	if _, err := conn.ExecContext(ctx, "CREATE TEMP TABLE stg_"+fmt.Sprint(idx)+" ("+defs+")"); err != nil {
-		return nil, fmt.Errorf("stage %s: %w", t.Name, err)
-	}
-	err = conn.Raw(func(dc any) error {
-		a, err := duckdb.NewAppender(dc.(driver.Conn), "temp", "main", "stg_"+fmt.Sprint(idx))
-		st.app = a
-		return err
-	})
-	if err != nil {
-		return nil, fmt.Errorf("stage %s: appender: %w", t.Name, err)
-	}
-	st.vals = make([]driver.Value, len(t.Schema.Fields()))
+	st.file, st.pw = f, pw
 	return st, nil
+}
+
+// stagingAlloc recycles the staging writers' page and encoding buffers
+// (see pipeline.PoolAllocator). Statistics are off, so a writer keeps no
+// slice of a buffer it has freed.
+var stagingAlloc = pipeline.NewPoolAllocator(32 << 20)
+
+// createParquet creates a staging file.
+func createParquet(path string, schema *arrow.Schema, mode stageMode) (*os.File, *pqarrow.FileWriter, error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	codec := compress.Codecs.Uncompressed
+	if mode == stageParquetSnappy {
+		codec = compress.Codecs.Snappy
+	}
+	// No statistics: the file is read once, whole, and min/max of every
+	// JSON text cost CPU for nothing.
+	props := parquet.NewWriterProperties(parquet.WithCompression(codec),
+		parquet.WithDictionaryDefault(false), parquet.WithStats(false), parquet.WithAllocator(stagingAlloc),
+		parquet.WithMaxRowGroupLength(rowGroupRows))
+	pw, err := pqarrow.NewFileWriter(schema, f, props, pqarrow.NewArrowWriterProperties())
+	if err != nil {
+		f.Close()
+		return nil, nil, err
+	}
+	return f, pw, nil
 }
 
 func sanitize(s string) string {
@@ -185,38 +173,30 @@ func (st *stage) write(rec arrow.RecordBatch) error {
 	if rec.NumRows() == 0 {
 		return nil
 	}
-	if st.pw != nil {
-		if st.jsonCols != nil {
-			rec = st.asParquet(rec)
-			defer rec.Release()
-		}
-		if err := st.pw.WriteBuffered(rec); err != nil {
-			return fmt.Errorf("stage %s: %w", st.t.Name, err)
-		}
-		if st.rgBytes += recordBytes(rec); st.rgBytes >= rowGroupBytes {
-			st.pw.NewBufferedRowGroup()
-			st.rgBytes = 0
-		}
-		st.rows += rec.NumRows()
-		return nil
+	if st.pw == nil {
+		return fmt.Errorf("stage %s: already finished", st.t.Name)
 	}
-	getters := make([]func(int) driver.Value, rec.NumCols())
-	for i, col := range rec.Columns() {
-		g, err := getter(col)
-		if err != nil {
-			return fmt.Errorf("stage %s: column %s: %w", st.t.Name, rec.ColumnName(i), err)
-		}
-		getters[i] = g
-	}
-	for r := range int(rec.NumRows()) {
-		for i, g := range getters {
-			st.vals[i] = g(r)
-		}
-		if err := st.app.AppendRow(st.vals...); err != nil {
-			return fmt.Errorf("stage %s: row %d: %w", st.t.Name, r, err)
-		}
+	if err := writeParquet(st.pw, st.pqSchema, st.jsonCols, rec, &st.rgBytes); err != nil {
+		return fmt.Errorf("stage %s: %w", st.t.Name, err)
 	}
 	st.rows += rec.NumRows()
+	return nil
+}
+
+// writeParquet appends rec to pw's buffered row group, cutting row groups
+// at rowGroupBytes (*rgBytes counts the open one).
+func writeParquet(pw *pqarrow.FileWriter, schema *arrow.Schema, jsonCols []int, rec arrow.RecordBatch, rgBytes *int64) error {
+	if jsonCols != nil {
+		rec = asParquet(schema, jsonCols, rec)
+		defer rec.Release()
+	}
+	if err := pw.WriteBuffered(rec); err != nil {
+		return err
+	}
+	if *rgBytes += recordBytes(rec); *rgBytes >= rowGroupBytes {
+		pw.NewBufferedRowGroup()
+		*rgBytes = 0
+	}
 	return nil
 }
 
@@ -234,17 +214,8 @@ func checkSchema(t *pipeline.Table, got *arrow.Schema) error {
 	return nil
 }
 
-// finish makes the staged rows readable by SQL on conn: it flushes the
-// Appender, or closes the Parquet file and puts a TEMP view over it.
-func (st *stage) finish(ctx context.Context, conn *sql.Conn) error {
-	if st.app != nil {
-		a := st.app
-		st.app = nil
-		if err := a.CloseWithCancel(ctx); err != nil {
-			return fmt.Errorf("stage %s: flush: %w", st.t.Name, err)
-		}
-		return nil
-	}
+// finish closes the Parquet file and puts a TEMP view over it.
+func (st *stage) finish(ctx context.Context, db execer) error {
 	if st.pw == nil {
 		return nil
 	}
@@ -254,84 +225,22 @@ func (st *stage) finish(ctx context.Context, conn *sql.Conn) error {
 		return fmt.Errorf("stage %s: close parquet: %w", st.t.Name, err)
 	}
 	view := st.rel[len("temp.main."):]
-	_, err := conn.ExecContext(ctx, "CREATE TEMP VIEW "+view+" AS SELECT * FROM read_parquet("+lit(st.path)+")")
+	_, err := db.ExecContext(ctx, "CREATE TEMP VIEW "+view+" AS SELECT * FROM read_parquet("+lit(st.path)+")")
 	if err != nil {
 		return fmt.Errorf("stage %s: %w", st.t.Name, err)
 	}
 	return nil
 }
 
-// discard drops what finish did not consume. The TEMP objects die with
-// the connection, which the Txn discards.
+// discard drops what finish did not consume; the run's folder goes with
+// the Txn.
 func (st *stage) discard() error {
-	var errs []error
-	if st.app != nil {
-		errs = append(errs, st.app.Clear(), st.app.Close())
-		st.app = nil
+	if st.pw == nil {
+		return nil
 	}
-	if st.pw != nil {
-		errs = append(errs, st.pw.Close())
-		st.pw = nil
-	}
-	return errors.Join(errs...)
-}
-
-// getter returns a function reading row i of col as a value the Appender
-// accepts for the column's staging type.
-func getter(col arrow.Array) (func(int) driver.Value, error) {
-	nullable := col.NullN() > 0
-	wrap := func(f func(int) driver.Value) func(int) driver.Value {
-		if !nullable {
-			return f
-		}
-		return func(i int) driver.Value {
-			if col.IsNull(i) {
-				return nil
-			}
-			return f(i)
-		}
-	}
-	switch a := col.(type) {
-	case *array.String:
-		return wrap(func(i int) driver.Value { return a.Value(i) }), nil
-	case *array.LargeString:
-		return wrap(func(i int) driver.Value { return a.Value(i) }), nil
-	case *array.Binary:
-		return wrap(func(i int) driver.Value { return a.Value(i) }), nil
-	case *array.Boolean:
-		return wrap(func(i int) driver.Value { return a.Value(i) }), nil
-	case *array.Int8:
-		return wrap(func(i int) driver.Value { return a.Value(i) }), nil
-	case *array.Int16:
-		return wrap(func(i int) driver.Value { return a.Value(i) }), nil
-	case *array.Int32:
-		return wrap(func(i int) driver.Value { return a.Value(i) }), nil
-	case *array.Int64:
-		return wrap(func(i int) driver.Value { return a.Value(i) }), nil
-	case *array.Float32:
-		return wrap(func(i int) driver.Value { return a.Value(i) }), nil
-	case *array.Float64:
-		return wrap(func(i int) driver.Value { return a.Value(i) }), nil
-	case *array.Date32:
-		return wrap(func(i int) driver.Value { return a.Value(i).ToTime() }), nil
-	case *array.Timestamp:
-		unit := a.DataType().(*arrow.TimestampType).Unit
-		return wrap(func(i int) driver.Value { return a.Value(i).ToTime(unit).UTC() }), nil
-	case *array.List:
-		elem, err := getter(a.ListValues())
-		if err != nil {
-			return nil, err
-		}
-		return wrap(func(i int) driver.Value {
-			start, end := a.ValueOffsets(i)
-			out := make([]any, 0, end-start)
-			for j := start; j < end; j++ {
-				out = append(out, elem(int(j)))
-			}
-			return out
-		}), nil
-	}
-	return nil, fmt.Errorf("arrow type %s cannot be staged", col.DataType())
+	pw := st.pw
+	st.pw = nil
+	return pw.Close()
 }
 
 // recordBytes is the size of rec's Arrow buffers (slices count in full).
