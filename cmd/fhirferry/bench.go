@@ -60,6 +60,7 @@ type benchTune struct {
 	Workers     int
 	QueueDepth  int
 	BatchRows   int
+	BatchBytes  string
 	GoMemLimit  string // GOMEMLIMIT of the child ("off": none)
 }
 
@@ -67,7 +68,7 @@ func (t benchTune) args() []string {
 	return []string{
 		"--memory-limit", t.MemoryLimit, "--threads", strconv.Itoa(t.Threads),
 		"--workers", strconv.Itoa(t.Workers), "--queue-depth", strconv.Itoa(t.QueueDepth),
-		"--batch-rows", strconv.Itoa(t.BatchRows), "--go-memory-limit", t.GoMemLimit,
+		"--batch-rows", strconv.Itoa(t.BatchRows), "--batch-bytes", t.BatchBytes, "--go-memory-limit", t.GoMemLimit,
 	}
 }
 
@@ -78,6 +79,7 @@ func (t *benchTune) register(cmd *cobra.Command) {
 	f.IntVar(&t.Workers, "workers", 2, "transform workers (transform.workers)")
 	f.IntVar(&t.QueueDepth, "queue-depth", 4, "batches in flight to the sink (transform.queue_depth)")
 	f.IntVar(&t.BatchRows, "batch-rows", 8192, "rows per record batch (transform.batch_rows)")
+	f.StringVar(&t.BatchBytes, "batch-bytes", "256KiB", "bytes per record batch (transform.batch_bytes)")
 	f.StringVar(&t.GoMemLimit, "go-memory-limit", "128MiB", `GOMEMLIMIT of the pipeline process ("off" for none)`)
 }
 
@@ -441,8 +443,8 @@ func benchPipeline(ctx context.Context, f *benchFlags, size int64, dir string, o
 		ours.mbps(), theirs.mbps(), float64(gs.bytes)/1e6, ratio, f.views, map[string]string{"none": "2", "default": "1.5"}[f.views])
 	fmt.Fprintf(out, "peak RSS of the fhirferry pipeline: %s (target <= 256 MiB); DuckDB sink memory_limit %s, GOMEMLIMIT %s\n",
 		mib(ours.PeakRSS), f.tune.MemoryLimit, f.tune.GoMemLimit)
-	fmt.Fprintf(out, "the same load by hand: GOMEMLIMIT=%s fhirferry load %s --config <duckdb sink with memory_limit %s>\n",
-		f.tune.GoMemLimit, data, f.tune.MemoryLimit)
+	fmt.Fprintf(out, "the same load by hand: GOMEMLIMIT=%s fhirferry load %s --config <duckdb sink with memory_limit %s, transform.batch_bytes %s>\n",
+		f.tune.GoMemLimit, data, f.tune.MemoryLimit, f.tune.BatchBytes)
 	fmt.Fprintf(out, "load average at end: %s\n", loadAvg())
 	return nil
 }
@@ -741,12 +743,12 @@ sources:
 	cfgText := fmt.Sprintf(`data_dir: %q
 log: {level: warn}
 views: {defaults: %t}
-transform: {workers: %d, queue_depth: %d, batch_rows: %d}
+transform: {workers: %d, queue_depth: %d, batch_rows: %d, batch_bytes: %q}
 sinks:
   - name: duck
     type: duckdb
     duckdb: {path: %q, memory_limit: %q, threads: %d}
-%s`, filepath.Join(work, "data"), views == "default", tune.Workers, tune.QueueDepth, tune.BatchRows,
+%s`, filepath.Join(work, "data"), views == "default", tune.Workers, tune.QueueDepth, tune.BatchRows, tune.BatchBytes,
 		filepath.Join(work, "bench.duckdb"), tune.MemoryLimit, tune.Threads, src)
 	cfg, err := configs.Parse([]byte(cfgText))
 	if err != nil {
