@@ -139,9 +139,11 @@ func (t *Txn) writeRaw(ctx context.Context, rec arrow.RecordBatch) error {
 // stream in. The transform keeps the cores busy meanwhile, and DuckDB's
 // parallel INSERT writes each row group twice (once optimistically, again
 // at the checkpoint): on the 500 MB benchmark on 2 cores, one DuckDB
-// thread loaded the raw landing 20% faster than two. The setting is
-// global; restoreThreads puts the previous value back before Commit's
-// set-based statements, which do use parallelism.
+// thread loaded the raw landing 20% faster than two. Commit keeps it:
+// under a small memory_limit, parallel INSERTs into dozens of view tables
+// in one transaction ran out of memory (64MB, 100 MB of input, 46 views),
+// and one thread finished them as fast. The setting is global;
+// restoreThreads puts the previous value back when the Txn ends.
 func (t *Txn) streamThreads(tx *sql.Tx) error {
 	var cur int64
 	if err := tx.QueryRowContext(t.ctx, "SELECT current_setting('threads')").Scan(&cur); err != nil {
@@ -260,9 +262,6 @@ func (t *Txn) Commit(ctx context.Context, sum pipeline.RunSummary) (err error) {
 	if t.raw != nil {
 		t0 := time.Now()
 		if err := t.raw.finish(ctx); err != nil {
-			return err
-		}
-		if err := t.restoreThreads(ctx); err != nil {
 			return err
 		}
 		t.s.log.Debug("commit step", "run", t.run.RunID, "step", "raw parts", "duration", time.Since(t0))
