@@ -34,9 +34,10 @@ type Txn struct {
 	// ends; 0 when it was not changed.
 	threads int64
 
-	stages map[string]*stage
-	order  []*stage
-	done   bool
+	stages   map[string]*stage
+	buffered int64 // sum of the stages' rgBytes
+	order    []*stage
+	done     bool
 
 	// failBefore, when set by tests, fails Commit before the named step.
 	failBefore string
@@ -105,11 +106,26 @@ func (t *Txn) Write(ctx context.Context, b pipeline.Batch) error {
 	if err != nil {
 		return err
 	}
+	before := st.rgBytes
 	if err := st.write(b.Rec); err != nil {
 		return fmt.Errorf("duckdb sink %s: %w", t.s.name, err)
 	}
+	t.buffered += st.rgBytes - before
+	if t.buffered > stageBudget && st.rgBytes > 0 {
+		st.pw.NewBufferedRowGroup()
+		t.buffered -= st.rgBytes
+		st.rgBytes = 0
+	}
 	return nil
 }
+
+// stageBudget bounds the Arrow bytes all of a Txn's staged tables hold in
+// their open (buffered) Parquet row groups together. Each table cuts its
+// row groups at rowGroupBytes, but with dozens of view tables that was
+// 100 MiB of Go heap, and under a 128MiB Go memory limit the garbage
+// collector ran without pause: over the budget, the table just written
+// cuts its row group early.
+const stageBudget = 8 << 20
 
 // writeRaw streams raw landing rows into the raw table (see rawStream).
 func (t *Txn) writeRaw(ctx context.Context, rec arrow.RecordBatch) error {
