@@ -21,7 +21,8 @@
 // JSON (validating them) without a cast. The database file is attached
 // with ROW_GROUP_SIZE 16384 rather than DuckDB's 122,880 (see
 // rowGroupSize), and while raw rows stream in DuckDB runs with
-// stream_threads (default 1) threads, giving the cores to the transform.
+// stream_threads (default 1) threads, giving the cores to the transform;
+// under a memory_limit Commit keeps that count (see Txn.streamThreads).
 // Nothing needs the duckdb_arrow build tag.
 //
 // # Commit
@@ -60,7 +61,7 @@
 // # Measured load paths
 //
 // On the 511 MB `fhirferry bench` export (514,031 resources, raw landing
-// only, 2 cores, memory_limit 48MB, GOMEMLIMIT 128MiB), one process:
+// only, 2 cores, memory_limit 48-64MB, GOMEMLIMIT 128MiB), one process:
 //
 //	path                                             wall      CPU      peak RSS
 //	staged Parquet (Snappy), one INSERT at Commit    6.2 s     9.2 s    230 MiB

@@ -32,6 +32,8 @@ type Sink struct {
 	mode  stageMode
 	// streamThreads is DuckDB's thread count while raw rows stream in.
 	streamThreads int
+	// memoryLimited: a memory_limit is set, so Commit keeps streamThreads.
+	memoryLimited bool
 
 	// writer holds a token while a Txn, Prepare or ReplaceTable runs.
 	writer chan struct{}
@@ -102,7 +104,8 @@ func New(cfg configs.DuckDBSink, name string, log *slog.Logger) (*Sink, error) {
 	s := &Sink{
 		name: name, log: log, path: cfg.Path, db: db,
 		spool: spool, mode: defaultMode, streamThreads: max(cfg.StreamThreads, 1),
-		writer: make(chan struct{}, 1), tables: map[string]*pipeline.Table{},
+		memoryLimited: cfg.MemoryLimit != "",
+		writer:        make(chan struct{}, 1), tables: map[string]*pipeline.Table{},
 	}
 	return s, nil
 }

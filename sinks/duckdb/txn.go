@@ -155,11 +155,12 @@ func (t *Txn) writeRaw(ctx context.Context, rec arrow.RecordBatch) error {
 // stream in. The transform keeps the cores busy meanwhile, and DuckDB's
 // parallel INSERT writes each row group twice (once optimistically, again
 // at the checkpoint): on the 500 MB benchmark on 2 cores, one DuckDB
-// thread loaded the raw landing 20% faster than two. Commit keeps it:
-// under a small memory_limit, parallel INSERTs into dozens of view tables
-// in one transaction ran out of memory (64MB, 100 MB of input, 46 views),
-// and one thread finished them as fast. The setting is global;
-// restoreThreads puts the previous value back when the Txn ends.
+// thread loaded the raw landing 20% faster than two. Commit's set-based
+// statements get the configured threads back, unless the sink has a
+// memory_limit: each thread of an INSERT keeps its own in-memory row
+// groups per table, and with dozens of view tables in one transaction
+// that ran out of memory (64MB, 100 MB of input, 46 views). The setting
+// is global; restoreThreads puts the previous value back.
 func (t *Txn) streamThreads(tx *sql.Tx) error {
 	var cur int64
 	if err := tx.QueryRowContext(t.ctx, "SELECT current_setting('threads')").Scan(&cur); err != nil {
@@ -281,6 +282,11 @@ func (t *Txn) Commit(ctx context.Context, sum pipeline.RunSummary) (err error) {
 			return err
 		}
 		t.s.log.Debug("commit step", "run", t.run.RunID, "step", "raw parts", "duration", time.Since(t0))
+		if !t.s.memoryLimited {
+			if err := t.restoreThreads(ctx); err != nil {
+				return err
+			}
+		}
 	}
 	tx, err := t.begin()
 	if err != nil {
