@@ -301,13 +301,13 @@ func (t *Txn) Commit(ctx context.Context, sum pipeline.RunSummary) (err error) {
 	if err != nil {
 		return err
 	}
-	allWon := false
+	allWon, replaces := false, true
 	var removed int64
 	for _, step := range t.steps(del, sum) {
 		if t.failBefore == step.name {
 			return fmt.Errorf("injected failure before %s", step.name)
 		}
-		if step.onlyIfRemoved && removed == 0 {
+		if step.onlyIfRemoved && removed == 0 || step.onlyIfReplaces && !replaces {
 			continue
 		}
 		t0 := time.Now()
@@ -331,7 +331,7 @@ func (t *Txn) Commit(ctx context.Context, sum pipeline.RunSummary) (err error) {
 		}
 		t.s.log.Debug("commit step", "run", t.run.RunID, "step", step.name, "duration", time.Since(t0))
 		if step.name == "winners" {
-			if allWon, err = t.everyResourceWon(ctx, tx); err != nil {
+			if allWon, replaces, err = t.everyResourceWon(ctx, tx); err != nil {
 				return err
 			}
 		}
@@ -344,16 +344,17 @@ func (t *Txn) Commit(ctx context.Context, sum pipeline.RunSummary) (err error) {
 
 // everyResourceWon reports whether the winners table holds every raw row
 // of the run, so no row of the run (and no view row) needs filtering out.
-func (t *Txn) everyResourceWon(ctx context.Context, tx *sql.Tx) (bool, error) {
+// It also reports whether any winner replaces a stored row.
+func (t *Txn) everyResourceWon(ctx context.Context, tx *sql.Tx) (allWon, replaces bool, err error) {
 	var rows int64
 	if t.raw != nil {
 		rows = t.raw.rows
 	}
-	var n int64
-	if err := tx.QueryRowContext(ctx, "SELECT count(*) FROM win").Scan(&n); err != nil {
-		return false, fmt.Errorf("winners: %w", err)
+	var n, stored int64
+	if err := tx.QueryRowContext(ctx, "SELECT count(*), count(*) FILTER (stored) FROM win").Scan(&n, &stored); err != nil {
+		return false, false, fmt.Errorf("winners: %w", err)
 	}
-	return n == rows, nil
+	return n == rows, stored > 0, nil
 }
 
 func ignoreDone(err error) error {
@@ -395,6 +396,8 @@ type step struct {
 	// removed a row (view rows exist only for stored resources, so an
 	// initial load, or a run of only new resources, has none to delete).
 	removes, onlyIfRemoved bool
+	// onlyIfReplaces skips a step when no winner has a stored row.
+	onlyIfReplaces bool
 }
 
 // steps returns Commit's statements. Each is set-based: the run's winners
@@ -414,7 +417,7 @@ func (t *Txn) steps(del string, sum pipeline.RunSummary) []step {
 	}
 	steps := []step{
 		{name: "winners", sql: `CREATE TEMP TABLE win AS
-			SELECT c.resource_type, c.id, c._seq FROM (
+			SELECT c.resource_type, c.id, c._seq, t.id IS NOT NULL AS stored FROM (
 				SELECT resource_type, id, _seq, last_updated, subsetted FROM ` + R + ` WHERE run_id = ?
 				QUALIFY row_number() OVER (PARTITION BY resource_type, id
 					ORDER BY last_updated DESC NULLS LAST, _seq DESC) = 1
@@ -423,7 +426,8 @@ func (t *Txn) steps(del string, sum pipeline.RunSummary) []step {
 			WHERE t.id IS NULL OR (NOT coalesce(t.last_updated > c.last_updated, FALSE)
 				AND NOT (c.subsetted AND NOT t.subsetted))`, args: []any{run, run}},
 		{name: "raw delete", sql: `DELETE FROM ` + R + ` t USING win w
-			WHERE t.resource_type = w.resource_type AND t.id = w.id AND t.run_id IS DISTINCT FROM ?`, args: []any{run}, removes: true},
+			WHERE t.resource_type = w.resource_type AND t.id = w.id AND t.run_id IS DISTINCT FROM ?`, args: []any{run},
+			removes: true, onlyIfReplaces: true},
 		{name: "raw losers", sql: `DELETE FROM ` + R + ` WHERE run_id = ? AND _seq NOT IN (SELECT _seq FROM win)`,
 			args: []any{run}, allWon: &step{}},
 		{name: "deleted keys", sql: `CREATE TEMP TABLE gone AS
