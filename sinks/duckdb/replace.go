@@ -52,7 +52,8 @@ func (s *Sink) ReplaceTable(ctx context.Context, t *pipeline.Table,
 		if b.Rec == nil {
 			return errors.New("batch without rows")
 		}
-		return st.write(b.Rec)
+		_, err := st.write(b.Rec)
+		return err
 	})
 	if err != nil {
 		return err

@@ -53,21 +53,26 @@ const (
 )
 
 // stage is one table's staged rows within a Txn. rel is the relation Commit
-// reads them from: a TEMP table or a TEMP view over a Parquet file.
+// reads them from: a TEMP view over the Parquet file (or an empty TEMP
+// table, see Txn.rel).
 type stage struct {
 	t    *pipeline.Table
 	rel  string
 	rows int64
+	file *pqFile // nil once finished
+}
 
-	path    string
-	file    *os.File
-	pw      *pqarrow.FileWriter
-	rgBytes int64 // Arrow bytes in the buffered row group
-	// pqSchema is t.Schema with JSON columns (jsonCols) typed arrow.json,
-	// so the Parquet file marks them JSON and DuckDB reads them as JSON
-	// without a cast at Commit.
-	pqSchema *arrow.Schema
+// pqFile is one staging Parquet file being written, with its open row
+// group buffered in memory.
+type pqFile struct {
+	path string
+	pw   *pqarrow.FileWriter
+	// schema is the table's schema with JSON columns (jsonCols) typed
+	// arrow.json, so the Parquet file marks them JSON and DuckDB reads
+	// them as JSON without a cast.
+	schema   *arrow.Schema
 	jsonCols []int
+	rgBytes  int64 // Arrow bytes in the buffered row group
 }
 
 // jsonType is the Arrow extension type Parquet writes as logical type JSON.
@@ -116,27 +121,23 @@ func asParquet(schema *arrow.Schema, jsonCols []int, rec arrow.RecordBatch) arro
 // newStage creates the staging file of t in dir; Commit reads it through
 // the TEMP view rel.
 func newStage(mode stageMode, dir string, t *pipeline.Table, idx int) (*stage, error) {
-	st := &stage{t: t, rel: fmt.Sprintf("temp.main.stg_%d", idx),
-		path: filepath.Join(dir, fmt.Sprintf("%03d_%s.parquet", idx, sanitize(t.Name)))}
-	st.pqSchema, st.jsonCols = parquetSchema(t)
-	f, pw, err := createParquet(st.path, st.pqSchema, mode)
+	f, err := createParquet(filepath.Join(dir, fmt.Sprintf("%03d_%s.parquet", idx, sanitize(t.Name))), t, mode)
 	if err != nil {
 		return nil, fmt.Errorf("stage %s: %w", t.Name, err)
 	}
-	st.file, st.pw = f, pw
-	return st, nil
+	return &stage{t: t, rel: fmt.Sprintf("temp.main.stg_%d", idx), file: f}, nil
 }
 
 // stagingAlloc recycles the staging writers' page and encoding buffers
-// (see pipeline.PoolAllocator). Statistics are off, so a writer keeps no
-// slice of a buffer it has freed.
-var stagingAlloc = pipeline.NewPoolAllocator(32 << 20)
+// (see poolAllocator). Statistics are off, so a writer keeps no slice of a
+// buffer it has freed.
+var stagingAlloc = newPoolAllocator(32 << 20)
 
-// createParquet creates a staging file.
-func createParquet(path string, schema *arrow.Schema, mode stageMode) (*os.File, *pqarrow.FileWriter, error) {
+// createParquet creates a staging file for rows of t.
+func createParquet(path string, t *pipeline.Table, mode stageMode) (*pqFile, error) {
 	f, err := os.Create(path)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	codec := compress.Codecs.Uncompressed
 	if mode == stageParquetSnappy {
@@ -147,13 +148,43 @@ func createParquet(path string, schema *arrow.Schema, mode stageMode) (*os.File,
 	props := parquet.NewWriterProperties(parquet.WithCompression(codec),
 		parquet.WithDictionaryDefault(false), parquet.WithStats(false), parquet.WithAllocator(stagingAlloc),
 		parquet.WithMaxRowGroupLength(rowGroupRows))
+	schema, jsonCols := parquetSchema(t)
 	pw, err := pqarrow.NewFileWriter(schema, f, props, pqarrow.NewArrowWriterProperties())
 	if err != nil {
 		f.Close()
-		return nil, nil, err
+		return nil, err
 	}
-	return f, pw, nil
+	return &pqFile{path: path, pw: pw, schema: schema, jsonCols: jsonCols}, nil
 }
+
+// write appends rec to the buffered row group, cutting row groups at
+// rowGroupBytes.
+func (f *pqFile) write(rec arrow.RecordBatch) error {
+	if f.jsonCols != nil {
+		rec = asParquet(f.schema, f.jsonCols, rec)
+		defer rec.Release()
+	}
+	if err := f.pw.WriteBuffered(rec); err != nil {
+		return err
+	}
+	if f.rgBytes += recordBytes(rec); f.rgBytes >= rowGroupBytes {
+		f.cutRowGroup()
+	}
+	return nil
+}
+
+// cutRowGroup writes out the buffered row group and returns its size.
+func (f *pqFile) cutRowGroup() int64 {
+	n := f.rgBytes
+	if n > 0 {
+		f.pw.NewBufferedRowGroup()
+		f.rgBytes = 0
+	}
+	return n
+}
+
+// close finishes the file (closing it).
+func (f *pqFile) close() error { return f.pw.Close() }
 
 func sanitize(s string) string {
 	b := []byte(s)
@@ -165,39 +196,25 @@ func sanitize(s string) string {
 	return string(b)
 }
 
-// write stages rec, whose schema must have the table's column names.
-func (st *stage) write(rec arrow.RecordBatch) error {
+// write stages rec, whose schema must have the table's column names, and
+// returns how much the file's buffered row group grew (negative when
+// the write cut it).
+func (st *stage) write(rec arrow.RecordBatch) (grew int64, err error) {
 	if err := checkSchema(st.t, rec.Schema()); err != nil {
-		return err
+		return 0, err
 	}
 	if rec.NumRows() == 0 {
-		return nil
+		return 0, nil
 	}
-	if st.pw == nil {
-		return fmt.Errorf("stage %s: already finished", st.t.Name)
+	if st.file == nil {
+		return 0, fmt.Errorf("stage %s: already finished", st.t.Name)
 	}
-	if err := writeParquet(st.pw, st.pqSchema, st.jsonCols, rec, &st.rgBytes); err != nil {
-		return fmt.Errorf("stage %s: %w", st.t.Name, err)
+	before := st.file.rgBytes
+	if err := st.file.write(rec); err != nil {
+		return 0, fmt.Errorf("stage %s: %w", st.t.Name, err)
 	}
 	st.rows += rec.NumRows()
-	return nil
-}
-
-// writeParquet appends rec to pw's buffered row group, cutting row groups
-// at rowGroupBytes (*rgBytes counts the open one).
-func writeParquet(pw *pqarrow.FileWriter, schema *arrow.Schema, jsonCols []int, rec arrow.RecordBatch, rgBytes *int64) error {
-	if jsonCols != nil {
-		rec = asParquet(schema, jsonCols, rec)
-		defer rec.Release()
-	}
-	if err := pw.WriteBuffered(rec); err != nil {
-		return err
-	}
-	if *rgBytes += recordBytes(rec); *rgBytes >= rowGroupBytes {
-		pw.NewBufferedRowGroup()
-		*rgBytes = 0
-	}
-	return nil
+	return st.file.rgBytes - before, nil
 }
 
 func checkSchema(t *pipeline.Table, got *arrow.Schema) error {
@@ -216,16 +233,16 @@ func checkSchema(t *pipeline.Table, got *arrow.Schema) error {
 
 // finish closes the Parquet file and puts a TEMP view over it.
 func (st *stage) finish(ctx context.Context, db execer) error {
-	if st.pw == nil {
+	f := st.file
+	if f == nil {
 		return nil
 	}
-	pw := st.pw
-	st.pw = nil
-	if err := pw.Close(); err != nil { // also closes the file
+	st.file = nil
+	if err := f.close(); err != nil {
 		return fmt.Errorf("stage %s: close parquet: %w", st.t.Name, err)
 	}
 	view := st.rel[len("temp.main."):]
-	_, err := db.ExecContext(ctx, "CREATE TEMP VIEW "+view+" AS SELECT * FROM read_parquet("+lit(st.path)+")")
+	_, err := db.ExecContext(ctx, "CREATE TEMP VIEW "+view+" AS SELECT * FROM read_parquet("+lit(f.path)+")")
 	if err != nil {
 		return fmt.Errorf("stage %s: %w", st.t.Name, err)
 	}
@@ -235,12 +252,12 @@ func (st *stage) finish(ctx context.Context, db execer) error {
 // discard drops what finish did not consume; the run's folder goes with
 // the Txn.
 func (st *stage) discard() error {
-	if st.pw == nil {
+	f := st.file
+	if f == nil {
 		return nil
 	}
-	pw := st.pw
-	st.pw = nil
-	return pw.Close()
+	st.file = nil
+	return f.close()
 }
 
 // recordBytes is the size of rec's Arrow buffers (slices count in full).

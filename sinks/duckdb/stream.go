@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/apache/arrow-go/v18/arrow"
-	"github.com/apache/arrow-go/v18/parquet/pqarrow"
 
 	"github.com/fhirferry/fhirferry/pipeline"
 	"github.com/fhirferry/fhirferry/schemas"
@@ -36,18 +35,14 @@ const minPartBytes = 16 << 20
 // their _seq, so Commit can tell them from the stored rows when it picks
 // the winners. Nothing is visible to readers before Commit.
 type rawStream struct {
-	mode     stageMode
-	dir      string
-	schema   *arrow.Schema // Parquet schema, JSON typed
-	jsonCols []int
-	insert   func(path string) string
+	mode   stageMode
+	dir    string
+	insert func(path string) string
 
-	part    int
-	path    string
-	pw      *pqarrow.FileWriter
-	bytes   int64 // Arrow bytes in the open part
-	rgBytes int64
-	rows    int64 // rows written to all parts
+	parts int     // parts created
+	cur   *pqFile // the open part, if any
+	bytes int64   // Arrow bytes in the open part
+	rows  int64   // rows written to all parts
 
 	queue  chan string   // finished parts; closed by finish or abort
 	closed bool          // queue is closed
@@ -60,10 +55,9 @@ type rawStream struct {
 // newRawStream starts the loader on tx. ctx bounds the loader's statements
 // and lives as long as the Txn.
 func newRawStream(ctx context.Context, tx *sql.Tx, mode stageMode, dir, runID string, log func(msg string, args ...any)) *rawStream {
-	schema, jsonCols := parquetSchema(schemas.Raw)
 	cols, sel := selectList(schemas.Raw)
 	r := &rawStream{
-		mode: mode, dir: dir, schema: schema, jsonCols: jsonCols,
+		mode: mode, dir: dir,
 		insert: func(path string) string {
 			return `INSERT INTO ` + quote(schemas.RawTable) + ` (` + cols + `, run_id, ` + quote(pipeline.ColSeq) + `)
 				SELECT ` + sel + `, ?, s.` + quote(pipeline.ColSeq) + ` FROM read_parquet(` + lit(path) + `) s`
@@ -114,18 +108,16 @@ func (r *rawStream) write(ctx context.Context, rec arrow.RecordBatch) error {
 		return r.err
 	default:
 	}
-	if r.pw == nil {
-		r.path = filepath.Join(r.dir, fmt.Sprintf("raw_%04d.parquet", r.part))
-		r.part++
-		f, pw, err := createParquet(r.path, r.schema, r.mode)
+	if r.cur == nil {
+		f, err := createParquet(filepath.Join(r.dir, fmt.Sprintf("raw_%04d.parquet", r.parts)), schemas.Raw, r.mode)
 		if err != nil {
 			return fmt.Errorf("raw part: %w", err)
 		}
-		_ = f // closed by pw.Close
-		r.pw, r.bytes, r.rgBytes = pw, 0, 0
+		r.parts++
+		r.cur, r.bytes = f, 0
 	}
-	if err := writeParquet(r.pw, r.schema, r.jsonCols, rec, &r.rgBytes); err != nil {
-		return fmt.Errorf("raw part %s: %w", filepath.Base(r.path), err)
+	if err := r.cur.write(rec); err != nil {
+		return fmt.Errorf("raw part %s: %w", filepath.Base(r.cur.path), err)
 	}
 	r.rows += rec.NumRows()
 	if r.bytes += recordBytes(rec); r.bytes >= partBytes || r.bytes >= minPartBytes && r.idle.Load() {
@@ -136,16 +128,16 @@ func (r *rawStream) write(ctx context.Context, rec arrow.RecordBatch) error {
 
 // flush closes the open part and queues it for the loader.
 func (r *rawStream) flush(ctx context.Context) error {
-	if r.pw == nil {
+	f := r.cur
+	if f == nil {
 		return nil
 	}
-	pw := r.pw
-	r.pw = nil
-	if err := pw.Close(); err != nil {
-		return fmt.Errorf("raw part %s: %w", filepath.Base(r.path), err)
+	r.cur = nil
+	if err := f.close(); err != nil {
+		return fmt.Errorf("raw part %s: %w", filepath.Base(f.path), err)
 	}
 	select {
-	case r.queue <- r.path:
+	case r.queue <- f.path:
 		return nil
 	case <-r.failed:
 		return r.err
@@ -178,9 +170,9 @@ func (r *rawStream) finish(ctx context.Context) error {
 // cancelled the loader's context, so a statement in flight ends early.
 func (r *rawStream) abort() error {
 	var err error
-	if r.pw != nil {
-		err = r.pw.Close()
-		r.pw = nil
+	if r.cur != nil {
+		err = r.cur.close()
+		r.cur = nil
 	}
 	if !r.closed {
 		r.closed = true

@@ -106,15 +106,12 @@ func (t *Txn) Write(ctx context.Context, b pipeline.Batch) error {
 	if err != nil {
 		return err
 	}
-	before := st.rgBytes
-	if err := st.write(b.Rec); err != nil {
+	grew, err := st.write(b.Rec)
+	if err != nil {
 		return fmt.Errorf("duckdb sink %s: %w", t.s.name, err)
 	}
-	t.buffered += st.rgBytes - before
-	if t.buffered > stageBudget && st.rgBytes > 0 {
-		st.pw.NewBufferedRowGroup()
-		t.buffered -= st.rgBytes
-		st.rgBytes = 0
+	if t.buffered += grew; t.buffered > stageBudget {
+		t.buffered -= st.file.cutRowGroup()
 	}
 	return nil
 }
@@ -301,22 +298,18 @@ func (t *Txn) Commit(ctx context.Context, sum pipeline.RunSummary) (err error) {
 	if err != nil {
 		return err
 	}
-	allWon, replaces := false, true
-	var removed int64
+	var ap applied
 	for _, step := range t.steps(del, sum) {
 		if t.failBefore == step.name {
 			return fmt.Errorf("injected failure before %s", step.name)
 		}
-		if step.onlyIfRemoved && removed == 0 || step.onlyIfReplaces && !replaces {
+		if step.skip != nil && step.skip(&ap) {
 			continue
 		}
 		t0 := time.Now()
 		q, args := step.sql, step.args
-		if allWon && step.allWon != nil {
-			if step.allWon.sql == "" {
-				continue
-			}
-			q, args = step.allWon.sql, step.allWon.args
+		if ap.allWon && step.ifAllWon != nil {
+			q, args = step.ifAllWon.sql, step.ifAllWon.args
 		}
 		res, err := tx.ExecContext(ctx, q, args...)
 		if err != nil {
@@ -327,12 +320,12 @@ func (t *Txn) Commit(ctx context.Context, sum pipeline.RunSummary) (err error) {
 			if err != nil {
 				return fmt.Errorf("%s: %w", step.name, err)
 			}
-			removed += n
+			ap.removed += n
 		}
 		t.s.log.Debug("commit step", "run", t.run.RunID, "step", step.name, "duration", time.Since(t0))
-		if step.name == "winners" {
-			if allWon, replaces, err = t.everyResourceWon(ctx, tx); err != nil {
-				return err
+		if step.then != nil {
+			if err := step.then(ctx, tx, &ap); err != nil {
+				return fmt.Errorf("%s: %w", step.name, err)
 			}
 		}
 	}
@@ -342,19 +335,27 @@ func (t *Txn) Commit(ctx context.Context, sum pipeline.RunSummary) (err error) {
 	return err
 }
 
-// everyResourceWon reports whether the winners table holds every raw row
-// of the run, so no row of the run (and no view row) needs filtering out.
-// It also reports whether any winner replaces a stored row.
-func (t *Txn) everyResourceWon(ctx context.Context, tx *sql.Tx) (allWon, replaces bool, err error) {
+// applied is what Commit's steps have found so far.
+type applied struct {
+	allWon   bool  // every raw row of the run won
+	replaces bool  // some winner replaces a stored row
+	removed  int64 // stored resources replaced or deleted (rows)
+}
+
+// measureWinners fills ap from the winners table: whether it holds every
+// raw row of the run (so no row of the run, and no view row, needs
+// filtering out) and whether any winner replaces a stored row.
+func (t *Txn) measureWinners(ctx context.Context, tx *sql.Tx, ap *applied) error {
 	var rows int64
 	if t.raw != nil {
 		rows = t.raw.rows
 	}
 	var n, stored int64
 	if err := tx.QueryRowContext(ctx, "SELECT count(*), count(*) FILTER (stored) FROM win").Scan(&n, &stored); err != nil {
-		return false, false, fmt.Errorf("winners: %w", err)
+		return err
 	}
-	return n == rows, stored > 0, nil
+	ap.allWon, ap.replaces = n == rows, stored > 0
+	return nil
 }
 
 func ignoreDone(err error) error {
@@ -386,18 +387,16 @@ type step struct {
 	name string
 	sql  string
 	args []any
-	// allWon, when set, replaces the step once the winners step found that
-	// every raw row of the run won (an empty sql skips it): the common case
-	// of a run without duplicates or stale versions, where the joins that
-	// filter out losers are pure cost.
-	allWon *step
-	// removes marks a step whose deleted rows are stored resources the run
-	// replaces or deletes; onlyIfRemoved skips a step when no such step
-	// removed a row (view rows exist only for stored resources, so an
-	// initial load, or a run of only new resources, has none to delete).
-	removes, onlyIfRemoved bool
-	// onlyIfReplaces skips a step when no winner has a stored row.
-	onlyIfReplaces bool
+	// skip, when set, tells from what earlier steps found whether the step
+	// has nothing to do: runs without duplicates, stale versions or
+	// stored resources (a first load) skip the joins that only filter.
+	skip func(*applied) bool
+	// ifAllWon replaces the step when every raw row of the run won.
+	ifAllWon *step
+	// removes: the rows the step deletes count in applied.removed.
+	removes bool
+	// then runs after the step, to measure what it did.
+	then func(context.Context, *sql.Tx, *applied) error
 }
 
 // steps returns Commit's statements. Each is set-based: the run's winners
@@ -424,12 +423,13 @@ func (t *Txn) steps(del string, sum pipeline.RunSummary) []step {
 			) c LEFT JOIN (SELECT resource_type, id, last_updated, subsetted FROM ` + R + `
 				WHERE run_id IS DISTINCT FROM ?) t ON t.resource_type = c.resource_type AND t.id = c.id
 			WHERE t.id IS NULL OR (NOT coalesce(t.last_updated > c.last_updated, FALSE)
-				AND NOT (c.subsetted AND NOT t.subsetted))`, args: []any{run, run}},
+				AND NOT (c.subsetted AND NOT t.subsetted))`, args: []any{run, run},
+			then: t.measureWinners},
 		{name: "raw delete", sql: `DELETE FROM ` + R + ` t USING win w
 			WHERE t.resource_type = w.resource_type AND t.id = w.id AND t.run_id IS DISTINCT FROM ?`, args: []any{run},
-			removes: true, onlyIfReplaces: true},
+			removes: true, skip: func(ap *applied) bool { return !ap.replaces }},
 		{name: "raw losers", sql: `DELETE FROM ` + R + ` WHERE run_id = ? AND _seq NOT IN (SELECT _seq FROM win)`,
-			args: []any{run}, allWon: &step{}},
+			args: []any{run}, skip: func(ap *applied) bool { return ap.allWon }},
 		{name: "deleted keys", sql: `CREATE TEMP TABLE gone AS
 			SELECT DISTINCT d.resource_type, d.id FROM ` + del + ` d
 			ANTI JOIN (SELECT resource_type, id FROM ` + R + ` t WHERE ` + guard + `) n
@@ -444,15 +444,16 @@ func (t *Txn) steps(del string, sum pipeline.RunSummary) []step {
 		steps = append(steps, step{name: "view " + v.Name + " delete", sql: `DELETE FROM ` + V + ` v USING (
 				SELECT id FROM win WHERE resource_type = ? UNION ALL SELECT id FROM gone WHERE resource_type = ?) k
 			WHERE v.` + quote(pipeline.ColResourceID) + ` = k.id`, args: []any{v.ResourceType, v.ResourceType},
-			onlyIfRemoved: true})
+			// View rows exist only for stored resources.
+			skip: func(ap *applied) bool { return ap.removed == 0 }})
 		if st := t.stages[v.Name]; st != nil {
 			cols, sel := selectList(v)
 			insert := `INSERT INTO ` + V + ` (` + cols + `) SELECT ` + sel + ` FROM ` + st.rel + ` s`
 			steps = append(steps, step{name: "view " + v.Name + " insert",
 				sql: insert + ` SEMI JOIN (SELECT _seq FROM win WHERE resource_type = ?) w
 					ON s.` + quote(pipeline.ColSeq) + ` = w._seq`,
-				args:   []any{v.ResourceType},
-				allWon: &step{sql: insert}})
+				args:     []any{v.ResourceType},
+				ifAllWon: &step{sql: insert}})
 		}
 	}
 	for _, st := range t.order {

@@ -1,4 +1,4 @@
-package pipeline
+package duckdb
 
 import (
 	"math/bits"
@@ -8,7 +8,7 @@ import (
 	"github.com/apache/arrow-go/v18/arrow/memory"
 )
 
-var _ memory.Allocator = (*PoolAllocator)(nil)
+var _ memory.Allocator = (*poolAllocator)(nil)
 
 const (
 	poolAlign    = 64 // Arrow's buffer alignment
@@ -18,7 +18,7 @@ const (
 	poolMinSize  = 1 << poolMinClass
 )
 
-// PoolAllocator is a memory.Allocator that keeps freed buffers of 4 KiB to
+// poolAllocator is a memory.Allocator that keeps freed buffers of 4 KiB to
 // 16 MiB, by power-of-two size class, up to a bound on the bytes it holds,
 // for writers that churn through large buffers (Parquet pages): a fresh
 // buffer costs page faults when first written, which on the 500 MB
@@ -28,18 +28,19 @@ const (
 // collected).
 //
 // Only code that keeps no reference to a buffer after freeing it may use
-// one: Arrow arrays handed to sinks may not, because a Parquet writer's
-// statistics keep slices of the values it was given.
-type PoolAllocator struct {
+// one, which is why only the staging writers (statistics off) do: the
+// transform's batches may not, because the Parquet lake's statistics keep
+// slices of the values they were given after the batch is released.
+type poolAllocator struct {
 	mu       sync.Mutex
 	free     [poolClasses][][]byte
 	held     int // bytes in free
 	maxBytes int
 }
 
-// NewPoolAllocator returns a PoolAllocator holding at most maxBytes of
+// newPoolAllocator returns a poolAllocator holding at most maxBytes of
 // freed buffers.
-func NewPoolAllocator(maxBytes int) *PoolAllocator { return &PoolAllocator{maxBytes: maxBytes} }
+func newPoolAllocator(maxBytes int) *poolAllocator { return &poolAllocator{maxBytes: maxBytes} }
 
 // class returns the size class of a buffer of size bytes, or -1 when such
 // buffers are not pooled.
@@ -54,7 +55,7 @@ func class(size int) int {
 }
 
 // Allocate implements memory.Allocator.
-func (p *PoolAllocator) Allocate(size int) []byte {
+func (p *poolAllocator) Allocate(size int) []byte {
 	c := class(size)
 	if c < 0 {
 		return alignedMake(size, size)
@@ -74,7 +75,7 @@ func (p *PoolAllocator) Allocate(size int) []byte {
 }
 
 // Reallocate implements memory.Allocator.
-func (p *PoolAllocator) Reallocate(size int, b []byte) []byte {
+func (p *poolAllocator) Reallocate(size int, b []byte) []byte {
 	if size <= cap(b) {
 		old := len(b)
 		b = b[:size]
@@ -90,7 +91,7 @@ func (p *PoolAllocator) Reallocate(size int, b []byte) []byte {
 }
 
 // Free implements memory.Allocator.
-func (p *PoolAllocator) Free(b []byte) {
+func (p *poolAllocator) Free(b []byte) {
 	c := cap(b)
 	if c < poolMinSize || c > 1<<poolMaxClass || c&(c-1) != 0 {
 		return // not one of ours
