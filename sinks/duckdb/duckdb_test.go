@@ -415,11 +415,12 @@ func TestRawStreamFailure(t *testing.T) {
 	require.Equal(t, []string{"q"}, rows(t, s, schemas.RawTable, "id"))
 }
 
-// TestJSONStoredUncompressed: the raw resource column is created without
+// TestStringCompression: the raw resource column is created without
 // string compression, which cost more than the rest of a load (see
 // columnDefs); text that FSST or a dictionary would compress stays
-// uncompressed after a checkpoint, and other columns are still compressed.
-func TestJSONStoredUncompressed(t *testing.T) {
+// uncompressed after a checkpoint. Other text columns are dictionary
+// compressed, and one of unique values (id) still loads whole.
+func TestStringCompression(t *testing.T) {
 	mem, s, ctx := checked(t), open(t, stageParquetSnappy), t.Context()
 	require.NoError(t, s.Prepare(ctx, nil))
 	txn, err := s.Begin(ctx, pipeline.RunInfo{RunID: "r", Source: "s", ExportID: "e", TransactionTime: "2025-02-01T00:00:00Z"})
@@ -450,5 +451,10 @@ func TestJSONStoredUncompressed(t *testing.T) {
 		return out
 	}
 	require.Equal(t, []string{"Uncompressed"}, methods("resource"))
-	require.NotContains(t, methods("resource_type"), "Uncompressed")
+	require.Equal(t, []string{"Dictionary"}, methods("resource_type"))
+	require.NotContains(t, methods("id"), "FSST")
+	var n, distinct int
+	require.NoError(t, s.DB().QueryRowContext(ctx, `SELECT count(*), count(DISTINCT id) FROM fhir_resources
+		WHERE id LIKE 'p%'`).Scan(&n, &distinct))
+	require.Equal(t, []int{len(raws), len(raws)}, []int{n, distinct})
 }
