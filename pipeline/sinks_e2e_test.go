@@ -3,6 +3,7 @@ package pipeline_test
 import (
 	"context"
 	"database/sql"
+	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -176,5 +177,46 @@ func TestIncrementalRunsOnEverySink(t *testing.T) {
 				require.Equal(t, 5, st.KickOffs)
 			})
 		}
+	}
+}
+
+// TestANSILimitRejectedOnEverySink: a user view declares gender
+// VARCHAR(4), which "female" does not fit. On every sink the run still
+// commits: each such patient is a reject naming the view and the type,
+// and its row is left out of that view only (PostgreSQL once failed the
+// whole commit on the cast).
+func TestANSILimitRejectedOnEverySink(t *testing.T) {
+	dir := t.TempDir()
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "short_gender.json"), []byte(`{"resourceType":"ViewDefinition",
+	  "name":"short_gender","resource":"Patient","status":"active","select":[{"column":[
+	  {"name":"id","path":"getResourceKey()"},
+	  {"name":"gender","path":"gender","type":"code","tag":[{"name":"ansi/type","value":"VARCHAR(4)"}]}]}]}`), 0o644))
+	views, err := transform.LoadViews(false, dir)
+	require.NoError(t, err)
+	for _, k := range sinkKinds {
+		t.Run(k.kind, func(t *testing.T) {
+			t.Parallel()
+			srv, err := bulktest.NewServer(bulktest.Options{Patients: 10, Seed: 5, PollsBeforeComplete: -1})
+			require.NoError(t, err)
+			t.Cleanup(srv.Close)
+			s := k.open(t, "wh")
+			res, err := e2eRunner(t, srv, views, t.TempDir(), "system", "", s.sink).Run(context.Background())
+			require.NoError(t, err)
+			require.Equal(t, []string{"wh"}, res.Committed)
+			require.Positive(t, res.Stats.Rejects)
+
+			db, done := s.read(t)
+			defer done()
+			count := func(q string) (n int64) {
+				require.NoError(t, db.QueryRow(q).Scan(&n), q)
+				return n
+			}
+			require.Equal(t, res.Stats.Rejects, count(`SELECT count(*) FROM rejects
+				WHERE resource_type = 'Patient' AND reason LIKE '%view short_gender%' AND reason LIKE '%VARCHAR(4)%'`))
+			require.Positive(t, count(`SELECT count(*) FROM short_gender WHERE gender = 'male'`))
+			require.Zero(t, count(`SELECT count(*) FROM short_gender WHERE length(gender) > 4`))
+			require.Equal(t, count(`SELECT count(*) FROM fhir_resources WHERE resource_type = 'Patient'`),
+				count(`SELECT count(*) FROM short_gender`)+res.Stats.Rejects, "every patient is a row or a reject")
+		})
 	}
 }

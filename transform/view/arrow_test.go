@@ -150,3 +150,35 @@ func TestAppendRowsTypeErrors(t *testing.T) {
 	require.ErrorContains(t, errs[0], "column n:")
 	require.EqualValues(t, 0, rec.NumRows())
 }
+
+// TestAppendRowsANSILimits: a value that its column's ansi/type cannot hold
+// (a longer text than VARCHAR(n), an int beyond SMALLINT, a float beyond
+// REAL, text that is not JSON) is the view's error for that resource, named
+// by column, so no SQL sink meets it as a failed cast at commit.
+func TestAppendRowsANSILimits(t *testing.T) {
+	mem := memory.NewCheckedAllocator(memory.DefaultAllocator)
+	defer mem.AssertSize(t, 0)
+	v, err := Compile([]byte(`{"resource":"Patient","select":[{"column":[
+	  {"name":"family","path":"name.family.first()","type":"string","tag":[{"name":"ansi/type","value":"VARCHAR(5)"}]},
+	  {"name":"births","path":"multipleBirth.ofType(integer)","type":"integer","tag":[{"name":"ansi/type","value":"SMALLINT"}]},
+	  {"name":"weight","path":"extension.value.ofType(decimal).first()","type":"decimal","tag":[{"name":"ansi/type","value":"REAL"}]},
+	  {"name":"doc","path":"gender","type":"code","tag":[{"name":"ansi/type","value":"JSON"}]}]}]}`))
+	require.NoError(t, err)
+	ok := `{"resourceType":"Patient","id":"ok","name":[{"family":"Müßig"}],"multipleBirthInteger":2,
+	  "extension":[{"url":"w","valueDecimal":70.5}],"gender":"1"}`
+	cases := []struct{ res, col, want string }{
+		{`{"resourceType":"Patient","id":"a","name":[{"family":"Abernathy"}]}`, "family", "VARCHAR(5)"},
+		{`{"resourceType":"Patient","id":"b","multipleBirthInteger":40000}`, "births", "SMALLINT"},
+		{`{"resourceType":"Patient","id":"c","extension":[{"url":"w","valueDecimal":1e39}]}`, "weight", "REAL"},
+		{`{"resourceType":"Patient","id":"d","gender":"female"}`, "doc", "JSON"},
+	}
+	for _, c := range cases {
+		rec, errs := buildRecord(t, mem, v, []string{ok, c.res})
+		require.Len(t, errs, 1, c.res)
+		require.ErrorContains(t, errs[0], "column "+c.col+":")
+		require.ErrorContains(t, errs[0], "does not fit "+c.want)
+		require.EqualValues(t, 1, rec.NumRows(), "only the resource that fits has a row")
+		require.Equal(t, "Müßig", rec.Column(2).(*array.String).Value(0), "5 characters fit VARCHAR(5), whatever their bytes")
+		rec.Release()
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/apache/arrow-go/v18/arrow"
 	"github.com/apache/arrow-go/v18/arrow/decimal128"
@@ -38,6 +39,15 @@ type converter struct {
 	partial    PartialPolicy
 	ansi       string
 	collection bool
+	// Limits an ansi/type tag sets beyond the storage type, checked here so
+	// a value that does not fit is the view's reject, not a failed cast
+	// that would fail the whole run in a SQL sink: maxLen characters for
+	// VARCHAR(n)/CHAR(n), int16 for SMALLINT, float32 for REAL, and valid
+	// JSON text for JSON.
+	maxLen   int
+	smallint bool
+	real     bool
+	jsonText bool
 }
 
 // scalar is one converted cell; lo/hi index the state's elems for lists.
@@ -50,7 +60,10 @@ type scalar struct {
 	lo, hi int32
 }
 
-var decimalTag = regexp.MustCompile(`^(?:DECIMAL|NUMERIC)\s*\(\s*(\d+)\s*(?:,\s*(\d+)\s*)?\)$`)
+var (
+	decimalTag = regexp.MustCompile(`^(?:DECIMAL|NUMERIC)\s*\(\s*(\d+)\s*(?:,\s*(\d+)\s*)?\)$`)
+	lengthTag  = regexp.MustCompile(`^(?:VARCHAR|CHARACTER VARYING|CHAR|CHARACTER)\s*\(\s*(\d+)\s*\)$`)
+)
 
 func newConverter(col Column, partial PartialPolicy) (converter, error) {
 	cv := converter{col: col.Name, fhirType: col.Type, partial: partial, collection: col.Collection}
@@ -80,11 +93,11 @@ func newConverter(col Column, partial PartialPolicy) (converter, error) {
 	case ansi == "BOOLEAN":
 		cv.kind = outBool
 	case ansi == "INTEGER" || ansi == "INT" || ansi == "SMALLINT":
-		cv.kind = outInt32
+		cv.kind, cv.smallint = outInt32, ansi == "SMALLINT"
 	case ansi == "BIGINT":
 		cv.kind = outInt64
 	case ansi == "DOUBLE" || ansi == "DOUBLE PRECISION" || ansi == "FLOAT" || ansi == "REAL":
-		cv.kind = outFloat64
+		cv.kind, cv.real = outFloat64, ansi == "REAL"
 	case ansi == "DECIMAL" || ansi == "NUMERIC":
 		cv.kind, cv.prec, cv.scal = outDecimal128, 38, 9
 	case decimalTag.MatchString(ansi):
@@ -104,6 +117,14 @@ func newConverter(col Column, partial PartialPolicy) (converter, error) {
 	case ansi == "TEXT" || ansi == "JSON" || strings.HasPrefix(ansi, "VARCHAR") || strings.HasPrefix(ansi, "CHARACTER VARYING") ||
 		strings.HasPrefix(ansi, "CHAR"):
 		cv.kind = outString
+		if m := lengthTag.FindStringSubmatch(ansi); m != nil {
+			n, err := strconv.Atoi(m[1])
+			if err != nil || n < 1 {
+				return cv, fmt.Errorf("ansi/type %q: length must be at least 1", cv.ansi)
+			}
+			cv.maxLen = n
+		}
+		cv.jsonText = ansi == "JSON" && !cv.json
 	default:
 		return cv, fmt.Errorf("unsupported ansi/type %q", cv.ansi)
 	}
@@ -163,6 +184,9 @@ func (cv *converter) convert(it fhirpath.Item) (scalar, error) {
 		if cv.kind == outInt32 && (it.Int() > math.MaxInt32 || it.Int() < math.MinInt32) {
 			return scalar{}, cv.mismatch(it, "INTEGER (32-bit)")
 		}
+		if cv.smallint && (it.Int() > math.MaxInt16 || it.Int() < math.MinInt16) {
+			return scalar{}, cv.mismatch(it, "SMALLINT")
+		}
 		return scalar{i: it.Int()}, nil
 	case outFloat64:
 		if !isNum(it) {
@@ -171,6 +195,9 @@ func (cv *converter) convert(it fhirpath.Item) (scalar, error) {
 		f, err := strconv.ParseFloat(it.Str(), 64)
 		if err != nil {
 			return scalar{}, cv.mismatch(it, "DOUBLE")
+		}
+		if cv.real && math.Abs(f) > math.MaxFloat32 {
+			return scalar{}, cv.mismatch(it, "REAL")
 		}
 		return scalar{f: f}, nil
 	case outDecimal128:
@@ -212,21 +239,27 @@ func (cv *converter) convert(it fhirpath.Item) (scalar, error) {
 		return cv.partialValue(it, "TIME")
 	}
 	// Text.
+	var str string
 	switch {
 	case k == fhirpath.KindObject:
 		if !cv.json && cv.fhirType != "" {
 			return scalar{}, fmt.Errorf("a complex value does not fit primitive type %s (declare the column's complex type)", cv.fhirType)
 		}
-		return scalar{s: string(it.JSON().MarshalTo(nil))}, nil
+		str = string(it.JSON().MarshalTo(nil))
 	case cv.json:
 		return scalar{}, cv.mismatch(it, "complex type "+cv.fhirType)
 	case k == fhirpath.KindBool:
-		if it.Bool() {
-			return scalar{s: "true"}, nil
-		}
-		return scalar{s: "false"}, nil
+		str = strconv.FormatBool(it.Bool())
+	default:
+		str = it.Str()
 	}
-	return scalar{s: it.Str()}, nil
+	if cv.maxLen > 0 && len(str) > cv.maxLen && utf8.RuneCountInString(str) > cv.maxLen {
+		return scalar{}, cv.mismatch(it, cv.ansi)
+	}
+	if cv.jsonText && !json.Valid([]byte(str)) {
+		return scalar{}, cv.mismatch(it, "JSON")
+	}
+	return scalar{s: str}, nil
 }
 
 func isTemporalOrString(k fhirpath.Kind) bool {

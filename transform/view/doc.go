@@ -29,6 +29,9 @@
 // utf8 JSON; collection columns → list<element>. The column tag ansi/type
 // overrides: BOOLEAN, INTEGER, BIGINT, DOUBLE, DECIMAL(p,s), DATE,
 // TIMESTAMP [WITH TIME ZONE], TIME, VARCHAR/TEXT; it is also copied into
-// the field metadata ("ansi/type", next to "fhir/type"). A partial date in
+// the field metadata ("ansi/type", next to "fhir/type"). Limits a tag
+// sets beyond the storage type (VARCHAR(n) and CHAR(n) lengths in
+// characters, SMALLINT, REAL, JSON text) are checked here too, so a SQL
+// sink's cast never truncates or fails at commit. A partial date in
 // a DATE/TIMESTAMP column is an error by default; see WithPartialDates.
 package view
