@@ -68,7 +68,7 @@
 //	  + plain Parquet, no statistics, plain INSERT   5.5 s     8.0 s    220 MiB
 //	  + raw rows streamed in 128 MiB parts, 1 thread 5.0 s     7.8 s    230 MiB
 //	  + ROW_GROUP_SIZE 16384                         4.7-5.1 s 7.4 s    230 MiB
-//	  + recycled Parquet page buffers (poolAllocator) 4.1-4.2 s 6.5 s   245 MiB
+//	  + recycled Parquet page buffers (PoolAllocator) 4.1-4.2 s 6.5 s   245 MiB
 //	  + no stored-row DELETE on a first load         3.9-4.0 s 6.0 s    242 MiB
 //	  + a part cut early when the loader is idle     4.0-4.4 s 6.4 s    235 MiB
 //

@@ -128,11 +128,6 @@ func newStage(mode stageMode, dir string, t *pipeline.Table, idx int) (*stage, e
 	return &stage{t: t, rel: fmt.Sprintf("temp.main.stg_%d", idx), file: f}, nil
 }
 
-// stagingAlloc recycles the staging writers' page and encoding buffers
-// (see poolAllocator). Statistics are off, so a writer keeps no slice of a
-// buffer it has freed.
-var stagingAlloc = newPoolAllocator(32 << 20)
-
 // createParquet creates a staging file for rows of t.
 func createParquet(path string, t *pipeline.Table, mode stageMode) (*pqFile, error) {
 	f, err := os.Create(path)
@@ -144,9 +139,11 @@ func createParquet(path string, t *pipeline.Table, mode stageMode) (*pqFile, err
 		codec = compress.Codecs.Snappy
 	}
 	// No statistics: the file is read once, whole, and min/max of every
-	// JSON text cost CPU for nothing.
+	// JSON text cost CPU for nothing. Without them the writer keeps no
+	// slice of a batch after writing it, which pipeline.Buffers requires
+	// of its page buffers and of the batches themselves.
 	props := parquet.NewWriterProperties(parquet.WithCompression(codec),
-		parquet.WithDictionaryDefault(false), parquet.WithStats(false), parquet.WithAllocator(stagingAlloc),
+		parquet.WithDictionaryDefault(false), parquet.WithStats(false), parquet.WithAllocator(pipeline.Buffers),
 		parquet.WithMaxRowGroupLength(rowGroupRows))
 	schema, jsonCols := parquetSchema(t)
 	pw, err := pqarrow.NewFileWriter(schema, f, props, pqarrow.NewArrowWriterProperties())

@@ -1,4 +1,4 @@
-package duckdb
+package pipeline
 
 import (
 	"testing"
@@ -17,7 +17,7 @@ func aligned(b []byte) bool {
 // for the next allocation of its class, growth within a class is in place
 // and zeroes the new bytes, and the pool holds no more than its bound.
 func TestPoolAllocatorRecycles(t *testing.T) {
-	p := newPoolAllocator(64 << 10)
+	p := NewPoolAllocator(64 << 10)
 	b := p.Allocate(5000)
 	require.Len(t, b, 5000)
 	require.Equal(t, 8192, cap(b))
@@ -63,7 +63,7 @@ func TestPoolAllocatorRecycles(t *testing.T) {
 // the pool over and over: recycled buffers must never leak one batch's
 // values or validity into another.
 func TestPoolAllocatorWithArrow(t *testing.T) {
-	p := newPoolAllocator(8 << 20)
+	p := NewPoolAllocator(8 << 20)
 	for round := range 50 {
 		b := array.NewStringBuilder(p)
 		ib := array.NewInt64Builder(p)
