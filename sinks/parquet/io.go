@@ -58,6 +58,11 @@ type fileSet struct {
 	rows    int64 // rows in the current file
 	rgRows  int64 // rows in the current row group
 	rgBytes int64 // Arrow bytes in the current row group
+	// held are the batches of the buffered row group: the writer's
+	// min/max statistics are slices of their values until the row group
+	// is written, and a released batch's buffers are reused for other rows
+	// (see pipeline.PoolAllocator).
+	held    []arrow.RecordBatch
 	pending []string
 	files   []fileMeta
 }
@@ -96,8 +101,11 @@ func (s *fileSet) write(rec arrow.RecordBatch) error {
 	} else if s.rgRows >= rowGroupRows || s.rgBytes >= rowGroupBytes {
 		// The buffered row group is held in memory until it is flushed.
 		s.fw.NewBufferedRowGroup()
+		s.releaseHeld()
 		s.rgRows, s.rgBytes = 0, 0
 	}
+	rec.Retain()
+	s.held = append(s.held, rec)
 	if err := s.fw.WriteBuffered(rec); err != nil {
 		return fmt.Errorf("write %s: %w", s.name, err)
 	}
@@ -117,7 +125,9 @@ func (s *fileSet) finish() error {
 	}
 	fw, obj := s.fw, s.obj
 	s.fw, s.obj = nil, nil
-	if err := fw.Close(); err != nil {
+	err := fw.Close()
+	s.releaseHeld()
+	if err != nil {
 		_ = obj.Abort()
 		return fmt.Errorf("close %s: %w", s.name, err)
 	}
@@ -144,7 +154,16 @@ func (s *fileSet) abort() []fileMeta {
 		_ = s.obj.Abort()
 		s.fw, s.obj = nil, nil
 	}
+	s.releaseHeld()
 	return s.files
+}
+
+func (s *fileSet) releaseHeld() {
+	for _, rec := range s.held {
+		rec.Release()
+	}
+	clear(s.held)
+	s.held = s.held[:0]
 }
 
 // scan calls fn with every record of a file, projected to cols (all columns

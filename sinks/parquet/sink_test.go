@@ -16,6 +16,8 @@ import (
 
 	"github.com/apache/arrow-go/v18/arrow"
 	"github.com/apache/arrow-go/v18/arrow/memory"
+	"github.com/apache/arrow-go/v18/parquet/file"
+	"github.com/apache/arrow-go/v18/parquet/metadata"
 	"github.com/stretchr/testify/require"
 
 	"github.com/fhirferry/fhirferry/configs"
@@ -328,4 +330,58 @@ func TestOpenRewritesStaleViewsSQL(t *testing.T) {
 	got, err := os.ReadFile(filepath.Join(dir, "views.sql"))
 	require.NoError(t, err)
 	require.Equal(t, want.String(), string(got))
+}
+
+// TestStatisticsOutliveReleasedBatches: the min/max statistics of the
+// lake's files are those of the rows written, even when the batches'
+// buffers are recycled (pipeline.PoolAllocator) for other rows before the
+// row group is written, as the transform's next batches reuse them.
+// Appended tables (rejects here) publish the files Write produced.
+func TestStatisticsOutliveReleasedBatches(t *testing.T) {
+	ctx := t.Context()
+	pool := pipeline.NewPoolAllocator(64 << 20)
+	dir := t.TempDir()
+	s := open(t, dir)
+	defer s.Close()
+	require.NoError(t, s.Prepare(ctx, sinktest.Tables()))
+	txn, err := s.Begin(ctx, pipeline.RunInfo{RunID: "r", Source: "s", ExportID: "e", TransactionTime: "2025-02-01T00:00:00Z"})
+	require.NoError(t, err)
+	reasons := func(prefix string) []string {
+		out := make([]string, 2000)
+		for i := range out {
+			out[i] = fmt.Sprintf("%s%04d", prefix, i)
+		}
+		return out
+	}
+	prov := sinktest.Prov{Source: "s", ExportID: "e", File: "f.ndjson", Line: 1}
+	require.NoError(t, txn.Write(ctx, sinktest.RejectBatch(pool, prov, reasons("m")...)))
+	// The next batch takes the freed buffers and overwrites them.
+	sinktest.RejectBatch(pool, prov, reasons("z")...).Release()
+	require.NoError(t, txn.Commit(ctx, pipeline.RunSummary{Outcome: "success"}))
+
+	var checked int
+	require.NoError(t, filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+		if err != nil || d.IsDir() || !strings.HasSuffix(p, ".parquet") || !strings.Contains(filepath.ToSlash(p), schemas.RejectsTable+"/") {
+			return err
+		}
+		f, err := file.OpenParquetFile(p, false)
+		require.NoError(t, err)
+		defer f.Close()
+		col := f.MetaData().Schema.ColumnIndexByName("reason")
+		require.GreaterOrEqual(t, col, 0)
+		for rg := range f.NumRowGroups() {
+			cc, err := f.MetaData().RowGroup(rg).ColumnChunk(col)
+			require.NoError(t, err)
+			st, err := cc.Statistics()
+			require.NoError(t, err)
+			require.True(t, st.HasMinMax(), p)
+			bs := st.(*metadata.ByteArrayStatistics)
+			require.Equal(t, "m0000", string(bs.Min()), p)
+			require.Equal(t, "m1999", string(bs.Max()), p)
+			checked++
+		}
+		return nil
+	}))
+	require.Positive(t, checked, "the rejects table was written")
+	require.Len(t, tableRows(t, s.st, schemas.RejectsTable, "reason"), 2000)
 }
