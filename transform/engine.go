@@ -48,7 +48,11 @@ type Options struct {
 	BatchRows    int
 	BatchBytes   int
 	MaxLineBytes int
-	Alloc        memory.Allocator
+	// Alloc builds the batches; nil is pipeline.Buffers, whose recycled
+	// buffers made the transform with the default views a third faster
+	// (no page faults on fresh memory). Sinks must keep nothing of a batch
+	// after releasing it (see pipeline.PoolAllocator).
+	Alloc memory.Allocator
 }
 
 // Engine holds the compiled views and the tables they write. It is safe for
@@ -79,7 +83,7 @@ func New(opts Options) (*Engine, error) {
 		opts.MaxLineBytes = 64 << 20
 	}
 	if opts.Alloc == nil {
-		opts.Alloc = memory.DefaultAllocator
+		opts.Alloc = pipeline.Buffers
 	}
 	e := &Engine{opts: opts, viewsByType: map[string][]viewTable{}}
 	e.tables = append(e.tables, schemas.System()...)
