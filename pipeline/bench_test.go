@@ -1,14 +1,8 @@
 package pipeline_test
 
 import (
-	"bufio"
 	"context"
-	"fmt"
-	"io"
-	"net/http"
-	"os"
 	"path/filepath"
-	"strconv"
 	"testing"
 	"time"
 
@@ -18,50 +12,10 @@ import (
 	"github.com/fhirferry/fhirferry/fetch"
 	"github.com/fhirferry/fhirferry/fetch/bulktest"
 	"github.com/fhirferry/fhirferry/pipeline"
+	"github.com/fhirferry/fhirferry/pipeline/pipelinetest"
 	"github.com/fhirferry/fhirferry/sinks/duckdb"
 	"github.com/fhirferry/fhirferry/transform"
 )
-
-// benchPatients sizes the pipeline benchmarks: FHIRFERRY_BENCH_PATIENTS,
-// default 150 (about 13 MB of NDJSON; `fhirferry bench` runs the 500 MB
-// and 1 GB versions with peak RSS measured in a child process).
-func benchPatients(b *testing.B) int {
-	if v := os.Getenv("FHIRFERRY_BENCH_PATIENTS"); v != "" {
-		n, err := strconv.Atoi(v)
-		require.NoError(b, err)
-		return n
-	}
-	return 150
-}
-
-// writeBenchExport runs a full system export on srv and writes its output
-// as plain <n>.<Type>.ndjson files (what `fhirferry load` reads), returning
-// their total size.
-func writeBenchExport(b *testing.B, srv *bulktest.Server, dir string) int64 {
-	ctx := context.Background()
-	c, err := fetch.New(fetch.Options{BaseURL: srv.BaseURL(), MinWait: 5 * time.Millisecond, MaxWait: 100 * time.Millisecond})
-	require.NoError(b, err)
-	status, err := c.KickOff(ctx, fetch.Request{Level: fetch.LevelSystem})
-	require.NoError(b, err)
-	m, err := c.Wait(ctx, status)
-	require.NoError(b, err)
-	var total int64
-	for i, f := range m.Output {
-		resp, err := http.Get(f.URL)
-		require.NoError(b, err)
-		require.Equal(b, http.StatusOK, resp.StatusCode)
-		out, err := os.Create(filepath.Join(dir, fmt.Sprintf("%03d.%s.ndjson", i, f.Type)))
-		require.NoError(b, err)
-		w := bufio.NewWriterSize(out, 1<<20)
-		n, err := io.Copy(w, resp.Body)
-		require.NoError(b, err)
-		require.NoError(b, w.Flush())
-		require.NoError(b, out.Close())
-		resp.Body.Close()
-		total += n
-	}
-	return total
-}
 
 // benchRun loads one export into a fresh DuckDB file the way `fhirferry
 // load` (client = LocalExport) or `fhirferry run` (client = fetch.Client)
@@ -103,10 +57,10 @@ func report(b *testing.B, bytes, resources int64) {
 // load` does (the comparison `fhirferry bench` makes with DuckDB's own
 // read_json), into a fresh DuckDB file per iteration.
 func BenchmarkPipelineLoad(b *testing.B) {
-	srv, err := bulktest.NewServer(bulktest.Options{Patients: benchPatients(b), Seed: 1, PollsBeforeComplete: -1})
+	srv, err := bulktest.NewServer(bulktest.Options{Patients: pipelinetest.BenchPatients(b), Seed: 1, PollsBeforeComplete: -1})
 	require.NoError(b, err)
 	data := b.TempDir()
-	size := writeBenchExport(b, srv, data)
+	size := pipelinetest.WriteExport(b, srv, data)
 	srv.Close()
 	for _, views := range []bool{false, true} {
 		b.Run(map[bool]string{false: "views=none", true: "views=default"}[views], func(b *testing.B) {
@@ -126,7 +80,7 @@ func BenchmarkPipelineLoad(b *testing.B) {
 // server over loopback: kick-off, downloads spooled gzip-compressed, the
 // transform and the DuckDB commit. The server's rendering shares the CPU.
 func BenchmarkPipelineExport(b *testing.B) {
-	srv, err := bulktest.NewServer(bulktest.Options{Patients: benchPatients(b), Seed: 1, PollsBeforeComplete: -1})
+	srv, err := bulktest.NewServer(bulktest.Options{Patients: pipelinetest.BenchPatients(b), Seed: 1, PollsBeforeComplete: -1})
 	require.NoError(b, err)
 	defer srv.Close()
 	var bytes, resources int64
