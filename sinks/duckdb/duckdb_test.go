@@ -458,3 +458,32 @@ func TestStringCompression(t *testing.T) {
 		WHERE id LIKE 'p%'`).Scan(&n, &distinct))
 	require.Equal(t, []int{len(raws), len(raws)}, []int{n, distinct})
 }
+
+// TestStageSpansFiles: a staged table continues in a new Parquet file every
+// stageFileRowGroups row groups (bounding the writer's metadata), and
+// Commit loads the rows of all its files.
+func TestStageSpansFiles(t *testing.T) {
+	defer func(n int) { stageFileRowGroups = n }(stageFileRowGroups)
+	stageFileRowGroups = 2
+	mem, s, ctx := checked(t), open(t, stageParquetPlain), t.Context()
+	defer s.Close()
+	require.NoError(t, s.Prepare(ctx, []*pipeline.Table{sinktest.PatientView}))
+	txn, err := s.Begin(ctx, pipeline.RunInfo{RunID: "r1", Source: "s", ExportID: "e", TransactionTime: "2025-02-01T00:00:00Z"})
+	require.NoError(t, err)
+	var raws []sinktest.Raw
+	var want []string
+	for i := range 7 {
+		id := fmt.Sprintf("p%d", i)
+		raws = append(raws, sinktest.Raw{Type: "Patient", ID: id, Seq: int64(i + 1)})
+		want = append(want, id+"|n"+id)
+		require.NoError(t, txn.Write(ctx, sinktest.Build(mem, sinktest.PatientView, []any{id, int64(i + 1), "n" + id})))
+		_, err := txn.(*Txn).stages[sinktest.PatientView.Name].flush()
+		require.NoError(t, err)
+	}
+	require.NoError(t, txn.Write(ctx, sinktest.RawBatch(mem, raws...)))
+	files, err := filepath.Glob(filepath.Join(txn.(*Txn).dir, "*patient_view*.parquet"))
+	require.NoError(t, err)
+	require.Len(t, files, 4, "7 row groups, 2 per file")
+	require.NoError(t, txn.Commit(ctx, pipeline.RunSummary{Outcome: "success"}))
+	require.ElementsMatch(t, want, rows(t, s, sinktest.PatientView.Name, "_resource_id", "name"))
+}

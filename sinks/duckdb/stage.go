@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/apache/arrow-go/v18/arrow"
 	"github.com/apache/arrow-go/v18/arrow/array"
@@ -53,14 +54,35 @@ const (
 )
 
 // stage is one table's staged rows within a Txn. rel is the relation Commit
-// reads them from: a TEMP view over the Parquet file (or an empty TEMP
+// reads them from: a TEMP view over the Parquet files (or an empty TEMP
 // table, see Txn.rel).
+//
+// A stage holds the batches of its next row group (reference counted, so
+// no copy) and writes them in one call when they reach rowGroupBytes or
+// rowGroupRows, or when the Txn's stageBudget needs the memory. Buffering
+// in the Parquet writer instead kept every column's page and encoder
+// buffers of every table open between writes: with the default views the
+// Go heap grew with the input, from 60 to 100 MB over 500 MB.
 type stage struct {
 	t    *pipeline.Table
 	rel  string
 	rows int64
-	file *pqFile // nil once finished
+	mode stageMode
+	base string  // path of the first file, without ".parquet"
+	file *pqFile // the open file; nil once finished
+	// groups counts the open file's row groups. A writer keeps each row
+	// group's metadata until it closes, so after stageFileRowGroups the
+	// stage continues in a new file; done holds the finished ones.
+	groups int
+	done   []string
+
+	held      []arrow.RecordBatch
+	heldBytes int64
+	heldRows  int64
 }
+
+// stageFileRowGroups is a variable for tests.
+var stageFileRowGroups = 256
 
 // pqFile is one staging Parquet file being written, with its open row
 // group buffered in memory.
@@ -121,11 +143,12 @@ func asParquet(schema *arrow.Schema, jsonCols []int, rec arrow.RecordBatch) arro
 // newStage creates the staging file of t in dir; Commit reads it through
 // the TEMP view rel.
 func newStage(mode stageMode, dir string, t *pipeline.Table, idx int) (*stage, error) {
-	f, err := createParquet(filepath.Join(dir, fmt.Sprintf("%03d_%s.parquet", idx, sanitize(t.Name))), t, mode)
+	base := filepath.Join(dir, fmt.Sprintf("%03d_%s", idx, sanitize(t.Name)))
+	f, err := createParquet(base+".parquet", t, mode)
 	if err != nil {
 		return nil, fmt.Errorf("stage %s: %w", t.Name, err)
 	}
-	return &stage{t: t, rel: fmt.Sprintf("temp.main.stg_%d", idx), file: f}, nil
+	return &stage{t: t, rel: fmt.Sprintf("temp.main.stg_%d", idx), file: f, mode: mode, base: base}, nil
 }
 
 // createParquet creates a staging file for rows of t.
@@ -194,8 +217,8 @@ func sanitize(s string) string {
 }
 
 // write stages rec, whose schema must have the table's column names, and
-// returns how much the file's buffered row group grew (negative when
-// the write cut it).
+// returns how many bytes the stage holds more (negative when the write
+// flushed a row group).
 func (st *stage) write(rec arrow.RecordBatch) (grew int64, err error) {
 	if err := checkSchema(st.t, rec.Schema()); err != nil {
 		return 0, err
@@ -206,12 +229,68 @@ func (st *stage) write(rec arrow.RecordBatch) (grew int64, err error) {
 	if st.file == nil {
 		return 0, fmt.Errorf("stage %s: already finished", st.t.Name)
 	}
-	before := st.file.rgBytes
-	if err := st.file.write(rec); err != nil {
-		return 0, fmt.Errorf("stage %s: %w", st.t.Name, err)
-	}
+	rec.Retain()
+	n := recordBytes(rec)
+	st.held = append(st.held, rec)
+	st.heldBytes += n
+	st.heldRows += rec.NumRows()
 	st.rows += rec.NumRows()
-	return st.file.rgBytes - before, nil
+	if st.heldBytes < rowGroupBytes && st.heldRows < rowGroupRows {
+		return n, nil
+	}
+	flushed, err := st.flush()
+	return n - flushed, err
+}
+
+// flush writes the held batches as one row group and returns the bytes
+// it released.
+func (st *stage) flush() (int64, error) {
+	if len(st.held) == 0 {
+		return 0, nil
+	}
+	f := st.file
+	recs := st.held
+	if f.jsonCols != nil {
+		recs = make([]arrow.RecordBatch, len(st.held))
+		for i, rec := range st.held {
+			recs[i] = asParquet(f.schema, f.jsonCols, rec)
+		}
+	}
+	tbl := array.NewTableFromRecords(f.schema, recs)
+	err := f.pw.WriteTable(tbl, st.heldRows)
+	tbl.Release()
+	if f.jsonCols != nil {
+		for _, rec := range recs {
+			rec.Release()
+		}
+	}
+	n := st.heldBytes
+	st.release()
+	if err != nil {
+		return n, fmt.Errorf("stage %s: %w", st.t.Name, err)
+	}
+	if st.groups++; st.groups < stageFileRowGroups {
+		return n, nil
+	}
+	if err := f.close(); err != nil {
+		st.file = nil
+		return n, fmt.Errorf("stage %s: close parquet: %w", st.t.Name, err)
+	}
+	st.done = append(st.done, f.path)
+	st.file, st.groups = nil, 0
+	if st.file, err = createParquet(fmt.Sprintf("%s.%d.parquet", st.base, len(st.done)), st.t, st.mode); err != nil {
+		return n, fmt.Errorf("stage %s: %w", st.t.Name, err)
+	}
+	return n, nil
+}
+
+// release drops the held batches.
+func (st *stage) release() {
+	for _, rec := range st.held {
+		rec.Release()
+	}
+	clear(st.held)
+	st.held, st.heldBytes, st.heldRows = st.held[:0], 0, 0
 }
 
 func checkSchema(t *pipeline.Table, got *arrow.Schema) error {
@@ -228,18 +307,26 @@ func checkSchema(t *pipeline.Table, got *arrow.Schema) error {
 	return nil
 }
 
-// finish closes the Parquet file and puts a TEMP view over it.
+// finish writes what the stage holds, closes its file and puts a TEMP view
+// over its files.
 func (st *stage) finish(ctx context.Context, db execer) error {
-	f := st.file
-	if f == nil {
+	if st.file == nil {
 		return nil
 	}
+	if _, err := st.flush(); err != nil {
+		return err
+	}
+	f := st.file
 	st.file = nil
 	if err := f.close(); err != nil {
 		return fmt.Errorf("stage %s: close parquet: %w", st.t.Name, err)
 	}
+	files := make([]string, 0, len(st.done)+1)
+	for _, p := range append(st.done, f.path) {
+		files = append(files, lit(p))
+	}
 	view := st.rel[len("temp.main."):]
-	_, err := db.ExecContext(ctx, "CREATE TEMP VIEW "+view+" AS SELECT * FROM read_parquet("+lit(f.path)+")")
+	_, err := db.ExecContext(ctx, "CREATE TEMP VIEW "+view+" AS SELECT * FROM read_parquet(["+strings.Join(files, ", ")+"])")
 	if err != nil {
 		return fmt.Errorf("stage %s: %w", st.t.Name, err)
 	}
@@ -249,6 +336,7 @@ func (st *stage) finish(ctx context.Context, db execer) error {
 // discard drops what finish did not consume; the run's folder goes with
 // the Txn.
 func (st *stage) discard() error {
+	st.release()
 	f := st.file
 	if f == nil {
 		return nil

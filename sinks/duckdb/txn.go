@@ -35,7 +35,7 @@ type Txn struct {
 	threads int64
 
 	stages   map[string]*stage
-	buffered int64 // sum of the stages' rgBytes
+	buffered int64 // sum of the stages' heldBytes
 	order    []*stage
 	done     bool
 
@@ -111,17 +111,34 @@ func (t *Txn) Write(ctx context.Context, b pipeline.Batch) error {
 		return fmt.Errorf("duckdb sink %s: %w", t.s.name, err)
 	}
 	if t.buffered += grew; t.buffered > stageBudget {
-		t.buffered -= st.file.cutRowGroup()
+		cut, err := t.largestStage().flush()
+		t.buffered -= cut
+		if err != nil {
+			return fmt.Errorf("duckdb sink %s: %w", t.s.name, err)
+		}
 	}
 	return nil
 }
 
-// stageBudget bounds the Arrow bytes all of a Txn's staged tables hold in
-// their open (buffered) Parquet row groups together. Each table cuts its
-// row groups at rowGroupBytes, but with dozens of view tables that was
-// 100 MiB of Go heap, and under a 128MiB Go memory limit the garbage
-// collector ran without pause: over the budget, the table just written
-// cuts its row group early.
+// largestStage is the open stage holding the most bytes: flushing it frees
+// the most memory and keeps row groups large. (Flushing the table just
+// written made row groups of a few rows for small tables.)
+func (t *Txn) largestStage() *stage {
+	var big *stage
+	for _, st := range t.order {
+		if st.file != nil && (big == nil || st.heldBytes > big.heldBytes) {
+			big = st
+		}
+	}
+	return big
+}
+
+// stageBudget bounds the Arrow bytes all of a Txn's staged tables hold for
+// their next row groups together. Each table writes a row group at
+// rowGroupBytes, but with dozens of view tables that was 100 MiB of Go
+// heap, and under a 128MiB Go memory limit the garbage collector ran
+// without pause: over the budget, the table holding the most writes its
+// row group early.
 const stageBudget = 8 << 20
 
 // writeRaw streams raw landing rows into the raw table (see rawStream).
