@@ -57,11 +57,7 @@ func report(b *testing.B, bytes, resources int64) {
 // load` does (the comparison `fhirferry bench` makes with DuckDB's own
 // read_json), into a fresh DuckDB file per iteration.
 func BenchmarkPipelineLoad(b *testing.B) {
-	srv, err := bulktest.NewServer(bulktest.Options{Patients: pipelinetest.BenchPatients(b), Seed: 1, PollsBeforeComplete: -1})
-	require.NoError(b, err)
-	data := b.TempDir()
-	size := pipelinetest.WriteExport(b, srv, data)
-	srv.Close()
+	data, size := pipelinetest.BenchExport(b)
 	for _, views := range []bool{false, true} {
 		b.Run(map[bool]string{false: "views=none", true: "views=default"}[views], func(b *testing.B) {
 			var bytes, resources int64

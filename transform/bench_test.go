@@ -8,7 +8,6 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/fhirferry/fhirferry/fetch/bulktest"
 	"github.com/fhirferry/fhirferry/pipeline"
 	"github.com/fhirferry/fhirferry/pipeline/pipelinetest"
 	"github.com/fhirferry/fhirferry/transform"
@@ -20,11 +19,7 @@ import (
 // of the pipeline's transform.workers runs it. views=none is the raw
 // landing's share of the cost. FHIRFERRY_BENCH_PATIENTS sizes the export.
 func BenchmarkEngine(b *testing.B) {
-	srv, err := bulktest.NewServer(bulktest.Options{Patients: pipelinetest.BenchPatients(b), Seed: 1, PollsBeforeComplete: -1})
-	require.NoError(b, err)
-	data := b.TempDir()
-	size := pipelinetest.WriteExport(b, srv, data)
-	srv.Close()
+	data, size := pipelinetest.BenchExport(b)
 	files, err := filepath.Glob(filepath.Join(data, "*.ndjson"))
 	require.NoError(b, err)
 	for _, pack := range []string{"none", "default"} {

@@ -58,3 +58,13 @@ func BenchPatients(b testing.TB) int {
 	}
 	return 150
 }
+
+// BenchExport writes a generated export of BenchPatients patients into a
+// temporary folder and returns the folder and the export's size.
+func BenchExport(b testing.TB) (dir string, size int64) {
+	srv, err := bulktest.NewServer(bulktest.Options{Patients: BenchPatients(b), Seed: 1, PollsBeforeComplete: -1})
+	require.NoError(b, err)
+	defer srv.Close()
+	dir = b.TempDir()
+	return dir, WriteExport(b, srv, dir)
+}
