@@ -47,42 +47,24 @@ func (c *Client) GroupMembers(ctx context.Context, groupID string) ([]string, er
 		accept: "application/fhir+json",
 		auth:   true,
 	}
-	authRetried := false
-	for attempt := 0; ; attempt++ {
-		resp, body, tok, err := c.timed(ctx, x, maxGroupBytes+1)
-		var wait error
+	var members []string
+	err := c.exchangeRetrying(ctx, x, maxGroupBytes+1, "group read", func(resp *http.Response, body []byte) error {
 		switch {
-		case err != nil:
-			if ctx.Err() != nil {
-				return nil, ctx.Err()
-			}
-			wait = c.retryOrFail(ctx, attempt, nil, "network", fmt.Errorf("fetch: group read %s: %w", redact(x.url), err))
 		case resp.StatusCode == http.StatusOK:
 			if len(body) > maxGroupBytes {
-				return nil, fmt.Errorf("fetch: group read %s: the Group is larger than %d MiB", redact(x.url), maxGroupBytes>>20)
+				return fmt.Errorf("fetch: group read %s: the Group is larger than %d MiB", redact(x.url), maxGroupBytes>>20)
 			}
-			return parseGroupMembers(body, groupID)
-		case resp.StatusCode == http.StatusUnauthorized && c.o.Auth != nil && !authRetried:
-			c.o.Auth.Invalidate(tok)
-			c.obs.Retry("auth")
-			authRetried = true
-			attempt--
-			continue
-		case resp.StatusCode == http.StatusTooManyRequests:
-			wait = c.retryOrFail(ctx, attempt, resp, "429", httpError("group", x.url, resp, body))
-		case resp.StatusCode >= 500:
-			wait = c.retryOrFail(ctx, attempt, resp, "5xx", httpError("group", x.url, resp, body))
+			var err error
+			members, err = parseGroupMembers(body, groupID)
+			return err
 		case resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden:
-			return nil, httpError("group", x.url, resp, body)
+			return httpError("group", x.url, resp, body)
 		case resp.StatusCode >= 400:
-			return nil, &UnsupportedError{Feature: "group read", HTTPError: *httpError("group", x.url, resp, body)}
-		default:
-			return nil, httpError("group", x.url, resp, body)
+			return &UnsupportedError{Feature: "group read", HTTPError: *httpError("group", x.url, resp, body)}
 		}
-		if wait != nil {
-			return nil, wait
-		}
-	}
+		return httpError("group", x.url, resp, body)
+	})
+	return members, err
 }
 
 // parseGroupMembers extracts the active Patient members of a Group body.

@@ -19,27 +19,41 @@ func (c *Client) KickOff(ctx context.Context, r Request) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	var status string
+	err = c.exchangeRetrying(ctx, x, 64<<10, "kick-off", func(resp *http.Response, body []byte) error {
+		if resp.StatusCode != http.StatusAccepted {
+			return httpError("kickoff", x.url, resp, body)
+		}
+		loc := resp.Header.Get("Content-Location")
+		if loc == "" {
+			return fmt.Errorf("fetch: kick-off %s: 202 Accepted without Content-Location (C21)", redact(x.url))
+		}
+		abs, err := resolve(x.url, loc)
+		if err != nil {
+			return fmt.Errorf("fetch: kick-off: bad Content-Location %q: %w", loc, err)
+		}
+		c.log.Debug("export kicked off", "level", r.Level, "method", x.method, "status_url", redact(abs))
+		status = abs
+		return nil
+	})
+	return status, err
+}
+
+// exchangeRetrying sends x until the answer is neither transient (a
+// network error, 429 or 5xx: retried as retryOrFail says) nor a first 401
+// while auth is on (the token is renewed once), and returns what final
+// makes of that answer. what names the request in network errors.
+func (c *Client) exchangeRetrying(ctx context.Context, x exchange, limit int64, what string, final func(*http.Response, []byte) error) error {
 	authRetried := false
 	for attempt := 0; ; attempt++ {
-		resp, body, tok, err := c.timed(ctx, x, 64<<10)
+		resp, body, tok, err := c.timed(ctx, x, limit)
 		var wait error
 		switch {
 		case err != nil:
 			if ctx.Err() != nil {
-				return "", ctx.Err()
+				return ctx.Err()
 			}
-			wait = c.retryOrFail(ctx, attempt, nil, "network", fmt.Errorf("fetch: kick-off %s: %w", redact(x.url), err))
-		case resp.StatusCode == http.StatusAccepted:
-			loc := resp.Header.Get("Content-Location")
-			if loc == "" {
-				return "", fmt.Errorf("fetch: kick-off %s: 202 Accepted without Content-Location (C21)", redact(x.url))
-			}
-			abs, err := resolve(x.url, loc)
-			if err != nil {
-				return "", fmt.Errorf("fetch: kick-off: bad Content-Location %q: %w", loc, err)
-			}
-			c.log.Debug("export kicked off", "level", r.Level, "method", x.method, "status_url", redact(abs))
-			return abs, nil
+			wait = c.retryOrFail(ctx, attempt, nil, "network", fmt.Errorf("fetch: %s %s: %w", what, redact(x.url), err))
 		case resp.StatusCode == http.StatusUnauthorized && c.o.Auth != nil && !authRetried:
 			c.o.Auth.Invalidate(tok)
 			c.obs.Retry("auth")
@@ -47,14 +61,14 @@ func (c *Client) KickOff(ctx context.Context, r Request) (string, error) {
 			attempt--
 			continue
 		case resp.StatusCode == http.StatusTooManyRequests:
-			wait = c.retryOrFail(ctx, attempt, resp, "429", httpError("kickoff", x.url, resp, body))
+			wait = c.retryOrFail(ctx, attempt, resp, "429", httpError(x.kind, x.url, resp, body))
 		case resp.StatusCode >= 500:
-			wait = c.retryOrFail(ctx, attempt, resp, "5xx", httpError("kickoff", x.url, resp, body))
+			wait = c.retryOrFail(ctx, attempt, resp, "5xx", httpError(x.kind, x.url, resp, body))
 		default:
-			return "", httpError("kickoff", x.url, resp, body)
+			return final(resp, body)
 		}
 		if wait != nil {
-			return "", wait
+			return wait
 		}
 	}
 }

@@ -130,38 +130,16 @@ func (c *Client) wait(ctx context.Context, statusURL string) (*Manifest, error) 
 // only after every file is durably stored. A 404 returns ErrExportGone.
 func (c *Client) Delete(ctx context.Context, statusURL string) error {
 	x := exchange{kind: "delete", method: http.MethodDelete, url: statusURL, accept: "application/fhir+json", auth: true}
-	authRetried := false
-	for attempt := 0; ; attempt++ {
-		resp, body, tok, err := c.timed(ctx, x, 64<<10)
-		var werr error
+	return c.exchangeRetrying(ctx, x, 64<<10, "delete", func(resp *http.Response, body []byte) error {
 		switch {
-		case err != nil:
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			werr = c.retryOrFail(ctx, attempt, nil, "network", fmt.Errorf("fetch: delete %s: %w", redact(statusURL), err))
 		case resp.StatusCode >= 200 && resp.StatusCode < 300:
 			c.log.Debug("export deleted", "status_url", redact(statusURL))
 			return nil
-		case resp.StatusCode == http.StatusUnauthorized && c.o.Auth != nil && !authRetried:
-			c.o.Auth.Invalidate(tok)
-			c.obs.Retry("auth")
-			authRetried = true
-			attempt--
-			continue
 		case resp.StatusCode == http.StatusNotFound:
 			return fmt.Errorf("%w: %w", ErrExportGone, httpError("delete", statusURL, resp, body))
-		case resp.StatusCode == http.StatusTooManyRequests:
-			werr = c.retryOrFail(ctx, attempt, resp, "429", httpError("delete", statusURL, resp, body))
-		case resp.StatusCode >= 500:
-			werr = c.retryOrFail(ctx, attempt, resp, "5xx", httpError("delete", statusURL, resp, body))
-		default:
-			return httpError("delete", statusURL, resp, body)
 		}
-		if werr != nil {
-			return werr
-		}
-	}
+		return httpError("delete", statusURL, resp, body)
+	})
 }
 
 // refresh re-GETs a completed export's status URL for fresh file links
