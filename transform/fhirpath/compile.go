@@ -114,7 +114,7 @@ func (cp *compiler) compile(n *node) (evalFn, error) {
 		typeName := name != "" && name[0] >= 'A' && name[0] <= 'Z'
 		return func(c *Ctx, focus []Item, dst []Item) ([]Item, error) {
 			for _, it := range focus {
-				if typeName && it.k == KindObject && it.typ == name && it.j.Get(name) == nil {
+				if typeName && it.k == KindObject && it.fhirType() == name && it.j.Get(name) == nil {
 					dst = append(dst, it) // Patient.name: a type name selects the resource
 					continue
 				}

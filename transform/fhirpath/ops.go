@@ -402,8 +402,8 @@ func (it Item) asInteger() Item {
 // item with its type recorded.
 func matchType(it Item, t string) (bool, Item) {
 	t = strings.TrimPrefix(strings.TrimPrefix(t, "FHIR."), "System.")
-	if it.typ != "" {
-		if strings.EqualFold(it.typ, t) {
+	if typ := it.fhirType(); typ != "" {
+		if strings.EqualFold(typ, t) {
 			return true, it
 		}
 		switch t { // System types match FHIR types by kind
