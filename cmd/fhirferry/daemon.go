@@ -119,6 +119,7 @@ func runDaemon(ctx context.Context, g *globals, levelSet, formatSet bool, cfgPat
 		return err
 	}
 	d.app.Store(a)
+	logStaleViews(ctx, log, a, cfgPath)
 	s, err := pipeline.NewScheduler(d.schedulerOptions(ctx, a))
 	if err != nil {
 		a.close()
@@ -273,6 +274,8 @@ func (d *daemon) reload(ctx context.Context, s *pipeline.Scheduler) error {
 			}
 		}
 		d.app.Store(a)
+		// While no run is in flight: the check may record definitions.
+		logStaleViews(ctx, d.log, a, d.cfgPath)
 		return d.sources(ctx, a), a.runSource, nil
 	})
 	if err != nil {

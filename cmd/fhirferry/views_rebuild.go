@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"slices"
 	"sort"
 	"strings"
@@ -446,5 +447,20 @@ func warnStaleViews(ctx context.Context, w io.Writer, a *app, cfgPath string) {
 				"run `fhirferry views rebuild --config %s` to rebuild them from the raw landing"
 		}
 		fmt.Fprintf(w, "warning: sink %s: "+msg+"\n", sink, strings.Join(v, ", "), cfgPath)
+	}
+}
+
+// logStaleViews is warnStaleViews for the daemon, which has a log rather
+// than a terminal: without it, a view added or changed in the config of a
+// running daemon left its table short of rows with no word to anyone.
+func logStaleViews(ctx context.Context, log *slog.Logger, a *app, cfgPath string) {
+	stale, err := staleViews(ctx, a)
+	if err != nil {
+		log.Warn("checking view definitions", "err", err)
+	}
+	for _, sink := range sortedKeys(stale) {
+		log.Warn("view tables only have rows for resources loaded since their view was added or changed",
+			"sink", sink, "views", strings.Join(stale[sink], ","),
+			"fix", "fhirferry views rebuild --config "+cfgPath)
 	}
 }

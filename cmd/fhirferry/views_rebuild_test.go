@@ -156,6 +156,23 @@ func (e *rebuildEnv) staleWarnings() string {
 	return b.String()
 }
 
+// staleLog returns what the daemon logs about stale views (text lines,
+// time left out).
+func (e *rebuildEnv) staleLog() string {
+	a, err := buildApp(e.t.Context(), e.cfg, slog.New(slog.DiscardHandler), nil, nil)
+	require.NoError(e.t, err)
+	defer a.close()
+	var b bytes.Buffer
+	log := slog.New(slog.NewTextHandler(&b, &slog.HandlerOptions{ReplaceAttr: func(_ []string, at slog.Attr) slog.Attr {
+		if at.Key == slog.TimeKey {
+			return slog.Attr{}
+		}
+		return at
+	}}))
+	logStaleViews(e.t.Context(), log, a, "CONFIG")
+	return b.String()
+}
+
 // perSink repeats a block of output lines (with %[1]s for the sink name)
 // for each sink; the sink names of a test have equal lengths, so the
 // columns line up the same.
@@ -194,6 +211,8 @@ func testRebuildScenario(t *testing.T, sinks func(dir string) string, names ...s
 	require.Equal(t, perSink("warning: sink %[1]s: views obs, pt are new or changed since their tables were built,"+
 		" so the tables only have rows for resources loaded since; run `fhirferry views rebuild --config CONFIG` to rebuild them from the raw landing\n",
 		names...), e.staleWarnings())
+	require.Equal(t, perSink(`level=WARN msg="view tables only have rows for resources loaded since their view was added or changed"`+
+		` sink=%[1]s views=obs,pt fix="fhirferry views rebuild --config CONFIG"`+"\n", names...), e.staleLog(), "the daemon's log says the same")
 	out, err = e.rebuild()
 	require.NoError(t, err)
 	require.Equal(t, "SINK  VIEW  RESOURCE     ROWS BEFORE  ROWS AFTER  ERRORS  DURATION\n"+perSink(
