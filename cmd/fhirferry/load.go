@@ -36,6 +36,7 @@ loading it again is a no-op.`,
 				return err
 			}
 			defer a.close()
+			warnStaleViews(ctx, cmd.ErrOrStderr(), a, cfgPath)
 			if source == "" {
 				abs, _ := filepath.Abs(dir)
 				source = "load-" + sanitize(filepath.Base(abs))

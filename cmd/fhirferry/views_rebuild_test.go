@@ -191,20 +191,13 @@ func testRebuildScenario(t *testing.T, sinks func(dir string) string, names ...s
 	e := newRebuildEnv(t, sinks, rebuildPtV1, rebuildPtName)
 	e.load()
 
-	// No definition recorded yet, so both views count as new.
-	require.Equal(t, "warning: sink "+names[0]+": views pt, pt_name are new or changed since their tables were built,"+
-		" so the tables only have rows for resources loaded since; run `fhirferry views rebuild --config CONFIG` to rebuild them from the raw landing\n",
-		strings.SplitAfter(e.staleWarnings(), "\n")[0])
+	// Loading into the empty warehouse recorded the definitions it loaded
+	// with (as `run` does), so nothing is stale and a later run does not
+	// warn about tables that have every row.
+	require.Empty(t, e.staleWarnings())
 	out, err := e.rebuild()
 	require.NoError(t, err)
-	require.Equal(t, "SINK  VIEW     RESOURCE  ROWS BEFORE  ROWS AFTER  ERRORS  DURATION\n"+perSink(
-		"%[1]s  pt       Patient   4            4           0       DUR\n"+
-			"%[1]s  pt_name  Patient   3            3           0       DUR\n", names...), out)
-
-	out, err = e.rebuild()
-	require.NoError(t, err)
 	require.Equal(t, perSink("sink %[1]s: all 2 views are up to date\n", names...), out)
-	require.Empty(t, e.staleWarnings())
 
 	// Change pt (a filter and a column), add obs, keep pt_name.
 	e.setViews(rebuildPtV2, rebuildPtName, rebuildObs)
