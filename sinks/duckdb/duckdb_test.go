@@ -477,8 +477,7 @@ func TestStageSpansFiles(t *testing.T) {
 		raws = append(raws, sinktest.Raw{Type: "Patient", ID: id, Seq: int64(i + 1)})
 		want = append(want, id+"|n"+id)
 		require.NoError(t, txn.Write(ctx, sinktest.Build(mem, sinktest.PatientView, []any{id, int64(i + 1), "n" + id})))
-		_, err := txn.(*Txn).stages[sinktest.PatientView.Name].flush()
-		require.NoError(t, err)
+		require.NoError(t, txn.(*Txn).stages[sinktest.PatientView.Name].flush())
 	}
 	require.NoError(t, txn.Write(ctx, sinktest.RawBatch(mem, raws...)))
 	files, err := filepath.Glob(filepath.Join(txn.(*Txn).dir, "*patient_view*.parquet"))

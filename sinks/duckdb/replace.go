@@ -52,8 +52,7 @@ func (s *Sink) ReplaceTable(ctx context.Context, t *pipeline.Table,
 		if b.Rec == nil {
 			return errors.New("batch without rows")
 		}
-		_, err := st.write(b.Rec)
-		return err
+		return st.write(b.Rec)
 	})
 	if err != nil {
 		return err

@@ -2,6 +2,7 @@ package duckdb
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -42,12 +43,12 @@ func (m stageMode) String() string {
 
 // Parquet row groups are cut at this many rows (DuckDB's own row group
 // size) or Arrow (uncompressed) bytes. The byte cut bounds both the
-// writer's buffered row group and what each DuckDB thread decompresses at
-// Commit: zstd shrinks FHIR JSON about tenfold, so a cut on compressed
-// bytes made row groups too large to read under a small memory_limit.
-// 2 MiB rather than 16: every staged table (one per view) buffers its open
-// row group in Go memory, and DuckDB reads a column chunk in one
-// allocation, outside its buffer pool's accounting.
+// batches a file holds for its next row group and what each DuckDB thread
+// decompresses at Commit: zstd shrinks FHIR JSON about tenfold, so a cut
+// on compressed bytes made row groups too large to read under a small
+// memory_limit. 2 MiB rather than 16: every staged table (one per view)
+// holds its next row group in Go memory, and DuckDB reads a column chunk
+// in one allocation, outside its buffer pool's accounting.
 const (
 	rowGroupRows  = 122880
 	rowGroupBytes = 2 << 20
@@ -56,13 +57,6 @@ const (
 // stage is one table's staged rows within a Txn. rel is the relation Commit
 // reads them from: a TEMP view over the Parquet files (or an empty TEMP
 // table, see Txn.rel).
-//
-// A stage holds the batches of its next row group (reference counted, so
-// no copy) and writes them in one call when they reach rowGroupBytes or
-// rowGroupRows, or when the Txn's stageBudget needs the memory. Buffering
-// in the Parquet writer instead kept every column's page and encoder
-// buffers of every table open between writes: with the default views the
-// Go heap grew with the input, from 60 to 100 MB over 500 MB.
 type stage struct {
 	t    *pipeline.Table
 	rel  string
@@ -70,22 +64,22 @@ type stage struct {
 	mode stageMode
 	base string  // path of the first file, without ".parquet"
 	file *pqFile // the open file; nil once finished
-	// groups counts the open file's row groups. A writer keeps each row
-	// group's metadata until it closes, so after stageFileRowGroups the
-	// stage continues in a new file; done holds the finished ones.
-	groups int
-	done   []string
-
-	held      []arrow.RecordBatch
-	heldBytes int64
-	heldRows  int64
+	// A writer keeps each row group's metadata until it closes, so after
+	// stageFileRowGroups the stage continues in a new file; done holds
+	// the finished ones.
+	done []string
 }
 
 // stageFileRowGroups is a variable for tests.
 var stageFileRowGroups = 256
 
-// pqFile is one staging Parquet file being written, with its open row
-// group buffered in memory.
+// pqFile is one staging Parquet file being written (a raw part or a staged
+// table's file). It holds the batches of its next row group (reference
+// counted, so no copy) and writes them in one call when they reach
+// rowGroupBytes or rowGroupRows, or when flushed. Buffering in the Parquet
+// writer instead kept every column's page and encoder buffers open between
+// writes, for every staged table: with the default views the Go heap grew
+// with the input, from 60 to 100 MB over 500 MB.
 type pqFile struct {
 	path string
 	pw   *pqarrow.FileWriter
@@ -94,7 +88,12 @@ type pqFile struct {
 	// them as JSON without a cast.
 	schema   *arrow.Schema
 	jsonCols []int
-	rgBytes  int64 // Arrow bytes in the buffered row group
+
+	held      []arrow.RecordBatch
+	heldBytes int64
+	heldRows  int64
+	bytes     int64 // Arrow bytes of every batch written to the file
+	groups    int   // row groups written
 }
 
 // jsonType is the Arrow extension type Parquet writes as logical type JSON.
@@ -177,34 +176,67 @@ func createParquet(path string, t *pipeline.Table, mode stageMode) (*pqFile, err
 	return &pqFile{path: path, pw: pw, schema: schema, jsonCols: jsonCols}, nil
 }
 
-// write appends rec to the buffered row group, cutting row groups at
-// rowGroupBytes.
+// write holds rec (which the caller still releases) for the next row
+// group, and writes the group once it is full.
 func (f *pqFile) write(rec arrow.RecordBatch) error {
+	rec.Retain()
+	n := recordBytes(rec)
+	f.held = append(f.held, rec)
+	f.heldBytes += n
+	f.bytes += n
+	f.heldRows += rec.NumRows()
+	if f.heldBytes < rowGroupBytes && f.heldRows < rowGroupRows {
+		return nil
+	}
+	return f.flush()
+}
+
+// flush writes the held batches as one row group.
+func (f *pqFile) flush() error {
+	if len(f.held) == 0 {
+		return nil
+	}
+	recs := f.held
 	if f.jsonCols != nil {
-		rec = asParquet(f.schema, f.jsonCols, rec)
-		defer rec.Release()
+		recs = make([]arrow.RecordBatch, len(f.held))
+		for i, rec := range f.held {
+			recs[i] = asParquet(f.schema, f.jsonCols, rec)
+		}
+		defer releaseAll(recs)
 	}
-	if err := f.pw.WriteBuffered(rec); err != nil {
-		return err
-	}
-	if f.rgBytes += recordBytes(rec); f.rgBytes >= rowGroupBytes {
-		f.cutRowGroup()
-	}
-	return nil
+	tbl := array.NewTableFromRecords(f.schema, recs)
+	defer tbl.Release()
+	rows := f.heldRows
+	f.release()
+	f.groups++
+	return f.pw.WriteTable(tbl, rows)
 }
 
-// cutRowGroup writes out the buffered row group and returns its size.
-func (f *pqFile) cutRowGroup() int64 {
-	n := f.rgBytes
-	if n > 0 {
-		f.pw.NewBufferedRowGroup()
-		f.rgBytes = 0
-	}
-	return n
+// release drops the held batches.
+func (f *pqFile) release() {
+	releaseAll(f.held)
+	clear(f.held)
+	f.held, f.heldBytes, f.heldRows = f.held[:0], 0, 0
 }
 
-// close finishes the file (closing it).
-func (f *pqFile) close() error { return f.pw.Close() }
+func releaseAll(recs []arrow.RecordBatch) {
+	for _, rec := range recs {
+		rec.Release()
+	}
+}
+
+// close writes what the file holds and finishes it.
+func (f *pqFile) close() error {
+	err := f.flush()
+	return errors.Join(err, f.pw.Close())
+}
+
+// abort finishes the file without what it holds; its content no longer
+// matters.
+func (f *pqFile) abort() error {
+	f.release()
+	return f.pw.Close()
+}
 
 func sanitize(s string) string {
 	b := []byte(s)
@@ -216,81 +248,50 @@ func sanitize(s string) string {
 	return string(b)
 }
 
-// write stages rec, whose schema must have the table's column names, and
-// returns how many bytes the stage holds more (negative when the write
-// flushed a row group).
-func (st *stage) write(rec arrow.RecordBatch) (grew int64, err error) {
+// write stages rec, whose schema must have the table's column names.
+func (st *stage) write(rec arrow.RecordBatch) error {
 	if err := checkSchema(st.t, rec.Schema()); err != nil {
-		return 0, err
+		return err
 	}
 	if rec.NumRows() == 0 {
-		return 0, nil
+		return nil
 	}
 	if st.file == nil {
-		return 0, fmt.Errorf("stage %s: already finished", st.t.Name)
+		return fmt.Errorf("stage %s: already finished", st.t.Name)
 	}
-	rec.Retain()
-	n := recordBytes(rec)
-	st.held = append(st.held, rec)
-	st.heldBytes += n
-	st.heldRows += rec.NumRows()
 	st.rows += rec.NumRows()
-	if st.heldBytes < rowGroupBytes && st.heldRows < rowGroupRows {
-		return n, nil
+	if err := st.file.write(rec); err != nil {
+		return fmt.Errorf("stage %s: %w", st.t.Name, err)
 	}
-	flushed, err := st.flush()
-	return n - flushed, err
+	return st.rotate()
 }
 
-// flush writes the held batches as one row group and returns the bytes
-// it released.
-func (st *stage) flush() (int64, error) {
-	if len(st.held) == 0 {
-		return 0, nil
+// flush writes the held rows as a row group now, to free their memory.
+func (st *stage) flush() error {
+	if err := st.file.flush(); err != nil {
+		return fmt.Errorf("stage %s: %w", st.t.Name, err)
 	}
+	return st.rotate()
+}
+
+// rotate continues in a new file once the open one has
+// stageFileRowGroups row groups.
+func (st *stage) rotate() error {
 	f := st.file
-	recs := st.held
-	if f.jsonCols != nil {
-		recs = make([]arrow.RecordBatch, len(st.held))
-		for i, rec := range st.held {
-			recs[i] = asParquet(f.schema, f.jsonCols, rec)
-		}
+	if f.groups < stageFileRowGroups {
+		return nil
 	}
-	tbl := array.NewTableFromRecords(f.schema, recs)
-	err := f.pw.WriteTable(tbl, st.heldRows)
-	tbl.Release()
-	if f.jsonCols != nil {
-		for _, rec := range recs {
-			rec.Release()
-		}
-	}
-	n := st.heldBytes
-	st.release()
-	if err != nil {
-		return n, fmt.Errorf("stage %s: %w", st.t.Name, err)
-	}
-	if st.groups++; st.groups < stageFileRowGroups {
-		return n, nil
-	}
+	st.file = nil
 	if err := f.close(); err != nil {
-		st.file = nil
-		return n, fmt.Errorf("stage %s: close parquet: %w", st.t.Name, err)
+		return fmt.Errorf("stage %s: close parquet: %w", st.t.Name, err)
 	}
 	st.done = append(st.done, f.path)
-	st.file, st.groups = nil, 0
-	if st.file, err = createParquet(fmt.Sprintf("%s.%d.parquet", st.base, len(st.done)), st.t, st.mode); err != nil {
-		return n, fmt.Errorf("stage %s: %w", st.t.Name, err)
+	nf, err := createParquet(fmt.Sprintf("%s.%d.parquet", st.base, len(st.done)), st.t, st.mode)
+	if err != nil {
+		return fmt.Errorf("stage %s: %w", st.t.Name, err)
 	}
-	return n, nil
-}
-
-// release drops the held batches.
-func (st *stage) release() {
-	for _, rec := range st.held {
-		rec.Release()
-	}
-	clear(st.held)
-	st.held, st.heldBytes, st.heldRows = st.held[:0], 0, 0
+	st.file = nf
+	return nil
 }
 
 func checkSchema(t *pipeline.Table, got *arrow.Schema) error {
@@ -313,9 +314,6 @@ func (st *stage) finish(ctx context.Context, db execer) error {
 	if st.file == nil {
 		return nil
 	}
-	if _, err := st.flush(); err != nil {
-		return err
-	}
 	f := st.file
 	st.file = nil
 	if err := f.close(); err != nil {
@@ -336,13 +334,12 @@ func (st *stage) finish(ctx context.Context, db execer) error {
 // discard drops what finish did not consume; the run's folder goes with
 // the Txn.
 func (st *stage) discard() error {
-	st.release()
 	f := st.file
 	if f == nil {
 		return nil
 	}
 	st.file = nil
-	return f.close()
+	return f.abort()
 }
 
 // recordBytes is the size of rec's Arrow buffers (slices count in full).

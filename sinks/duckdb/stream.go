@@ -41,7 +41,6 @@ type rawStream struct {
 
 	parts int     // parts created
 	cur   *pqFile // the open part, if any
-	bytes int64   // Arrow bytes in the open part
 	rows  int64   // rows written to all parts
 
 	queue  chan string   // finished parts; closed by finish or abort
@@ -114,13 +113,13 @@ func (r *rawStream) write(ctx context.Context, rec arrow.RecordBatch) error {
 			return fmt.Errorf("raw part: %w", err)
 		}
 		r.parts++
-		r.cur, r.bytes = f, 0
+		r.cur = f
 	}
 	if err := r.cur.write(rec); err != nil {
 		return fmt.Errorf("raw part %s: %w", filepath.Base(r.cur.path), err)
 	}
 	r.rows += rec.NumRows()
-	if r.bytes += recordBytes(rec); r.bytes >= partBytes || r.bytes >= minPartBytes && r.idle.Load() {
+	if n := r.cur.bytes; n >= partBytes || n >= minPartBytes && r.idle.Load() {
 		return r.flush(ctx)
 	}
 	return nil
@@ -171,7 +170,7 @@ func (r *rawStream) finish(ctx context.Context) error {
 func (r *rawStream) abort() error {
 	var err error
 	if r.cur != nil {
-		err = r.cur.close()
+		err = r.cur.abort()
 		r.cur = nil
 	}
 	if !r.closed {

@@ -34,10 +34,9 @@ type Txn struct {
 	// ends; 0 when it was not changed.
 	threads int64
 
-	stages   map[string]*stage
-	buffered int64 // sum of the stages' heldBytes
-	order    []*stage
-	done     bool
+	stages map[string]*stage
+	order  []*stage
+	done   bool
 
 	// failBefore, when set by tests, fails Commit before the named step.
 	failBefore string
@@ -106,31 +105,32 @@ func (t *Txn) Write(ctx context.Context, b pipeline.Batch) error {
 	if err != nil {
 		return err
 	}
-	grew, err := st.write(b.Rec)
-	if err != nil {
+	if err := st.write(b.Rec); err != nil {
 		return fmt.Errorf("duckdb sink %s: %w", t.s.name, err)
 	}
-	if t.buffered += grew; t.buffered > stageBudget {
-		cut, err := t.largestStage().flush()
-		t.buffered -= cut
-		if err != nil {
+	if held, big := t.held(); held > stageBudget {
+		if err := big.flush(); err != nil {
 			return fmt.Errorf("duckdb sink %s: %w", t.s.name, err)
 		}
 	}
 	return nil
 }
 
-// largestStage is the open stage holding the most bytes: flushing it frees
-// the most memory and keeps row groups large. (Flushing the table just
-// written made row groups of a few rows for small tables.)
-func (t *Txn) largestStage() *stage {
-	var big *stage
+// held returns the bytes the open stages hold for their next row groups,
+// and the stage holding the most: flushing it frees the most memory and
+// keeps row groups large. (Flushing the table just written made row
+// groups of a few rows for small tables.)
+func (t *Txn) held() (total int64, big *stage) {
 	for _, st := range t.order {
-		if st.file != nil && (big == nil || st.heldBytes > big.heldBytes) {
+		if st.file == nil {
+			continue
+		}
+		total += st.file.heldBytes
+		if big == nil || st.file.heldBytes > big.file.heldBytes {
 			big = st
 		}
 	}
-	return big
+	return total, big
 }
 
 // stageBudget bounds the Arrow bytes all of a Txn's staged tables hold for
