@@ -17,6 +17,7 @@ import (
 
 	"github.com/fhirferry/fhirferry/pipeline"
 	"github.com/fhirferry/fhirferry/schemas"
+	"github.com/fhirferry/fhirferry/sinks/internal/rowgroup"
 )
 
 // stageMode selects how staged Parquet files are compressed.
@@ -74,12 +75,11 @@ type stage struct {
 var stageFileRowGroups = 256
 
 // pqFile is one staging Parquet file being written (a raw part or a staged
-// table's file). It holds the batches of its next row group (reference
-// counted, so no copy) and writes them in one call when they reach
-// rowGroupBytes or rowGroupRows, or when flushed. Buffering in the Parquet
-// writer instead kept every column's page and encoder buffers open between
-// writes, for every staged table: with the default views the Go heap grew
-// with the input, from 60 to 100 MB over 500 MB.
+// table's file). It holds the batches of its next row group and writes
+// them in one call (see rowgroup.Batches) when they reach rowGroupBytes or
+// rowGroupRows, or when flushed: buffering in the Parquet writer instead
+// grew the Go heap with the input, from 60 to 100 MB over 500 MB with the
+// default views.
 type pqFile struct {
 	path string
 	pw   *pqarrow.FileWriter
@@ -89,11 +89,9 @@ type pqFile struct {
 	schema   *arrow.Schema
 	jsonCols []int
 
-	held      []arrow.RecordBatch
-	heldBytes int64
-	heldRows  int64
-	bytes     int64 // Arrow bytes of every batch written to the file
-	groups    int   // row groups written
+	held   rowgroup.Batches
+	bytes  int64 // Arrow bytes of every batch written to the file
+	groups int   // row groups written
 }
 
 // jsonType is the Arrow extension type Parquet writes as logical type JSON.
@@ -179,13 +177,8 @@ func createParquet(path string, t *pipeline.Table, mode stageMode) (*pqFile, err
 // write holds rec (which the caller still releases) for the next row
 // group, and writes the group once it is full.
 func (f *pqFile) write(rec arrow.RecordBatch) error {
-	rec.Retain()
-	n := recordBytes(rec)
-	f.held = append(f.held, rec)
-	f.heldBytes += n
-	f.bytes += n
-	f.heldRows += rec.NumRows()
-	if f.heldBytes < rowGroupBytes && f.heldRows < rowGroupRows {
+	f.bytes += f.held.Add(rec)
+	if f.held.Bytes < rowGroupBytes && f.held.Rows < rowGroupRows {
 		return nil
 	}
 	return f.flush()
@@ -193,36 +186,15 @@ func (f *pqFile) write(rec arrow.RecordBatch) error {
 
 // flush writes the held batches as one row group.
 func (f *pqFile) flush() error {
-	if len(f.held) == 0 {
+	if f.held.Rows == 0 {
 		return nil
 	}
-	recs := f.held
-	if f.jsonCols != nil {
-		recs = make([]arrow.RecordBatch, len(f.held))
-		for i, rec := range f.held {
-			recs[i] = asParquet(f.schema, f.jsonCols, rec)
-		}
-		defer releaseAll(recs)
-	}
-	tbl := array.NewTableFromRecords(f.schema, recs)
-	defer tbl.Release()
-	rows := f.heldRows
-	f.release()
 	f.groups++
-	return f.pw.WriteTable(tbl, rows)
-}
-
-// release drops the held batches.
-func (f *pqFile) release() {
-	releaseAll(f.held)
-	clear(f.held)
-	f.held, f.heldBytes, f.heldRows = f.held[:0], 0, 0
-}
-
-func releaseAll(recs []arrow.RecordBatch) {
-	for _, rec := range recs {
-		rec.Release()
+	var conv func(arrow.RecordBatch) arrow.RecordBatch
+	if f.jsonCols != nil {
+		conv = func(rec arrow.RecordBatch) arrow.RecordBatch { return asParquet(f.schema, f.jsonCols, rec) }
 	}
+	return f.held.WriteTo(f.pw, f.schema, conv)
 }
 
 // close writes what the file holds and finishes it.
@@ -234,7 +206,7 @@ func (f *pqFile) close() error {
 // abort finishes the file without what it holds; its content no longer
 // matters.
 func (f *pqFile) abort() error {
-	f.release()
+	f.held.Release()
 	return f.pw.Close()
 }
 
@@ -340,26 +312,4 @@ func (st *stage) discard() error {
 	}
 	st.file = nil
 	return f.abort()
-}
-
-// recordBytes is the size of rec's Arrow buffers (slices count in full).
-func recordBytes(rec arrow.RecordBatch) int64 {
-	var n int64
-	for _, c := range rec.Columns() {
-		n += dataBytes(c.Data())
-	}
-	return n
-}
-
-func dataBytes(d arrow.ArrayData) int64 {
-	var n int64
-	for _, b := range d.Buffers() {
-		if b != nil {
-			n += int64(b.Len())
-		}
-	}
-	for _, c := range d.Children() {
-		n += dataBytes(c)
-	}
-	return n
 }

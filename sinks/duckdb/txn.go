@@ -125,8 +125,8 @@ func (t *Txn) held() (total int64, big *stage) {
 		if st.file == nil {
 			continue
 		}
-		total += st.file.heldBytes
-		if big == nil || st.file.heldBytes > big.file.heldBytes {
+		total += st.file.held.Bytes
+		if big == nil || st.file.held.Bytes > big.file.held.Bytes {
 			big = st
 		}
 	}

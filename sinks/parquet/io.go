@@ -12,6 +12,8 @@ import (
 	"github.com/apache/arrow-go/v18/parquet/compress"
 	"github.com/apache/arrow-go/v18/parquet/file"
 	"github.com/apache/arrow-go/v18/parquet/pqarrow"
+
+	"github.com/fhirferry/fhirferry/sinks/internal/rowgroup"
 )
 
 // Sizes of the files the lake writes.
@@ -55,14 +57,8 @@ type fileSet struct {
 	obj     ObjectWriter
 	fw      *pqarrow.FileWriter
 	name    string
-	rows    int64 // rows in the current file
-	rgRows  int64 // rows in the current row group
-	rgBytes int64 // Arrow bytes in the current row group
-	// held are the batches of the buffered row group: the writer's
-	// min/max statistics are slices of their values until the row group
-	// is written, and a released batch's buffers are reused for other rows
-	// (see pipeline.PoolAllocator).
-	held    []arrow.RecordBatch
+	rows    int64            // rows in the current file
+	group   rowgroup.Batches // the current row group's batches
 	pending []string
 	files   []fileMeta
 }
@@ -85,7 +81,7 @@ func (s *fileSet) open() error {
 		_ = obj.Abort()
 		return err
 	}
-	s.obj, s.fw, s.rows, s.rgRows, s.rgBytes = obj, fw, 0, 0, 0
+	s.obj, s.fw, s.rows = obj, fw, 0
 	return nil
 }
 
@@ -98,20 +94,15 @@ func (s *fileSet) write(rec arrow.RecordBatch) error {
 		if err := s.open(); err != nil {
 			return err
 		}
-	} else if s.rgRows >= rowGroupRows || s.rgBytes >= rowGroupBytes {
-		// The buffered row group is held in memory until it is flushed.
-		s.fw.NewBufferedRowGroup()
-		s.releaseHeld()
-		s.rgRows, s.rgBytes = 0, 0
 	}
-	rec.Retain()
-	s.held = append(s.held, rec)
-	if err := s.fw.WriteBuffered(rec); err != nil {
-		return fmt.Errorf("write %s: %w", s.name, err)
-	}
+	// The row group's batches are held until it is written in one call.
+	s.group.Add(rec)
 	s.rows += rec.NumRows()
-	s.rgRows += rec.NumRows()
-	s.rgBytes += recordBytes(rec)
+	if s.group.Rows >= rowGroupRows || s.group.Bytes >= rowGroupBytes {
+		if err := s.group.WriteTo(s.fw, s.schema, nil); err != nil {
+			return fmt.Errorf("write %s: %w", s.name, err)
+		}
+	}
 	if s.rows >= fileRows {
 		return s.finish()
 	}
@@ -125,8 +116,10 @@ func (s *fileSet) finish() error {
 	}
 	fw, obj := s.fw, s.obj
 	s.fw, s.obj = nil, nil
-	err := fw.Close()
-	s.releaseHeld()
+	err := s.group.WriteTo(fw, s.schema, nil)
+	if cerr := fw.Close(); err == nil {
+		err = cerr
+	}
 	if err != nil {
 		_ = obj.Abort()
 		return fmt.Errorf("close %s: %w", s.name, err)
@@ -154,16 +147,8 @@ func (s *fileSet) abort() []fileMeta {
 		_ = s.obj.Abort()
 		s.fw, s.obj = nil, nil
 	}
-	s.releaseHeld()
+	s.group.Release()
 	return s.files
-}
-
-func (s *fileSet) releaseHeld() {
-	for _, rec := range s.held {
-		rec.Release()
-	}
-	clear(s.held)
-	s.held = s.held[:0]
 }
 
 // scan calls fn with every record of a file, projected to cols (all columns
@@ -276,24 +261,4 @@ func filter(ctx context.Context, mem memory.Allocator, rec arrow.RecordBatch, ke
 	mask := b.NewBooleanArray()
 	defer mask.Release()
 	return compute.FilterRecordBatch(compute.WithAllocator(ctx, mem), rec, mask, compute.DefaultFilterOptions())
-}
-
-// recordBytes is the size of rec's buffers (shared slices count whole).
-func recordBytes(rec arrow.RecordBatch) int64 {
-	var n int64
-	var walk func(d arrow.ArrayData)
-	walk = func(d arrow.ArrayData) {
-		for _, b := range d.Buffers() {
-			if b != nil {
-				n += int64(b.Len())
-			}
-		}
-		for _, c := range d.Children() {
-			walk(c)
-		}
-	}
-	for _, c := range rec.Columns() {
-		walk(c.Data())
-	}
-	return n
 }
