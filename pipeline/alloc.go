@@ -105,17 +105,16 @@ func (p *PoolAllocator) Reallocate(size int, b []byte) []byte {
 
 // Free implements memory.Allocator.
 func (p *PoolAllocator) Free(b []byte) {
-	c := cap(b)
+	b = b[:cap(b)]
 	if poisonFreed {
-		b = b[:c]
 		for i := range b {
 			b[i] = poisonByte
 		}
 	}
+	c := len(b)
 	if c < poolMinSize || c > 1<<poolMaxClass || c&(c-1) != 0 {
 		return // not one of ours
 	}
-	b = b[:c]
 	p.mu.Lock()
 	if p.held+c <= p.maxBytes {
 		p.free[class(c)] = append(p.free[class(c)], b)
