@@ -64,7 +64,8 @@ type fileSet struct {
 }
 
 func newFileSet(ctx context.Context, st Store, mem memory.Allocator, comp compress.Compression, schema *arrow.Schema, prefix string) *fileSet {
-	return &fileSet{ctx: ctx, st: st, mem: mem, comp: comp, schema: schema, prefix: prefix}
+	return &fileSet{ctx: ctx, st: st, mem: mem, comp: comp, schema: schema, prefix: prefix,
+		group: rowgroup.Batches{Stats: true}}
 }
 
 func (s *fileSet) open() error {
@@ -120,6 +121,7 @@ func (s *fileSet) finish() error {
 	if cerr := fw.Close(); err == nil {
 		err = cerr
 	}
+	s.group.Release() // after Close, which encodes the last group's statistics
 	if err != nil {
 		_ = obj.Abort()
 		return fmt.Errorf("close %s: %w", s.name, err)

@@ -19,9 +19,18 @@ import (
 // outlive the statistics: they are released once their row group is
 // written.
 type Batches struct {
-	recs  []arrow.RecordBatch
-	Bytes int64 // Arrow bytes held (see Size)
-	Rows  int64
+	// Stats is true when the writer keeps column statistics. pqarrow
+	// encodes a row group's statistics, which point into its batches,
+	// only when it closes the group: at the next row group or the file's
+	// Close. The batches of the last group written are then held until
+	// the next WriteTo or Release, and Release must follow the writer's
+	// Close.
+	Stats bool
+
+	recs    []arrow.RecordBatch
+	written []arrow.RecordBatch // the last group's, when Stats
+	Bytes   int64               // Arrow bytes held for the next group (see Size)
+	Rows    int64
 }
 
 // Add holds rec (the caller still releases its own reference) and returns
@@ -53,16 +62,31 @@ func (b *Batches) WriteTo(pw *pqarrow.FileWriter, schema *arrow.Schema, conv fun
 	}
 	tbl := array.NewTableFromRecords(schema, recs)
 	defer tbl.Release()
-	rows := b.Rows
-	b.Release()
-	return pw.WriteTable(tbl, rows)
+	err := pw.WriteTable(tbl, b.Rows)
+	// Writing this group closed the previous one.
+	b.written = drop(b.written)
+	if b.Stats {
+		b.written = append(b.written, b.recs...)
+		clear(b.recs)
+		b.recs = b.recs[:0]
+	}
+	b.recs = drop(b.recs)
+	b.Bytes, b.Rows = 0, 0
+	return err
 }
 
-// Release drops the held batches.
+// Release drops every batch held, those of a group written included.
 func (b *Batches) Release() {
-	releaseAll(b.recs)
-	clear(b.recs)
-	b.recs, b.Bytes, b.Rows = b.recs[:0], 0, 0
+	b.recs = drop(b.recs)
+	b.written = drop(b.written)
+	b.Bytes, b.Rows = 0, 0
+}
+
+// drop releases recs and returns the emptied slice.
+func drop(recs []arrow.RecordBatch) []arrow.RecordBatch {
+	releaseAll(recs)
+	clear(recs)
+	return recs[:0]
 }
 
 func releaseAll(recs []arrow.RecordBatch) {
