@@ -68,6 +68,10 @@ func (e *CompileError) Error() string {
 type compiler struct {
 	src  string
 	opts *Options
+	// memo maps the nodes whose results a CompileSet shares to their
+	// slots in Ctx.memo; set is that CompileSet's identity.
+	memo map[*node]int
+	set  *memoSet
 }
 
 // Compile parses and compiles src. Errors are *SyntaxError or *CompileError.
@@ -95,6 +99,15 @@ func (cp *compiler) errf(n *node, format string, a ...any) error {
 }
 
 func (cp *compiler) compile(n *node) (evalFn, error) {
+	slot, shared := cp.memo[n]
+	fn, err := cp.compileNode(n)
+	if err != nil || !shared {
+		return fn, err
+	}
+	return memoize(cp.set, slot, fn), nil
+}
+
+func (cp *compiler) compileNode(n *node) (evalFn, error) {
 	switch n.kind {
 	case nLit:
 		lit := n.lit

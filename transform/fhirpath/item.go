@@ -153,6 +153,10 @@ type Ctx struct {
 	vars     []Item
 	resource Item
 	iterIdx  int // $index inside where/select
+	// epoch changes with the resource and the variables: a shared result
+	// (see CompileSet) is reused only within one epoch.
+	epoch uint64
+	memo  []memoEntry
 }
 
 // NewCtx returns an empty evaluation context.
@@ -163,6 +167,7 @@ func NewCtx() *Ctx { return &Ctx{} }
 func (c *Ctx) Reset(resource Item) {
 	c.arena = c.arena[:0]
 	c.resource = resource
+	c.epoch++
 }
 
 // SetVar binds dynamic variable slot i (see Options.Vars).
@@ -171,6 +176,7 @@ func (c *Ctx) SetVar(i int, v Item) {
 		c.vars = append(c.vars, Item{})
 	}
 	c.vars[i] = v
+	c.epoch++
 }
 
 func (c *Ctx) get() []Item {
