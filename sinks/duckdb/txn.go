@@ -355,6 +355,8 @@ func (t *Txn) Commit(ctx context.Context, sum pipeline.RunSummary) (err error) {
 // applied is what Commit's steps have found so far.
 type applied struct {
 	allWon   bool  // every raw row of the run won
+	gone     int64 // resources deleted by the run's deleted entries
+	won      int64 // rows of win before the deleted resources left it
 	replaces bool  // some winner replaces a stored row
 	removed  int64 // stored resources replaced or deleted (rows)
 }
@@ -371,7 +373,7 @@ func (t *Txn) measureWinners(ctx context.Context, tx *sql.Tx, ap *applied) error
 	if err := tx.QueryRowContext(ctx, "SELECT count(*), count(*) FILTER (stored) FROM win").Scan(&n, &stored); err != nil {
 		return err
 	}
-	ap.allWon, ap.replaces = n == rows, stored > 0
+	ap.allWon, ap.replaces, ap.won = n == rows, stored > 0, n
 	return nil
 }
 
@@ -450,11 +452,25 @@ func (t *Txn) steps(del string, sum pipeline.RunSummary) []step {
 		{name: "deleted keys", sql: `CREATE TEMP TABLE gone AS
 			SELECT DISTINCT d.resource_type, d.id FROM ` + del + ` d
 			ANTI JOIN (SELECT resource_type, id FROM ` + R + ` t WHERE ` + guard + `) n
-				ON n.resource_type = d.resource_type AND n.id = d.id`, args: guardArgs},
+				ON n.resource_type = d.resource_type AND n.id = d.id`, args: guardArgs,
+			then: func(ctx context.Context, tx *sql.Tx, ap *applied) error {
+				return tx.QueryRowContext(ctx, "SELECT count(*) FROM gone").Scan(&ap.gone)
+			}},
 		{name: "raw deletes", sql: `DELETE FROM ` + R + ` t USING gone g
 			WHERE t.resource_type = g.resource_type AND t.id = g.id`, removes: true},
 		{name: "deleted winners", sql: `DELETE FROM win USING gone g
-			WHERE win.resource_type = g.resource_type AND win.id = g.id`},
+			WHERE win.resource_type = g.resource_type AND win.id = g.id`,
+			skip: func(ap *applied) bool { return ap.gone == 0 },
+			// A resource the run both sent and deleted is no winner: its
+			// staged view rows must be filtered out too.
+			then: func(ctx context.Context, tx *sql.Tx, ap *applied) error {
+				var n int64
+				if err := tx.QueryRowContext(ctx, "SELECT count(*) FROM win").Scan(&n); err != nil {
+					return err
+				}
+				ap.allWon = ap.allWon && n == ap.won
+				return nil
+			}},
 	}
 	for _, v := range t.s.views() {
 		V := quote(v.Name)

@@ -213,6 +213,39 @@ func Run(t *testing.T, h Harness) {
 		require.Equal(t, []string{"later|l", "p1|again", "p2|c"}, e.names())
 	})
 
+	t.Run("DeleteWithinRun", func(t *testing.T) {
+		e := newEnv(t, h)
+		// A run that sends a resource and also deletes it (updated, then
+		// deleted, within the export's window) ends without it, in the
+		// views too; every raw row of the run still wins.
+		e.apply("e1", tt1,
+			e.rawB(e.pat("p1", "1", T(1), 1), e.pat("p2", "1", T(1), 2)),
+			e.nameB("p1", int64(1), "a", "p2", int64(2), "b"),
+			e.del("p1"))
+		require.Equal(t, []string{"Patient|p2|1"}, e.raw())
+		require.Equal(t, []string{"p2|b"}, e.names())
+	})
+
+	t.Run("FirstLoadWithLosers", func(t *testing.T) {
+		e := newEnv(t, h)
+		// The view table is empty when run 2 begins (run 1 gave "stored"
+		// no view rows): run 2's rows for a version that loses to the
+		// stored one, for the older of two duplicates, and for a resource
+		// it deletes must not be left behind, whichever batch they came in.
+		e.apply("e1", tt1, e.rawB(e.pat("stored", "5", T(5), 1)))
+		e.apply("e2", tt2,
+			e.rawB(e.pat("stored", "1", T(1), Seq(0, 1)), e.pat("dup", "1", T(1), Seq(0, 2)),
+				e.pat("gone", "1", T(1), Seq(0, 3)), e.pat("kept", "1", T(1), Seq(0, 4))),
+			e.nameB("stored", Seq(0, 1), "old", "dup", Seq(0, 2), "d1", "gone", Seq(0, 3), "g",
+				"kept", Seq(0, 4), "k1"),
+			e.nameB("kept", Seq(0, 4), "k2"),
+			e.rawB(e.pat("dup", "2", T(2), Seq(1, 1))),
+			e.nameB("dup", Seq(1, 1), "d2a", "dup", Seq(1, 1), "d2b"),
+			e.del("gone"))
+		require.Equal(t, []string{"Patient|dup|2", "Patient|kept|1", "Patient|stored|5"}, e.raw())
+		require.Equal(t, []string{"dup|d2a", "dup|d2b", "kept|k1", "kept|k2"}, e.names())
+	})
+
 	t.Run("MultiRowViewReplaced", func(t *testing.T) {
 		e := newEnv(t, h)
 		obs := func(id, vid string, lu time.Time, seq int64) Raw {
