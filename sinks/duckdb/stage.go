@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 
 	"github.com/apache/arrow-go/v18/arrow"
 	"github.com/apache/arrow-go/v18/arrow/array"
@@ -60,6 +61,7 @@ const (
 // table, see Txn.rel).
 type stage struct {
 	t    *pipeline.Table
+	idx  int
 	rel  string
 	rows int64
 	mode stageMode
@@ -68,8 +70,26 @@ type stage struct {
 	// A writer keeps each row group's metadata until it closes, so after
 	// stageFileRowGroups the stage continues in a new file; done holds
 	// the finished ones.
-	done []string
+	done  []string
+	files int // files created
+	// loader, when set, takes a file of at least streamPartBytes while it
+	// is idle and INSERTs it into the table during the transform (see
+	// Txn.streamViews); streamed holds the files it took, which Commit's
+	// fix-up may read again.
+	loader   *rawStream
+	insert   func(path string) string
+	streamed []string
 }
+
+// streamPartBytes is the Arrow size from which a view's staged file is
+// offered to an idle loader. Tests set it to 1 and streamWait, so that
+// every file of a view is streamed, whether the loader is idle or not.
+var (
+	streamPartBytes int64 = 8 << 20
+	streamWait            = false
+	// streamedFiles counts the files streamed, for tests.
+	streamedFiles atomic.Int64
+)
 
 // stageFileRowGroups is a variable for tests.
 var stageFileRowGroups = 256
@@ -145,7 +165,7 @@ func newStage(mode stageMode, dir string, t *pipeline.Table, idx int) (*stage, e
 	if err != nil {
 		return nil, fmt.Errorf("stage %s: %w", t.Name, err)
 	}
-	return &stage{t: t, rel: fmt.Sprintf("temp.main.stg_%d", idx), file: f, mode: mode, base: base}, nil
+	return &stage{t: t, idx: idx, rel: fmt.Sprintf("temp.main.stg_%d", idx), file: f, mode: mode, base: base, files: 1}, nil
 }
 
 // createParquet creates a staging file for rows of t.
@@ -247,22 +267,29 @@ func (st *stage) flush() error {
 }
 
 // rotate continues in a new file once the open one has
-// stageFileRowGroups row groups.
+// stageFileRowGroups row groups, or once the loader can take it.
 func (st *stage) rotate() error {
 	f := st.file
-	if f.groups < stageFileRowGroups {
+	offer := st.loader != nil && f.bytes >= streamPartBytes && (streamWait || st.loader.idle.Load())
+	if f.groups < stageFileRowGroups && !offer {
 		return nil
 	}
 	st.file = nil
 	if err := f.close(); err != nil {
 		return fmt.Errorf("stage %s: close parquet: %w", st.t.Name, err)
 	}
-	st.done = append(st.done, f.path)
-	nf, err := createParquet(fmt.Sprintf("%s.%d.parquet", st.base, len(st.done)), st.t, st.mode)
+	if offer && st.loader.offer(loadJob{what: "view " + st.t.Name, path: f.path, sql: st.insert(f.path)}) {
+		st.streamed = append(st.streamed, f.path)
+		streamedFiles.Add(1)
+	} else {
+		st.done = append(st.done, f.path)
+	}
+	nf, err := createParquet(fmt.Sprintf("%s.%d.parquet", st.base, st.files), st.t, st.mode)
 	if err != nil {
 		return fmt.Errorf("stage %s: %w", st.t.Name, err)
 	}
 	st.file = nf
+	st.files++
 	return nil
 }
 

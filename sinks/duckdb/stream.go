@@ -37,13 +37,14 @@ const minPartBytes = 16 << 20
 type rawStream struct {
 	mode   stageMode
 	dir    string
-	insert func(path string) string
+	runID  string
+	insert func(path string) string // the INSERT of one part, with the run id as parameter
 
 	parts int     // parts created
 	cur   *pqFile // the open part, if any
 	rows  int64   // rows written to all parts
 
-	queue  chan string   // finished parts; closed by finish or abort
+	queue  chan loadJob  // finished parts; closed by finish or abort
 	closed bool          // queue is closed
 	idle   atomic.Bool   // the loader waits for a part
 	done   chan struct{} // closed when the loader has returned
@@ -56,22 +57,33 @@ type rawStream struct {
 func newRawStream(ctx context.Context, tx *sql.Tx, mode stageMode, dir, runID string, log func(msg string, args ...any)) *rawStream {
 	cols, sel := selectList(schemas.Raw)
 	r := &rawStream{
-		mode: mode, dir: dir,
+		mode: mode, dir: dir, runID: runID,
 		insert: func(path string) string {
 			return `INSERT INTO ` + quote(schemas.RawTable) + ` (` + cols + `, run_id, ` + quote(pipeline.ColSeq) + `)
 				SELECT ` + sel + `, ?, s.` + quote(pipeline.ColSeq) + ` FROM read_parquet(` + lit(path) + `) s`
 		},
 		// One part waits while one loads and the next is written: a slow
 		// database holds back the transform instead of filling the disk.
-		queue:  make(chan string, 1),
+		queue:  make(chan loadJob, 1),
 		done:   make(chan struct{}),
 		failed: make(chan struct{}),
 	}
-	go r.load(ctx, tx, runID, log)
+	go r.load(ctx, tx, log)
 	return r
 }
 
-func (r *rawStream) load(ctx context.Context, tx *sql.Tx, runID string, log func(string, ...any)) {
+// loadJob is one statement for the loader: the INSERT of a finished raw
+// part (removed once loaded) or of a view's staged file (kept: Commit may
+// read it again, see Txn.streamedFixup).
+type loadJob struct {
+	what   string // for logs and errors
+	path   string
+	sql    string
+	args   []any
+	remove bool
+}
+
+func (r *rawStream) load(ctx context.Context, tx *sql.Tx, log func(string, ...any)) {
 	defer close(r.done)
 	// DuckDB runs a statement on the calling thread, and its allocator
 	// caches memory per thread: one OS thread for all parts keeps one
@@ -81,21 +93,50 @@ func (r *rawStream) load(ctx context.Context, tx *sql.Tx, runID string, log func
 	defer runtime.UnlockOSThread()
 	for {
 		r.idle.Store(true)
-		path, ok := <-r.queue
+		job, ok := <-r.queue
 		r.idle.Store(false)
 		if !ok {
 			return
 		}
 		if r.err == nil {
 			t0 := time.Now()
-			if _, err := tx.ExecContext(ctx, r.insert(path), runID); err != nil {
-				r.err = fmt.Errorf("load raw part %s: %w", filepath.Base(path), err)
+			if _, err := tx.ExecContext(ctx, job.sql, job.args...); err != nil {
+				r.err = fmt.Errorf("load %s %s: %w", job.what, filepath.Base(job.path), err)
 				close(r.failed)
 			} else {
-				log("raw part loaded", "part", filepath.Base(path), "duration", time.Since(t0))
+				log("part loaded", "what", job.what, "part", filepath.Base(job.path), "duration", time.Since(t0))
 			}
 		}
-		_ = os.Remove(path)
+		if job.remove {
+			_ = os.Remove(job.path)
+		}
+	}
+}
+
+// offer hands job to the loader if it is waiting for work, and reports
+// whether it did. Unlike raw parts, which wait their turn, a view's file
+// is offered only to an idle loader: otherwise the writer keeps filling
+// it, and what is never offered is loaded at Commit.
+func (r *rawStream) offer(job loadJob) bool {
+	if r.closed {
+		return false
+	}
+	if streamWait {
+		select {
+		case r.queue <- job:
+			return true
+		case <-r.failed:
+			return false
+		}
+	}
+	if !r.idle.Load() {
+		return false
+	}
+	select {
+	case r.queue <- job:
+		return true
+	default:
+		return false
 	}
 }
 
@@ -136,7 +177,7 @@ func (r *rawStream) flush(ctx context.Context) error {
 		return fmt.Errorf("raw part %s: %w", filepath.Base(f.path), err)
 	}
 	select {
-	case r.queue <- f.path:
+	case r.queue <- loadJob{what: "raw part", path: f.path, sql: r.insert(f.path), args: []any{r.runID}, remove: true}:
 		return nil
 	case <-r.failed:
 		return r.err

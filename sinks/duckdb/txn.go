@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/apache/arrow-go/v18/arrow"
@@ -37,6 +38,10 @@ type Txn struct {
 	stages map[string]*stage
 	order  []*stage
 	done   bool
+	// empty names the view tables that held no rows when the raw stream
+	// began: their staged files may be loaded during the transform (see
+	// streamViews).
+	empty map[string]bool
 
 	// failBefore, when set by tests, fails Commit before the named step.
 	failBefore string
@@ -105,6 +110,9 @@ func (t *Txn) Write(ctx context.Context, b pipeline.Batch) error {
 	if err != nil {
 		return err
 	}
+	if st.loader == nil && t.raw != nil && t.empty[b.Table.Name] {
+		t.streamViews(st)
+	}
 	if err := st.write(b.Rec); err != nil {
 		return fmt.Errorf("duckdb sink %s: %w", t.s.name, err)
 	}
@@ -157,12 +165,60 @@ func (t *Txn) writeRaw(ctx context.Context, rec arrow.RecordBatch) error {
 		if err := t.streamThreads(tx); err != nil {
 			return err
 		}
+		if t.empty, err = emptyTables(t.ctx, tx, t.s.views()); err != nil {
+			return err
+		}
 		log := func(msg string, args ...any) {
 			t.s.log.Debug(msg, append([]any{"run", t.run.RunID}, args...)...)
 		}
 		t.raw = newRawStream(t.ctx, tx, t.s.mode, t.dir, t.run.RunID, log)
 	}
 	return t.raw.write(ctx, rec)
+}
+
+// streamViews lets st's files be loaded into its view table while the
+// transform runs, by the raw stream's loader when it is idle, instead of
+// all at Commit: with dozens of views, the view INSERTs were most of
+// Commit, after the transform, on one thread while the other core idled.
+// Only a table that was empty when the run began qualifies: its rows are
+// then all the run's own, so Commit needs no stored-row DELETE there (it
+// could not tell stored rows from streamed ones), and where a streamed
+// resource lost (an older duplicate, a stored newer version, a deletion)
+// Commit's fix-up replaces that resource's rows (see steps). A first load
+// or backfill, the runs with the most rows, fills empty tables.
+func (t *Txn) streamViews(st *stage) {
+	v := st.t
+	cols, sel := selectList(v)
+	st.loader = t.raw
+	st.insert = func(path string) string {
+		return `INSERT INTO ` + quote(v.Name) + ` (` + cols + `) SELECT ` + sel + ` FROM read_parquet(` + lit(path) + `) s`
+	}
+}
+
+// emptyTables reports which of tables hold no rows, in one query.
+func emptyTables(ctx context.Context, tx *sql.Tx, tables []*pipeline.Table) (map[string]bool, error) {
+	if len(tables) == 0 {
+		return nil, nil
+	}
+	parts := make([]string, len(tables))
+	for i, v := range tables {
+		parts[i] = `SELECT ` + lit(v.Name) + `, NOT EXISTS (SELECT 1 FROM ` + quote(v.Name) + `)`
+	}
+	rows, err := tx.QueryContext(ctx, strings.Join(parts, " UNION ALL "))
+	if err != nil {
+		return nil, fmt.Errorf("empty views: %w", err)
+	}
+	defer rows.Close()
+	empty := map[string]bool{}
+	for rows.Next() {
+		var name string
+		var e bool
+		if err := rows.Scan(&name, &e); err != nil {
+			return nil, fmt.Errorf("empty views: %w", err)
+		}
+		empty[name] = e
+	}
+	return empty, rows.Err()
 }
 
 // streamThreads gives DuckDB the sink's stream_threads while raw rows
@@ -418,6 +474,37 @@ type step struct {
 	then func(context.Context, *sql.Tx, *applied) error
 }
 
+// fixup returns the steps that correct a view whose files were loaded
+// during the transform (see streamViews). The table held none but the
+// run's rows then, some of which may belong to a version that did not win
+// or to a resource the run deleted: the resources of such rows lose all
+// their streamed rows, and get back those of their winning version. The
+// rest of the stage is inserted by the usual step after these. A run whose
+// every row won and that deleted nothing (a first load) skips them.
+func (t *Txn) fixup(st *stage) []step {
+	v := st.t
+	V, id, seq := quote(v.Name), quote(pipeline.ColResourceID), quote(pipeline.ColSeq)
+	files := make([]string, len(st.streamed))
+	for i, p := range st.streamed {
+		files[i] = lit(p)
+	}
+	src := `read_parquet([` + strings.Join(files, ", ") + `])`
+	fix := fmt.Sprintf("fix_%d", st.idx)
+	skip := func(ap *applied) bool { return ap.allWon }
+	cols, sel := selectList(v)
+	return []step{
+		{name: "view " + v.Name + " losers", skip: skip, args: []any{v.ResourceType},
+			sql: `CREATE TEMP TABLE ` + fix + ` AS SELECT DISTINCT s.` + id + ` AS id FROM ` + src + ` s
+				ANTI JOIN (SELECT _seq FROM win WHERE resource_type = ?) w ON s.` + seq + ` = w._seq`},
+		{name: "view " + v.Name + " losers delete", skip: skip,
+			sql: `DELETE FROM ` + V + ` v USING ` + fix + ` f WHERE v.` + id + ` = f.id`},
+		{name: "view " + v.Name + " losers winners", skip: skip, args: []any{v.ResourceType},
+			sql: `INSERT INTO ` + V + ` (` + cols + `) SELECT ` + sel + ` FROM ` + src + ` s
+				SEMI JOIN (SELECT _seq FROM win WHERE resource_type = ?) w ON s.` + seq + ` = w._seq
+				WHERE s.` + id + ` IN (SELECT id FROM ` + fix + `)`},
+	}
+}
+
 // steps returns Commit's statements. Each is set-based: the run's winners
 // come from one window query over the run's rows in the raw table, and
 // every change is a join against them.
@@ -474,11 +561,15 @@ func (t *Txn) steps(del string, sum pipeline.RunSummary) []step {
 	}
 	for _, v := range t.s.views() {
 		V := quote(v.Name)
-		steps = append(steps, step{name: "view " + v.Name + " delete", sql: `DELETE FROM ` + V + ` v USING (
+		if st := t.stages[v.Name]; st != nil && len(st.streamed) > 0 {
+			steps = append(steps, t.fixup(st)...)
+		} else {
+			steps = append(steps, step{name: "view " + v.Name + " delete", sql: `DELETE FROM ` + V + ` v USING (
 				SELECT id FROM win WHERE resource_type = ? UNION ALL SELECT id FROM gone WHERE resource_type = ?) k
 			WHERE v.` + quote(pipeline.ColResourceID) + ` = k.id`, args: []any{v.ResourceType, v.ResourceType},
-			// View rows exist only for stored resources.
-			skip: func(ap *applied) bool { return ap.removed == 0 }})
+				// View rows exist only for stored resources.
+				skip: func(ap *applied) bool { return ap.removed == 0 }})
+		}
 		if st := t.stages[v.Name]; st != nil {
 			cols, sel := selectList(v)
 			insert := `INSERT INTO ` + V + ` (` + cols + `) SELECT ` + sel + ` FROM ` + st.rel + ` s`
