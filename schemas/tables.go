@@ -51,6 +51,17 @@ func IsJSON(f arrow.Field) bool {
 	return ok && v == "json"
 }
 
+// KeyMetadata marks a string column that holds resource keys (ids): text
+// that barely repeats, which a sink should not try to compress as if it
+// did (DuckDB's dictionary analysis of it cost time and saved nothing).
+var KeyMetadata = arrow.NewMetadata([]string{"fhirferry.key"}, []string{"resource"})
+
+// IsKey reports whether f carries KeyMetadata.
+func IsKey(f arrow.Field) bool {
+	v, ok := f.Metadata.GetValue("fhirferry.key")
+	return ok && v == "resource"
+}
+
 // Raw is the raw landing table: every current resource's JSON, keyed by
 // (resource_type, id).
 var Raw = &pipeline.Table{
@@ -58,7 +69,7 @@ var Raw = &pipeline.Table{
 	Kind: pipeline.KindRaw,
 	Schema: arrow.NewSchema(append([]arrow.Field{
 		str("resource_type", false),
-		str("id", false),
+		{Name: "id", Type: arrow.BinaryTypes.String, Nullable: false, Metadata: KeyMetadata},
 		str("version_id", true),
 		{Name: "last_updated", Type: Timestamp, Nullable: true},
 		{Name: "subsetted", Type: arrow.FixedWidthTypes.Boolean, Nullable: false},

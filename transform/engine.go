@@ -21,6 +21,7 @@ import (
 
 	"github.com/fhirferry/fhirferry/pipeline"
 	"github.com/fhirferry/fhirferry/schemas"
+	"github.com/fhirferry/fhirferry/transform/view"
 )
 
 // ViewRunner is a compiled SQL-on-FHIR view (transform/view.View).
@@ -98,9 +99,16 @@ func New(opts Options) (*Engine, error) {
 		seen[v.Name] = true
 		vs := v.Runner.ArrowSchema()
 		fields := append([]arrow.Field{
-			{Name: pipeline.ColResourceID, Type: arrow.BinaryTypes.String},
+			{Name: pipeline.ColResourceID, Type: arrow.BinaryTypes.String, Metadata: schemas.KeyMetadata},
 			{Name: pipeline.ColSeq, Type: arrow.PrimitiveTypes.Int64},
 		}, vs.Fields()...)
+		if cr, ok := v.Runner.(interface{ Columns() []view.Column }); ok {
+			for i, col := range cr.Columns() {
+				if f := &fields[2+i]; strings.TrimSpace(col.Path) == "getResourceKey()" && f.Type.ID() == arrow.STRING {
+					f.Metadata = withKey(f.Metadata)
+				}
+			}
+		}
 		t := &pipeline.Table{
 			Name: v.Name, Kind: pipeline.KindView, ResourceType: v.Resource,
 			Schema: arrow.NewSchema(fields, nil), Description: v.Description,
@@ -109,6 +117,11 @@ func New(opts Options) (*Engine, error) {
 		e.viewsByType[v.Resource] = append(e.viewsByType[v.Resource], viewTable{table: t, runner: v.Runner, width: len(vs.Fields())})
 	}
 	return e, nil
+}
+
+// withKey adds schemas.KeyMetadata to md.
+func withKey(md arrow.Metadata) arrow.Metadata {
+	return arrow.NewMetadata(append(md.Keys(), schemas.KeyMetadata.Keys()...), append(md.Values(), schemas.KeyMetadata.Values()...))
 }
 
 // Tables returns every table the engine writes, system tables first.

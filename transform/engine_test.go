@@ -251,3 +251,27 @@ func TestBatchesCutByBytes(t *testing.T) {
 	require.Equal(t, lines, got)
 	require.Greater(t, batches, 20)
 }
+
+// TestResourceKeyColumns: the engine marks the columns that hold the
+// resource's own key (schemas.KeyMetadata), which sinks store without
+// trying to compress them, and no others.
+func TestResourceKeyColumns(t *testing.T) {
+	views, err := LoadViews(true, "")
+	require.NoError(t, err)
+	eng, err := New(Options{Views: views})
+	require.NoError(t, err)
+	keys := map[string][]string{}
+	for _, tbl := range eng.Tables() {
+		for _, f := range tbl.Schema.Fields() {
+			if schemas.IsKey(f) {
+				keys[tbl.Name] = append(keys[tbl.Name], f.Name)
+			}
+		}
+	}
+	require.Equal(t, []string{"id"}, keys[schemas.RawTable])
+	require.Equal(t, []string{pipeline.ColResourceID, "id"}, keys["observation"])
+	require.Equal(t, []string{pipeline.ColResourceID, "id"}, keys["patient"])
+	for name, cols := range keys {
+		require.NotContains(t, cols, "patient_id", name)
+	}
+}
