@@ -28,6 +28,11 @@ type LineReader struct {
 
 // NewLineReader reads from r; maxLine bounds one line (and so memory).
 func NewLineReader(r io.Reader, maxLine int) *LineReader {
+	if pf, ok := r.(*plainFile); ok {
+		// Open's buffer already holds the file: a second one would copy
+		// every byte once more.
+		return &LineReader{r: pf.Reader, max: maxLine}
+	}
 	return &LineReader{r: bufio.NewReaderSize(r, 1<<20), max: maxLine}
 }
 
