@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync/atomic"
 
 	"github.com/apache/arrow-go/v18/arrow"
@@ -334,12 +333,8 @@ func (st *stage) finish(ctx context.Context, db execer) error {
 	if err := f.close(); err != nil {
 		return fmt.Errorf("stage %s: close parquet: %w", st.t.Name, err)
 	}
-	files := make([]string, 0, len(st.done)+1)
-	for _, p := range append(st.done, f.path) {
-		files = append(files, lit(p))
-	}
 	view := st.rel[len("temp.main."):]
-	_, err := db.ExecContext(ctx, "CREATE TEMP VIEW "+view+" AS SELECT * FROM read_parquet(["+strings.Join(files, ", ")+"])")
+	_, err := db.ExecContext(ctx, "CREATE TEMP VIEW "+view+" AS SELECT * FROM "+readParquet(append(st.done, f.path)))
 	if err != nil {
 		return fmt.Errorf("stage %s: %w", st.t.Name, err)
 	}

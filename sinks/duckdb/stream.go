@@ -74,7 +74,7 @@ func newRawStream(ctx context.Context, tx *sql.Tx, mode stageMode, dir, runID st
 
 // loadJob is one statement for the loader: the INSERT of a finished raw
 // part (removed once loaded) or of a view's staged file (kept: Commit may
-// read it again, see Txn.streamedFixup).
+// read it again, see Txn.fixup).
 type loadJob struct {
 	what   string // for logs and errors
 	path   string

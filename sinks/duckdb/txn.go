@@ -187,12 +187,24 @@ func (t *Txn) writeRaw(ctx context.Context, rec arrow.RecordBatch) error {
 // Commit's fix-up replaces that resource's rows (see steps). A first load
 // or backfill, the runs with the most rows, fills empty tables.
 func (t *Txn) streamViews(st *stage) {
-	v := st.t
-	cols, sel := selectList(v)
 	st.loader = t.raw
-	st.insert = func(path string) string {
-		return `INSERT INTO ` + quote(v.Name) + ` (` + cols + `) SELECT ` + sel + ` FROM read_parquet(` + lit(path) + `) s`
+	st.insert = func(path string) string { return viewInsert(st.t, readParquet([]string{path})) }
+}
+
+// viewInsert is the INSERT of view v's rows from the staging relation from
+// (aliased s).
+func viewInsert(v *pipeline.Table, from string) string {
+	cols, sel := selectList(v)
+	return `INSERT INTO ` + quote(v.Name) + ` (` + cols + `) SELECT ` + sel + ` FROM ` + from + ` s`
+}
+
+// readParquet is the relation of the staged Parquet files at paths.
+func readParquet(paths []string) string {
+	files := make([]string, len(paths))
+	for i, p := range paths {
+		files[i] = lit(p)
 	}
+	return `read_parquet([` + strings.Join(files, ", ") + `])`
 }
 
 // emptyTables reports which of tables hold no rows, in one query.
@@ -388,12 +400,12 @@ func (t *Txn) Commit(ctx context.Context, sum pipeline.RunSummary) (err error) {
 		if err != nil {
 			return fmt.Errorf("%s: %w", step.name, err)
 		}
-		if step.removes {
+		if step.affected != nil {
 			n, err := res.RowsAffected()
 			if err != nil {
 				return fmt.Errorf("%s: %w", step.name, err)
 			}
-			ap.removed += n
+			step.affected(n, &ap)
 		}
 		t.s.log.Debug("commit step", "run", t.run.RunID, "step", step.name, "duration", time.Since(t0))
 		if step.then != nil {
@@ -410,9 +422,7 @@ func (t *Txn) Commit(ctx context.Context, sum pipeline.RunSummary) (err error) {
 
 // applied is what Commit's steps have found so far.
 type applied struct {
-	allWon   bool  // every raw row of the run won
-	gone     int64 // resources deleted by the run's deleted entries
-	won      int64 // rows of win before the deleted resources left it
+	allWon   bool  // every raw row of the run won, and none was deleted
 	replaces bool  // some winner replaces a stored row
 	removed  int64 // stored resources replaced or deleted (rows)
 }
@@ -429,7 +439,7 @@ func (t *Txn) measureWinners(ctx context.Context, tx *sql.Tx, ap *applied) error
 	if err := tx.QueryRowContext(ctx, "SELECT count(*), count(*) FILTER (stored) FROM win").Scan(&n, &stored); err != nil {
 		return err
 	}
-	ap.allWon, ap.replaces, ap.won = n == rows, stored > 0, n
+	ap.allWon, ap.replaces = n == rows, stored > 0
 	return nil
 }
 
@@ -468,11 +478,14 @@ type step struct {
 	skip func(*applied) bool
 	// ifAllWon replaces the step when every raw row of the run won.
 	ifAllWon *step
-	// removes: the rows the step deletes count in applied.removed.
-	removes bool
+	// affected, when set, is told how many rows the step changed.
+	affected func(n int64, ap *applied)
 	// then runs after the step, to measure what it did.
 	then func(context.Context, *sql.Tx, *applied) error
 }
+
+// countRemoved counts the stored resources a step replaced or deleted.
+func countRemoved(n int64, ap *applied) { ap.removed += n }
 
 // fixup returns the steps that correct a view whose files were loaded
 // during the transform (see streamViews). The table held none but the
@@ -484,14 +497,9 @@ type step struct {
 func (t *Txn) fixup(st *stage) []step {
 	v := st.t
 	V, id, seq := quote(v.Name), quote(pipeline.ColResourceID), quote(pipeline.ColSeq)
-	files := make([]string, len(st.streamed))
-	for i, p := range st.streamed {
-		files[i] = lit(p)
-	}
-	src := `read_parquet([` + strings.Join(files, ", ") + `])`
+	src := readParquet(st.streamed)
 	fix := fmt.Sprintf("fix_%d", st.idx)
 	skip := func(ap *applied) bool { return ap.allWon }
-	cols, sel := selectList(v)
 	return []step{
 		{name: "view " + v.Name + " losers", skip: skip, args: []any{v.ResourceType},
 			sql: `CREATE TEMP TABLE ` + fix + ` AS SELECT DISTINCT s.` + id + ` AS id FROM ` + src + ` s
@@ -499,7 +507,7 @@ func (t *Txn) fixup(st *stage) []step {
 		{name: "view " + v.Name + " losers delete", skip: skip,
 			sql: `DELETE FROM ` + V + ` v USING ` + fix + ` f WHERE v.` + id + ` = f.id`},
 		{name: "view " + v.Name + " losers winners", skip: skip, args: []any{v.ResourceType},
-			sql: `INSERT INTO ` + V + ` (` + cols + `) SELECT ` + sel + ` FROM ` + src + ` s
+			sql: viewInsert(v, src) + `
 				SEMI JOIN (SELECT _seq FROM win WHERE resource_type = ?) w ON s.` + seq + ` = w._seq
 				WHERE s.` + id + ` IN (SELECT id FROM ` + fix + `)`},
 	}
@@ -533,31 +541,20 @@ func (t *Txn) steps(del string, sum pipeline.RunSummary) []step {
 			then: t.measureWinners},
 		{name: "raw delete", sql: `DELETE FROM ` + R + ` t USING win w
 			WHERE t.resource_type = w.resource_type AND t.id = w.id AND t.run_id IS DISTINCT FROM ?`, args: []any{run},
-			removes: true, skip: func(ap *applied) bool { return !ap.replaces }},
+			affected: countRemoved, skip: func(ap *applied) bool { return !ap.replaces }},
 		{name: "raw losers", sql: `DELETE FROM ` + R + ` WHERE run_id = ? AND _seq NOT IN (SELECT _seq FROM win)`,
 			args: []any{run}, skip: func(ap *applied) bool { return ap.allWon }},
 		{name: "deleted keys", sql: `CREATE TEMP TABLE gone AS
 			SELECT DISTINCT d.resource_type, d.id FROM ` + del + ` d
 			ANTI JOIN (SELECT resource_type, id FROM ` + R + ` t WHERE ` + guard + `) n
-				ON n.resource_type = d.resource_type AND n.id = d.id`, args: guardArgs,
-			then: func(ctx context.Context, tx *sql.Tx, ap *applied) error {
-				return tx.QueryRowContext(ctx, "SELECT count(*) FROM gone").Scan(&ap.gone)
-			}},
+				ON n.resource_type = d.resource_type AND n.id = d.id`, args: guardArgs},
 		{name: "raw deletes", sql: `DELETE FROM ` + R + ` t USING gone g
-			WHERE t.resource_type = g.resource_type AND t.id = g.id`, removes: true},
+			WHERE t.resource_type = g.resource_type AND t.id = g.id`, affected: countRemoved},
 		{name: "deleted winners", sql: `DELETE FROM win USING gone g
 			WHERE win.resource_type = g.resource_type AND win.id = g.id`,
-			skip: func(ap *applied) bool { return ap.gone == 0 },
 			// A resource the run both sent and deleted is no winner: its
 			// staged view rows must be filtered out too.
-			then: func(ctx context.Context, tx *sql.Tx, ap *applied) error {
-				var n int64
-				if err := tx.QueryRowContext(ctx, "SELECT count(*) FROM win").Scan(&n); err != nil {
-					return err
-				}
-				ap.allWon = ap.allWon && n == ap.won
-				return nil
-			}},
+			affected: func(n int64, ap *applied) { ap.allWon = ap.allWon && n == 0 }},
 	}
 	for _, v := range t.s.views() {
 		V := quote(v.Name)
@@ -571,8 +568,7 @@ func (t *Txn) steps(del string, sum pipeline.RunSummary) []step {
 				skip: func(ap *applied) bool { return ap.removed == 0 }})
 		}
 		if st := t.stages[v.Name]; st != nil {
-			cols, sel := selectList(v)
-			insert := `INSERT INTO ` + V + ` (` + cols + `) SELECT ` + sel + ` FROM ` + st.rel + ` s`
+			insert := viewInsert(v, st.rel)
 			steps = append(steps, step{name: "view " + v.Name + " insert",
 				sql: insert + ` SEMI JOIN (SELECT _seq FROM win WHERE resource_type = ?) w
 					ON s.` + quote(pipeline.ColSeq) + ` = w._seq`,
