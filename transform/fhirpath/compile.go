@@ -76,22 +76,31 @@ type compiler struct {
 
 // Compile parses and compiles src. Errors are *SyntaxError or *CompileError.
 func Compile(src string, opts *Options) (*Expr, error) {
-	if strings.TrimSpace(src) == "" {
-		return nil, &SyntaxError{Expr: src, Msg: "empty expression"}
-	}
-	n, err := parse(src)
+	n, err := parseExpr(src)
 	if err != nil {
 		return nil, err
 	}
-	if opts == nil {
-		opts = &Options{}
+	return (&compiler{src: src, opts: opts}).expr(n)
+}
+
+// parseExpr parses src, which must not be blank.
+func parseExpr(src string) (*node, error) {
+	if strings.TrimSpace(src) == "" {
+		return nil, &SyntaxError{Expr: src, Msg: "empty expression"}
 	}
-	cp := &compiler{src: src, opts: opts}
+	return parse(src)
+}
+
+// expr compiles n, the tree of cp.src.
+func (cp *compiler) expr(n *node) (*Expr, error) {
+	if cp.opts == nil {
+		cp.opts = &Options{}
+	}
 	fn, err := cp.compile(n)
 	if err != nil {
 		return nil, err
 	}
-	return &Expr{src: src, fn: fn, typ: resultType(n)}, nil
+	return &Expr{src: cp.src, fn: fn, typ: resultType(n)}, nil
 }
 
 func (cp *compiler) errf(n *node, format string, a ...any) error {

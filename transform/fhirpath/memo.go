@@ -17,9 +17,6 @@ import (
 // exprs[i] is nil where errs[i] is not; errs is nil when every expression
 // compiled.
 func CompileSet(srcs []string, opts *Options) (exprs []*Expr, errs []error) {
-	if opts == nil {
-		opts = &Options{}
-	}
 	exprs = make([]*Expr, len(srcs))
 	roots := make([]*node, len(srcs))
 	fail := func(i int, err error) {
@@ -29,11 +26,7 @@ func CompileSet(srcs []string, opts *Options) (exprs []*Expr, errs []error) {
 		errs[i] = err
 	}
 	for i, src := range srcs {
-		if strings.TrimSpace(src) == "" {
-			fail(i, &SyntaxError{Expr: src, Msg: "empty expression"})
-			continue
-		}
-		n, err := parse(src)
+		n, err := parseExpr(src)
 		if err != nil {
 			fail(i, err)
 			continue
@@ -46,13 +39,10 @@ func CompileSet(srcs []string, opts *Options) (exprs []*Expr, errs []error) {
 		if n == nil {
 			continue
 		}
-		cp := &compiler{src: srcs[i], opts: opts, memo: memo, set: set}
-		fn, err := cp.compile(n)
-		if err != nil {
+		var err error
+		if exprs[i], err = (&compiler{src: srcs[i], opts: opts, memo: memo, set: set}).expr(n); err != nil {
 			fail(i, err)
-			continue
 		}
-		exprs[i] = &Expr{src: srcs[i], fn: fn, typ: resultType(n)}
 	}
 	return exprs, errs
 }
