@@ -119,6 +119,22 @@
 // tail from 2.4-2.9 s to 1.9-2.1 s. The raw-only runs above differ
 // within this VM's noise.)
 //
+// Where the views' time goes, on the same 511 MB (two A/B rounds, one
+// process each): raw landing only 3.5-3.7 s and 4.9-5.3 CPU-s; with the
+// views evaluated and their batches dropped before the sink 6.6 s and
+// 10.6-10.7 CPU-s; with them loaded 11.3-11.8 s and 17.5-18.2 CPU-s.
+// Evaluating the views costs about 5.5 CPU-s and loading them about 7.
+// Most of the loading is DuckDB's INSERT itself: the observation view's
+// 249,318 rows of 43 columns took 1.31 s to INSERT from an in-memory TEMP
+// table and 1.28 s from staged Parquet (0.75 s into uncompressed columns,
+// 0.96 s into dictionary ones, with 16,384-row groups). A cheaper staging
+// format (CSV: 1.40 s) would not help; the rest is the Go Parquet
+// writer (about 2.5 CPU-s) and the kernel copying the spool. With 46
+// view tables each holding an unfinished row group, DuckDB spills 600-800
+// MB to its temp files under memory_limit 64MB; write_buffer_row_group_count
+// 1, ROW_GROUP_SIZE 8192, or memory_limit 128MB (398 MiB RSS) cut the
+// spill but not the time: all within 16.7-19.1 CPU-s, like the default.
+//
 // Earlier, on 120 MB, the DuckDB Appender into TEMP tables was as fast as
 // staged Parquet, but it held the whole run in DuckDB's memory (or its
 // uncompressed spill files) and needed 1.4 GB RSS at the 500 MB scale, so
