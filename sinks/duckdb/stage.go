@@ -285,7 +285,7 @@ func (st *stage) flush() error {
 // stageFileRowGroups row groups, or once the loader can take it.
 func (st *stage) rotate() error {
 	f := st.file
-	offer := st.loader != nil && f.bytes >= streamPartBytes && (streamWait || st.loader.idle.Load())
+	offer := st.loader != nil && f.bytes >= streamPartBytes && st.loader.ready()
 	if f.groups < stageFileRowGroups && !offer {
 		return nil
 	}

@@ -113,12 +113,16 @@ func (r *rawStream) load(ctx context.Context, tx *sql.Tx, log func(string, ...an
 	}
 }
 
+// ready reports whether offer would hand a job over now (under
+// streamWait, once the loader takes it).
+func (r *rawStream) ready() bool { return !r.closed && (streamWait || r.idle.Load()) }
+
 // offer hands job to the loader if it is waiting for work, and reports
 // whether it did. Unlike raw parts, which wait their turn, a view's file
 // is offered only to an idle loader: otherwise the writer keeps filling
 // it, and what is never offered is loaded at Commit.
 func (r *rawStream) offer(job loadJob) bool {
-	if r.closed {
+	if !r.ready() {
 		return false
 	}
 	if streamWait {
@@ -128,9 +132,6 @@ func (r *rawStream) offer(job loadJob) bool {
 		case <-r.failed:
 			return false
 		}
-	}
-	if !r.idle.Load() {
-		return false
 	}
 	select {
 	case r.queue <- job:

@@ -188,14 +188,14 @@ func (t *Txn) writeRaw(ctx context.Context, rec arrow.RecordBatch) error {
 // or backfill, the runs with the most rows, fills empty tables.
 func (t *Txn) streamViews(st *stage) {
 	st.loader = t.raw
-	st.insert = func(path string) string { return viewInsert(st.t, readParquet([]string{path})) }
+	st.insert = func(path string) string { return insertFrom(st.t, readParquet([]string{path})) }
 }
 
-// viewInsert is the INSERT of view v's rows from the staging relation from
-// (aliased s).
-func viewInsert(v *pipeline.Table, from string) string {
-	cols, sel := selectList(v)
-	return `INSERT INTO ` + quote(v.Name) + ` (` + cols + `) SELECT ` + sel + ` FROM ` + from + ` s`
+// insertFrom is the INSERT into table t of its staged rows from the
+// relation from (aliased s).
+func insertFrom(t *pipeline.Table, from string) string {
+	cols, sel := selectList(t)
+	return `INSERT INTO ` + quote(t.Name) + ` (` + cols + `) SELECT ` + sel + ` FROM ` + from + ` s`
 }
 
 // readParquet is the relation of the staged Parquet files at paths.
@@ -507,7 +507,7 @@ func (t *Txn) fixup(st *stage) []step {
 		{name: "view " + v.Name + " losers delete", skip: skip,
 			sql: `DELETE FROM ` + V + ` v USING ` + fix + ` f WHERE v.` + id + ` = f.id`},
 		{name: "view " + v.Name + " losers winners", skip: skip, args: []any{v.ResourceType},
-			sql: viewInsert(v, src) + `
+			sql: insertFrom(v, src) + `
 				SEMI JOIN (SELECT _seq FROM win WHERE resource_type = ?) w ON s.` + seq + ` = w._seq
 				WHERE s.` + id + ` IN (SELECT id FROM ` + fix + `)`},
 	}
@@ -557,18 +557,18 @@ func (t *Txn) steps(del string, sum pipeline.RunSummary) []step {
 			affected: func(n int64, ap *applied) { ap.allWon = ap.allWon && n == 0 }},
 	}
 	for _, v := range t.s.views() {
-		V := quote(v.Name)
-		if st := t.stages[v.Name]; st != nil && len(st.streamed) > 0 {
+		st := t.stages[v.Name]
+		if st != nil && len(st.streamed) > 0 {
 			steps = append(steps, t.fixup(st)...)
 		} else {
-			steps = append(steps, step{name: "view " + v.Name + " delete", sql: `DELETE FROM ` + V + ` v USING (
+			steps = append(steps, step{name: "view " + v.Name + " delete", sql: `DELETE FROM ` + quote(v.Name) + ` v USING (
 				SELECT id FROM win WHERE resource_type = ? UNION ALL SELECT id FROM gone WHERE resource_type = ?) k
 			WHERE v.` + quote(pipeline.ColResourceID) + ` = k.id`, args: []any{v.ResourceType, v.ResourceType},
 				// View rows exist only for stored resources.
 				skip: func(ap *applied) bool { return ap.removed == 0 }})
 		}
-		if st := t.stages[v.Name]; st != nil {
-			insert := viewInsert(v, st.rel)
+		if st != nil {
+			insert := insertFrom(v, st.rel)
 			steps = append(steps, step{name: "view " + v.Name + " insert",
 				sql: insert + ` SEMI JOIN (SELECT _seq FROM win WHERE resource_type = ?) w
 					ON s.` + quote(pipeline.ColSeq) + ` = w._seq`,
@@ -577,12 +577,9 @@ func (t *Txn) steps(del string, sum pipeline.RunSummary) []step {
 		}
 	}
 	for _, st := range t.order {
-		if st.t.Kind != pipeline.KindAppend {
-			continue
+		if st.t.Kind == pipeline.KindAppend {
+			steps = append(steps, step{name: "append " + st.t.Name, sql: insertFrom(st.t, st.rel)})
 		}
-		cols, sel := selectList(st.t)
-		steps = append(steps, step{name: "append " + st.t.Name,
-			sql: `INSERT INTO ` + quote(st.t.Name) + ` (` + cols + `) SELECT ` + sel + ` FROM ` + st.rel + ` s`})
 	}
 	r := t.run
 	steps = append(steps,

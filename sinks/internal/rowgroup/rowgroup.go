@@ -69,8 +69,9 @@ func (b *Batches) WriteTo(pw *pqarrow.FileWriter, schema *arrow.Schema, conv fun
 		b.written = append(b.written, b.recs...)
 		clear(b.recs)
 		b.recs = b.recs[:0]
+	} else {
+		b.recs = drop(b.recs)
 	}
-	b.recs = drop(b.recs)
 	b.Bytes, b.Rows = 0, 0
 	return err
 }
