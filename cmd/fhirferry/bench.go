@@ -49,6 +49,7 @@ type benchFlags struct {
 	keep     bool
 	export   bool
 	variants bool
+	floor    bool
 	seed     int64
 	tune     benchTune
 }
@@ -99,7 +100,11 @@ func newBenchCmd(g *globals) *cobra.Command {
      into another fresh DuckDB file with DuckDB's default settings (also in a child);
   3. with --export, runs a full $export from the in-process test server over
      loopback into a third DuckDB file (the server stays in the parent process,
-     so it does not count in the pipeline's memory).
+     so it does not count in the pipeline's memory);
+  4. with --floor (and --views default), copies the view rows of (1) out to
+     Parquet, untimed, and times DuckDB alone inserting them into a fresh file
+     whose tables the DuckDB sink created, with one thread as the sink's loader
+     runs: the share of a views load no change to fhirferry's Go side can remove.
 
 The headline ratio is (1) / (2): the same files from the same disk.
 
@@ -108,6 +113,7 @@ pipeline, with prefixes of 100 MB and 500 MB of the same file, to show that peak
 memory does not grow with the input.`,
 		Example: `  fhirferry bench --size 500MB --views none
   fhirferry bench --size 500MB --views default --export
+  fhirferry bench --size 500MB --views default --floor
   fhirferry bench --mode onefile --size 1GB --dir /tmp/bench --keep`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -123,6 +129,7 @@ memory does not grow with the input.`,
 	fl.BoolVar(&f.keep, "keep", false, "keep the generated files and databases")
 	fl.BoolVar(&f.export, "export", false, "also run a full $export from the test server over loopback")
 	fl.BoolVar(&f.variants, "variants", false, "also time read_ndjson_objects and read_json with explicit columns")
+	fl.BoolVar(&f.floor, "floor", false, "with --views default, also time DuckDB alone inserting the load's view rows")
 	fl.Int64Var(&f.seed, "seed", 1, "data seed")
 	f.tune.register(cmd)
 	return cmd
@@ -139,6 +146,9 @@ type benchResult struct {
 	Phases    map[string]float64 `json:"phases,omitempty"`
 	Note      string             `json:"note,omitempty"`
 	Err       string             `json:"error,omitempty"`
+	// WorkCPU is the CPU time of the measured work alone, for a child
+	// that also does untimed set-up (view_floor).
+	WorkCPU float64 `json:"work_cpu,omitempty"`
 
 	PeakRSS int64   `json:"-"` // bytes, ru_maxrss of the child
 	CPU     float64 `json:"-"` // user+system seconds of the child
@@ -437,12 +447,25 @@ func benchPipeline(ctx context.Context, f *benchFlags, size int64, dir string, o
 			return err
 		}
 	}
+	var floor benchResult
+	if f.floor && f.views == "default" {
+		logf("running view_floor (load average %s)", loadAvg())
+		floor, err = runChild(ctx, f.tune.GoMemLimit, append([]string{"view_floor",
+			"--data", filepath.Join(work, "load", "bench.duckdb"), "--work", filepath.Join(work, "floor")}, f.tune.args()...)...)
+		if err != nil {
+			return err
+		}
+	}
 	printResults(out, results)
 	ratio := ours.mbps() / theirs.mbps()
 	fmt.Fprintf(out, "\nheadline: fhirferry load %.1f MB/s vs DuckDB read_json %.1f MB/s on the same %.1f MB: ratio %.2f (views=%s, target >= %s)\n",
 		ours.mbps(), theirs.mbps(), float64(gs.bytes)/1e6, ratio, f.views, map[string]string{"none": "2", "default": "1.5"}[f.views])
 	fmt.Fprintf(out, "peak RSS of the fhirferry pipeline: %s (target <= 256 MiB); DuckDB sink memory_limit %s, GOMEMLIMIT %s\n",
 		mib(ours.PeakRSS), f.tune.MemoryLimit, f.tune.GoMemLimit)
+	if floor.Rows > 0 {
+		fmt.Fprintf(out, "floor: DuckDB alone inserts the load's %d view rows in %.2f s, %.1f CPU-s %s: %.0f%% of the load's %.1f CPU-s\n",
+			floor.Rows, floor.Seconds, floor.WorkCPU, floor.Note, 100*floor.WorkCPU/ours.CPU, ours.CPU)
+	}
 	fmt.Fprintf(out, "the same load by hand: GOMEMLIMIT=%s fhirferry load %s --config <duckdb sink with memory_limit %s, transform.batch_bytes %s>\n",
 		f.tune.GoMemLimit, data, f.tune.MemoryLimit, f.tune.BatchBytes)
 	fmt.Fprintf(out, "load average at end: %s\n", loadAvg())
@@ -589,7 +612,7 @@ func newBenchChildCmd(g *globals) *cobra.Command {
 		tune                                   benchTune
 	)
 	cmd := &cobra.Command{
-		Use:    "bench-child load|export|read_json|read_ndjson_objects|read_json_columns",
+		Use:    "bench-child load|export|read_json|read_ndjson_objects|read_json_columns|view_floor",
 		Short:  "One measured load of `fhirferry bench` (internal)",
 		Hidden: true,
 		Args:   cobra.ExactArgs(1),
@@ -619,6 +642,8 @@ func newBenchChildCmd(g *globals) *cobra.Command {
 				r, err = childPipeline(ctx, g, args[0], data, work, views, baseURL, tune)
 			case "read_json", "read_ndjson_objects", "read_json_columns":
 				r, err = childDuckDB(ctx, args[0], data, work)
+			case "view_floor":
+				r, err = childViewFloor(ctx, data, work, tune)
 			default:
 				err = fmt.Errorf("unknown bench-child %q", args[0])
 			}
@@ -629,7 +654,7 @@ func newBenchChildCmd(g *globals) *cobra.Command {
 		},
 	}
 	fl := cmd.Flags()
-	fl.StringVar(&data, "data", "", "folder of NDJSON files")
+	fl.StringVar(&data, "data", "", "folder of NDJSON files (view_floor: the loaded database)")
 	fl.StringVar(&work, "work", "", "folder for the database and state (emptied first)")
 	fl.StringVar(&views, "views", "default", "default or none")
 	fl.StringVar(&baseURL, "base-url", "", "test server (export)")

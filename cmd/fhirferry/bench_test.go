@@ -38,7 +38,8 @@ func TestCopyPrefix(t *testing.T) {
 
 // TestBenchEndToEnd builds the binary and runs a small benchmark: both
 // loads must see every generated resource, the child's peak RSS must be
-// measured, and the headline must be the ratio of the two printed rates.
+// measured, the headline must be the ratio of the two printed rates, and
+// --floor must time the re-insert of the load's view rows.
 func TestBenchEndToEnd(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the binary and loads ~2 MB three times")
@@ -47,7 +48,7 @@ func TestBenchEndToEnd(t *testing.T) {
 	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
 	require.NoError(t, err, "go build: %s", out)
 	dir := t.TempDir()
-	cmd := exec.CommandContext(t.Context(), bin, "bench", "--patients", "25", "--views", "default", "--export", "--dir", dir)
+	cmd := exec.CommandContext(t.Context(), bin, "bench", "--patients", "25", "--views", "default", "--export", "--floor", "--dir", dir)
 	cmd.Stderr = os.Stderr
 	stdout, err := cmd.Output()
 	require.NoError(t, err)
@@ -80,6 +81,24 @@ func TestBenchEndToEnd(t *testing.T) {
 	ratio, err := strconv.ParseFloat(m[1], 64)
 	require.NoError(t, err)
 	require.InDelta(t, rates[0]/rates[1], ratio, 0.05*ratio+0.02)
+	// The floor child fails unless it inserted every view row the load
+	// wrote; here the line must report them and the CPU they took.
+	fl := regexp.MustCompile(`floor: DuckDB alone inserts the load's (\d+) view rows in ([\d.]+) s, ([\d.]+) CPU-s`).FindStringSubmatch(text)
+	require.NotNil(t, fl, text)
+	viewRows, err := strconv.Atoi(fl[1])
+	require.NoError(t, err)
+	require.Greater(t, viewRows, 0)
+	floorCPU, err := strconv.ParseFloat(fl[3], 64)
+	require.NoError(t, err)
+	require.Greater(t, floorCPU, 0.0)
 	_, err = os.Stat(filepath.Join(dir, "work"))
 	require.True(t, os.IsNotExist(err), "without --keep the databases are removed")
+}
+
+// TestViewFloorNeedsALoad: the floor child reads the views of a finished
+// load, and says so when there is none.
+func TestViewFloorNeedsALoad(t *testing.T) {
+	dir := t.TempDir()
+	_, err := childViewFloor(t.Context(), filepath.Join(dir, "missing.duckdb"), dir, benchTune{MemoryLimit: "64MB"})
+	require.ErrorContains(t, err, "copy the views out of "+filepath.Join(dir, "missing.duckdb"))
 }

@@ -1,0 +1,134 @@
+package main
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/fhirferry/fhirferry/configs"
+	"github.com/fhirferry/fhirferry/pipeline"
+	"github.com/fhirferry/fhirferry/sinks/duckdb"
+	"github.com/fhirferry/fhirferry/transform"
+)
+
+// childViewFloor measures the part of a views load that is DuckDB's own:
+// the default views' rows of a finished `bench-child load` (its database
+// in loaded) are copied out to uncompressed Parquet, untimed, then
+// INSERTed into a fresh database whose tables the DuckDB sink created
+// (its DDL, column compression and ROW_GROUP_SIZE), in one transaction
+// with one DuckDB thread, as the sink's loader runs, and committed. As
+// long as the tables stay as they are (columns, compression, row groups),
+// no change to how fhirferry evaluates the views or hands their rows over
+// makes DuckDB's part of a views load cheaper than this.
+func childViewFloor(ctx context.Context, loaded, work string, tune benchTune) (benchResult, error) {
+	r := benchResult{Name: "duckdb view inserts"}
+	views, err := transform.LoadViews(true, "")
+	if err != nil {
+		return r, err
+	}
+	eng, err := transform.New(transform.Options{Views: views})
+	if err != nil {
+		return r, err
+	}
+	var tables []*pipeline.Table
+	for _, t := range eng.Tables() {
+		if t.Kind == pipeline.KindView {
+			tables = append(tables, t)
+		}
+	}
+	want, err := exportViews(ctx, loaded, work, tables)
+	if err != nil {
+		return r, fmt.Errorf("copy the views out of %s: %w", loaded, err)
+	}
+	sink, err := duckdb.New(configs.DuckDBSink{
+		Path: filepath.Join(work, "floor.duckdb"), MemoryLimit: tune.MemoryLimit, Threads: 1,
+	}, "floor", slog.New(slog.DiscardHandler))
+	if err != nil {
+		return r, err
+	}
+	if err := sink.Prepare(ctx, tables); err != nil {
+		return r, errors.Join(err, sink.Close())
+	}
+	cpu0, t0 := processCPU(), time.Now()
+	rows, err := insertViews(ctx, sink.DB(), work, tables)
+	if err = errors.Join(err, sink.Close()); err != nil { // Close checkpoints: part of the load
+		return r, err
+	}
+	r.Seconds, r.WorkCPU = time.Since(t0).Seconds(), processCPU()-cpu0
+	if rows != want {
+		return r, fmt.Errorf("inserted %d view rows, the load has %d", rows, want)
+	}
+	r.Rows = rows
+	r.Note = fmt.Sprintf("(%d view tables, 1 DuckDB thread, memory_limit %s)", len(tables), tune.MemoryLimit)
+	return r, nil
+}
+
+// exportViews writes each view table of the database at loaded to
+// work/<table>.parquet and returns their rows.
+func exportViews(ctx context.Context, loaded, work string, tables []*pipeline.Table) (int64, error) {
+	db, err := sql.Open("duckdb", loaded+"?access_mode=read_only")
+	if err != nil {
+		return 0, err
+	}
+	defer db.Close()
+	var rows int64
+	for _, t := range tables {
+		var n int64
+		if err := db.QueryRowContext(ctx, "SELECT count(*) FROM "+sqlIdent(t.Name)).Scan(&n); err != nil {
+			return 0, err
+		}
+		rows += n
+		q := fmt.Sprintf("COPY %s TO %s (FORMAT parquet, COMPRESSION uncompressed)",
+			sqlIdent(t.Name), sqlLit(filepath.Join(work, t.Name+".parquet")))
+		if _, err := db.ExecContext(ctx, q); err != nil {
+			return 0, err
+		}
+	}
+	return rows, nil
+}
+
+// insertViews INSERTs every exported view file into its table in one
+// transaction, on one connection with one DuckDB thread.
+func insertViews(ctx context.Context, db *sql.DB, work string, tables []*pipeline.Table) (int64, error) {
+	conn, err := db.Conn(ctx)
+	if err != nil {
+		return 0, err
+	}
+	defer conn.Close()
+	tx, err := conn.BeginTx(ctx, nil)
+	if err != nil {
+		return 0, err
+	}
+	var rows int64
+	for _, t := range tables {
+		q := fmt.Sprintf("INSERT INTO %s BY NAME SELECT * FROM read_parquet(%s)",
+			sqlIdent(t.Name), sqlLit(filepath.Join(work, t.Name+".parquet")))
+		res, err := tx.ExecContext(ctx, q)
+		if err != nil {
+			return 0, errors.Join(fmt.Errorf("%s: %w", t.Name, err), tx.Rollback())
+		}
+		n, err := res.RowsAffected()
+		if err != nil {
+			return 0, errors.Join(err, tx.Rollback())
+		}
+		rows += n
+	}
+	return rows, tx.Commit()
+}
+
+// processCPU is the user plus system CPU time of this process so far.
+func processCPU() float64 {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
+}
+
+func sqlIdent(s string) string { return `"` + strings.ReplaceAll(s, `"`, `""`) + `"` }
