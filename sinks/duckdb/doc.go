@@ -135,6 +135,17 @@
 // 1, ROW_GROUP_SIZE 8192, or memory_limit 128MB (398 MiB RSS) cut the
 // spill but not the time: all within 16.7-19.1 CPU-s, like the default.
 //
+// `fhirferry bench --floor` measures DuckDB's share alone: the load's
+// 1,529,276 view rows, INSERTed from uncompressed Parquet into tables this
+// sink created, one transaction, one thread, nothing else running, take
+// 4.1-4.8 s and 4.0-4.8 CPU-s (two threads: 4.0 s, 4.7 CPU-s; reading the
+// Parquet is 0.5 of it). With the raw landing's DuckDB time (about 2.1
+// CPU-s in cgo on the same connection) that is 6-7 s of statements one
+// run's transaction must execute one after another: already the whole
+// 6.3 s within which the pipeline would have to finish to load at 1.5 times
+// read_json's speed, before any view is evaluated. Uncompressed view
+// columns would take 3.2 CPU-s, for a file 2.7 times larger.
+//
 // Earlier, on 120 MB, the DuckDB Appender into TEMP tables was as fast as
 // staged Parquet, but it held the whole run in DuckDB's memory (or its
 // uncompressed spill files) and needed 1.4 GB RSS at the 500 MB scale, so
