@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"log/slog"
 	"path/filepath"
-	"strings"
 	"syscall"
 	"time"
 
@@ -79,47 +78,47 @@ func exportViews(ctx context.Context, loaded, work string, tables []*pipeline.Ta
 	defer db.Close()
 	var rows int64
 	for _, t := range tables {
-		var n int64
-		if err := db.QueryRowContext(ctx, "SELECT count(*) FROM "+sqlIdent(t.Name)).Scan(&n); err != nil {
+		q := fmt.Sprintf("COPY %s TO %s (FORMAT parquet, COMPRESSION uncompressed)",
+			quoteIdent(t.Name), sqlLit(filepath.Join(work, t.Name+".parquet")))
+		n, err := execRows(ctx, db, q)
+		if err != nil {
 			return 0, err
 		}
 		rows += n
-		q := fmt.Sprintf("COPY %s TO %s (FORMAT parquet, COMPRESSION uncompressed)",
-			sqlIdent(t.Name), sqlLit(filepath.Join(work, t.Name+".parquet")))
-		if _, err := db.ExecContext(ctx, q); err != nil {
-			return 0, err
-		}
 	}
 	return rows, nil
 }
 
 // insertViews INSERTs every exported view file into its table in one
-// transaction, on one connection with one DuckDB thread.
+// transaction.
 func insertViews(ctx context.Context, db *sql.DB, work string, tables []*pipeline.Table) (int64, error) {
-	conn, err := db.Conn(ctx)
-	if err != nil {
-		return 0, err
-	}
-	defer conn.Close()
-	tx, err := conn.BeginTx(ctx, nil)
+	tx, err := db.BeginTx(ctx, nil)
 	if err != nil {
 		return 0, err
 	}
 	var rows int64
 	for _, t := range tables {
 		q := fmt.Sprintf("INSERT INTO %s BY NAME SELECT * FROM read_parquet(%s)",
-			sqlIdent(t.Name), sqlLit(filepath.Join(work, t.Name+".parquet")))
-		res, err := tx.ExecContext(ctx, q)
+			quoteIdent(t.Name), sqlLit(filepath.Join(work, t.Name+".parquet")))
+		n, err := execRows(ctx, tx, q)
 		if err != nil {
 			return 0, errors.Join(fmt.Errorf("%s: %w", t.Name, err), tx.Rollback())
-		}
-		n, err := res.RowsAffected()
-		if err != nil {
-			return 0, errors.Join(err, tx.Rollback())
 		}
 		rows += n
 	}
 	return rows, tx.Commit()
+}
+
+// execRows runs q and returns the rows it affected (for COPY TO, the rows
+// written).
+func execRows(ctx context.Context, db interface {
+	ExecContext(context.Context, string, ...any) (sql.Result, error)
+}, q string) (int64, error) {
+	res, err := db.ExecContext(ctx, q)
+	if err != nil {
+		return 0, err
+	}
+	return res.RowsAffected()
 }
 
 // processCPU is the user plus system CPU time of this process so far.
@@ -130,5 +129,3 @@ func processCPU() float64 {
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
 }
-
-func sqlIdent(s string) string { return `"` + strings.ReplaceAll(s, `"`, `""`) + `"` }
