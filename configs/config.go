@@ -196,12 +196,12 @@ type ParquetSink struct {
 }
 
 // Load reads, expands, decodes and validates the file at path.
-func Load(path string) (*Config, error) {
+func Load(path string, checks ...Check) (*Config, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, err
 	}
-	cfg, err := Parse(data)
+	cfg, err := Parse(data, checks...)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
@@ -210,7 +210,7 @@ func Load(path string) (*Config, error) {
 
 // Parse decodes YAML strictly, applies defaults and validates. Every
 // problem found is reported in one error.
-func Parse(data []byte) (*Config, error) {
+func Parse(data []byte, checks ...Check) (*Config, error) {
 	var root yaml.Node
 	if err := yaml.Unmarshal(data, &root); err != nil {
 		return nil, fmt.Errorf("parse config: %w", err)
@@ -231,7 +231,7 @@ func Parse(data []byte) (*Config, error) {
 		}
 	}
 	cfg.applyDefaults()
-	if err := cfg.Validate(); err != nil {
+	if err := cfg.Validate(checks...); err != nil {
 		return nil, err
 	}
 	return &cfg, nil

@@ -59,6 +59,7 @@ func TestEnvExpansion(t *testing.T) {
 }
 
 func TestValidateReportsEveryProblem(t *testing.T) {
+	extra := func(*Config) []string { return []string{"a check of a package above"} }
 	_, err := Parse([]byte(`
 log: {level: loud}
 sources:
@@ -74,10 +75,10 @@ sources:
     auth: {type: smart}
 sinks:
   - {name: w, type: mysql}
-`))
+`), extra)
 	require.Error(t, err)
 	for _, want := range []string{
-		"log.level", "base_url", "needs group_id", "schedule", `sink "nope"`, "patient parameter is POST-only",
+		"log.level", "base_url", "needs group_id", "a check of a package above", `sink "nope"`, "patient parameter is POST-only",
 		"_sort", "auth.client_id", "auth.private_key_file", `type "mysql"`,
 	} {
 		require.Contains(t, err.Error(), want)

@@ -8,18 +8,25 @@ import (
 	"slices"
 	"strings"
 	"time"
-
-	"github.com/robfig/cron/v3"
 )
 
 var nameRE = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9_-]*$`)
 
-// CronParser is the schedule syntax: 5 fields or a descriptor (@hourly, @every 10m).
-var CronParser = cron.NewParser(cron.Minute | cron.Hour | cron.Dom | cron.Month | cron.Dow | cron.Descriptor)
+// Check is a validation a package above this one adds to Load, Parse and
+// Validate (the scheduler checks the cron schedules): it returns one
+// message per problem, reported with the others.
+type Check func(*Config) []string
 
-// Validate checks the whole configuration and reports every problem it finds.
-func (c *Config) Validate() error {
+// SourceAt names a source in a problem message.
+func SourceAt(i int, s Source) string { return fmt.Sprintf("sources[%d] (%s)", i, s.Name) }
+
+// Validate checks the whole configuration and reports every problem it
+// finds, those of checks included.
+func (c *Config) Validate(checks ...Check) error {
 	var p problems
+	for _, check := range checks {
+		p = append(p, check(c)...)
+	}
 	if !slices.Contains([]string{"debug", "info", "warn", "error"}, c.Log.Level) {
 		p.add("log.level: %q is not one of debug, info, warn, error", c.Log.Level)
 	}
@@ -74,7 +81,7 @@ func (c *Config) Validate() error {
 	}
 	srcNames := map[string]bool{}
 	for i, s := range c.Sources {
-		at := fmt.Sprintf("sources[%d] (%s)", i, s.Name)
+		at := SourceAt(i, s)
 		if !nameRE.MatchString(s.Name) {
 			p.add("%s: name %q must match %s", at, s.Name, nameRE)
 		}
@@ -96,11 +103,6 @@ func (c *Config) Validate() error {
 			}
 		default:
 			p.add("%s: level %q is not system, patient or group", at, s.Level)
-		}
-		if s.Schedule != "" {
-			if _, err := CronParser.Parse(s.Schedule); err != nil {
-				p.add("%s: schedule %q: %v", at, s.Schedule, err)
-			}
 		}
 		if _, err := time.LoadLocation(s.TimeZone); err != nil {
 			p.add("%s: timezone %q: %v", at, s.TimeZone, err)

@@ -11,8 +11,9 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
-	"time"
 	"unicode/utf8"
+
+	"github.com/fhirferry/fhirferry/configs"
 )
 
 // Client is a Bulk Data client for one server. It is safe for concurrent use.
@@ -35,34 +36,31 @@ func New(o Options) (*Client, error) {
 		return nil, fmt.Errorf("fetch: base URL %q: scheme must be http or https", o.BaseURL)
 	}
 	if o.Parallel <= 0 {
-		o.Parallel = 5
+		o.Parallel = configs.DefaultParallel
 	}
 	if o.Retries < 0 {
 		return nil, fmt.Errorf("fetch: Retries must be >= 0, got %d", o.Retries)
 	}
-	if o.Retries == 0 {
-		o.Retries = 5
-	}
 	if o.MinWait <= 0 {
-		o.MinWait = 2 * time.Second
+		o.MinWait = configs.DefaultMinWait
 	}
 	if o.MaxWait <= 0 {
-		o.MaxWait = 15 * time.Minute
+		o.MaxWait = configs.DefaultMaxWait
 	}
 	if o.MaxWait < o.MinWait {
 		return nil, fmt.Errorf("fetch: MaxWait %s is below MinWait %s", o.MaxWait, o.MinWait)
 	}
 	if o.RequestTimeout <= 0 {
-		o.RequestTimeout = 5 * time.Minute
+		o.RequestTimeout = configs.DefaultRequestTimeout
 	}
 	if o.ExportTimeout <= 0 {
-		o.ExportTimeout = 6 * time.Hour
+		o.ExportTimeout = configs.DefaultExportTimeout
 	}
 	if o.MaxLineBytes <= 0 {
-		o.MaxLineBytes = 64 << 20
+		o.MaxLineBytes = configs.DefaultMaxLineBytes
 	}
 	if o.UserAgent == "" {
-		o.UserAgent = "fhirferry"
+		o.UserAgent = configs.DefaultUserAgent
 	}
 	lg := o.Logger
 	if lg == nil {

@@ -50,7 +50,7 @@ type Options struct {
 	Auth       TokenSource  // nil = no Authorization header at all
 
 	Parallel       int           // concurrent downloads (default 5)
-	Retries        int           // attempts after the first, per request (default 5)
+	Retries        int           // attempts after the first, per request (0: none)
 	MinWait        time.Duration // lower clamp of every wait (default 2s)
 	MaxWait        time.Duration // upper clamp of every wait (default 15m)
 	RequestTimeout time.Duration // per request; for downloads an idle timeout (default 5m)

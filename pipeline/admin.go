@@ -143,6 +143,9 @@ func ListenAdmin(ctx context.Context, addr string, h http.Handler) (*AdminServer
 	return &AdminServer{ln: ln, srv: &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}}, nil
 }
 
+// Close releases the address of a server that was never served.
+func (a *AdminServer) Close() error { return a.ln.Close() }
+
 // Addr is the bound address (useful with port 0).
 func (a *AdminServer) Addr() string { return a.ln.Addr().String() }
 

@@ -12,6 +12,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/require"
+
+	"github.com/fhirferry/fhirferry/transform"
 )
 
 func get(t *testing.T, url string) (int, string) {
@@ -64,7 +66,7 @@ func TestAdminEndpoints(t *testing.T) {
 			case <-ctx.Done():
 				return nil, ctx.Err()
 			}
-			return &Result{RunID: "run-1", TransactionTime: "2025-02-01T00:00:00Z", Stats: FileStats{Resources: 42}}, nil
+			return &Result{RunID: "run-1", TransactionTime: "2025-02-01T00:00:00Z", Stats: transform.FileStats{Resources: 42}}, nil
 		},
 		Observer: m,
 	})

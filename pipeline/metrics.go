@@ -9,6 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/fhirferry/fhirferry/fetch"
+	"github.com/fhirferry/fhirferry/transform"
 )
 
 // Metrics is fhirferry's Prometheus instrumentation. It observes runs
@@ -175,7 +176,7 @@ func (m *Metrics) Phase(source, phase string, d time.Duration) {
 }
 
 // FileDone implements Hooks.
-func (m *Metrics) FileDone(source string, sp fetch.Spooled, st FileStats) {
+func (m *Metrics) FileDone(source string, sp fetch.Spooled, st transform.FileStats) {
 	kind := string(sp.File.Kind)
 	switch sp.File.Kind {
 	case fetch.KindOutput, fetch.KindDeleted, fetch.KindError:

@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/fhirferry/fhirferry/fetch"
+	"github.com/fhirferry/fhirferry/transform"
 )
 
 func newTestMetrics(t *testing.T) (*Metrics, *prometheus.Registry) {
@@ -48,12 +49,12 @@ func TestMetricsLintAndCounts(t *testing.T) {
 	m.Manifest("ehr", &fetch.Manifest{Output: make([]fetch.File, 3), Deleted: make([]fetch.File, 1), Error: make([]fetch.File, 1)})
 	m.Phase("ehr", "kickoff", 200*time.Millisecond)
 	m.Phase("ehr", "wait", 3*time.Second)
-	m.FileDone("ehr", fetch.Spooled{File: fetch.File{Kind: fetch.KindOutput, Type: "Patient"}}, FileStats{Resources: 10, Rejects: 2})
-	m.FileDone("ehr", fetch.Spooled{File: fetch.File{Kind: fetch.KindOutput, Type: "Patient"}}, FileStats{Resources: 5})
-	m.FileDone("ehr", fetch.Spooled{File: fetch.File{Kind: fetch.KindOutput, Type: "Observation"}}, FileStats{Resources: 7})
-	m.FileDone("ehr", fetch.Spooled{File: fetch.File{Kind: fetch.KindDeleted, Type: "Patient"}}, FileStats{Deleted: 3})
-	m.FileDone("ehr", fetch.Spooled{File: fetch.File{Kind: fetch.KindError, Type: "OperationOutcome"}}, FileStats{Outcomes: 4, ErrorIssues: 1})
-	m.FileDone("ehr", fetch.Spooled{File: fetch.File{Kind: fetch.KindOutput, Type: "evil label{}"}}, FileStats{Resources: 1})
+	m.FileDone("ehr", fetch.Spooled{File: fetch.File{Kind: fetch.KindOutput, Type: "Patient"}}, transform.FileStats{Resources: 10, Rejects: 2})
+	m.FileDone("ehr", fetch.Spooled{File: fetch.File{Kind: fetch.KindOutput, Type: "Patient"}}, transform.FileStats{Resources: 5})
+	m.FileDone("ehr", fetch.Spooled{File: fetch.File{Kind: fetch.KindOutput, Type: "Observation"}}, transform.FileStats{Resources: 7})
+	m.FileDone("ehr", fetch.Spooled{File: fetch.File{Kind: fetch.KindDeleted, Type: "Patient"}}, transform.FileStats{Deleted: 3})
+	m.FileDone("ehr", fetch.Spooled{File: fetch.File{Kind: fetch.KindError, Type: "OperationOutcome"}}, transform.FileStats{Outcomes: 4, ErrorIssues: 1})
+	m.FileDone("ehr", fetch.Spooled{File: fetch.File{Kind: fetch.KindOutput, Type: "evil label{}"}}, transform.FileStats{Resources: 1})
 	m.Committed("ehr", "warehouse", 40*time.Millisecond)
 	m.Phase("ehr", "download_transform", 2*time.Second)
 	now = now.Add(90 * time.Second)
@@ -132,7 +133,7 @@ func TestMetricsBoundsResourceTypes(t *testing.T) {
 	m, _ := newTestMetrics(t)
 	for i := range maxResourceTypes + 50 {
 		typ := "Type" + strings.Repeat("x", i%60) + string(rune('A'+i/60))
-		m.FileDone("s", fetch.Spooled{File: fetch.File{Kind: fetch.KindOutput, Type: typ}}, FileStats{Resources: 1})
+		m.FileDone("s", fetch.Spooled{File: fetch.File{Kind: fetch.KindOutput, Type: typ}}, transform.FileStats{Resources: 1})
 	}
 	require.LessOrEqual(t, testutil.CollectAndCount(m.resources), maxResourceTypes+1)
 	require.Equal(t, 50.0, testutil.ToFloat64(m.resources.WithLabelValues("s", "other")))

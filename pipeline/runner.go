@@ -17,6 +17,9 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/fhirferry/fhirferry/fetch"
+	"github.com/fhirferry/fhirferry/schemas"
+	"github.com/fhirferry/fhirferry/sinks"
+	"github.com/fhirferry/fhirferry/transform"
 )
 
 // Exporter is the Bulk Data client as the runner uses it (*fetch.Client).
@@ -27,6 +30,18 @@ type Exporter interface {
 	DownloadAll(ctx context.Context, m *fetch.Manifest, dir string, skip func(fetch.File) (fetch.Spooled, bool), done func(fetch.Spooled) error) error
 }
 
+// Transform turns spooled NDJSON files into batches (transform.Engine).
+// It is safe for concurrent use: the runner calls ProcessFile from several
+// workers, one file each.
+type Transform interface {
+	// Tables returns every table ProcessFile may emit to.
+	Tables() []*schemas.Table
+	// ProcessFile streams one file into batches passed to emit, which may
+	// block (backpressure) and takes ownership of each batch. Bad lines
+	// become reject rows; only I/O, ctx and emit errors end a file early.
+	ProcessFile(ctx context.Context, origin transform.Origin, in transform.Input, emit func(schemas.Batch) error) (transform.FileStats, error)
+}
+
 // Hooks observe a run for metrics and progress. Every method must be cheap
 // and safe for concurrent use; a nil Hooks is allowed.
 type Hooks interface {
@@ -34,7 +49,7 @@ type Hooks interface {
 	// download_transform, commit.
 	Phase(source, phase string, d time.Duration)
 	// FileDone reports one loaded file.
-	FileDone(source string, sp fetch.Spooled, st FileStats)
+	FileDone(source string, sp fetch.Spooled, st transform.FileStats)
 	// Committed reports a sink's commit.
 	Committed(source, sink string, d time.Duration)
 	// Manifest reports the files to load, for progress.
@@ -49,7 +64,7 @@ type Runner struct {
 	InitialSince string
 	Client       Exporter
 	Engine       Transform
-	Sinks        []Sink
+	Sinks        []sinks.Sink
 	DataDir      string
 	Logger       *slog.Logger
 	Hooks        Hooks
@@ -66,6 +81,18 @@ type Runner struct {
 	// Full makes every new run export from InitialSince whatever the
 	// checkpoints say (the Group back-fill runs of C49, see Backfill).
 	Full bool
+	// Failpoint, when set, is called as the run passes each named point:
+	// polling (status URL saved, before the first poll), spooled (a file
+	// stored), written (a batch written to the sinks) and committed (every
+	// sink committed, before cleanup). The crash tests kill the process
+	// there; production binaries leave it nil.
+	Failpoint func(name string)
+}
+
+func (r *Runner) failpoint(name string) {
+	if r.Failpoint != nil {
+		r.Failpoint(name)
+	}
 }
 
 // Result summarises a finished run.
@@ -87,7 +114,7 @@ type Result struct {
 	// runners (back-fills) never defer.
 	Deferred  []string
 	Committed []string
-	Stats     FileStats
+	Stats     transform.FileStats
 	Files     int
 	WireBytes int64
 	// NewMembers and RemovedMembers are the Group membership changes a
@@ -172,16 +199,16 @@ func (r *Runner) recordFailure(ctx context.Context, st *RunState, res *Result, e
 	if ctx.Err() != nil || errors.Is(err, context.Canceled) {
 		outcome = "cancelled"
 	}
-	info := RunInfo{RunID: st.RunID, Source: r.Source, ExportID: st.ExportID(), Since: st.Since, Started: st.Started}
+	info := sinks.RunInfo{RunID: st.RunID, Source: r.Source, ExportID: st.ExportID(), Since: st.Since, Started: st.Started}
 	if st.Manifest != nil {
 		info.TransactionTime = st.Manifest.TransactionTime
 	}
-	sum := RunSummary{Finished: time.Now().UTC(), Outcome: outcome, Files: int64(res.Files), Bytes: res.WireBytes,
+	sum := sinks.RunSummary{Finished: time.Now().UTC(), Outcome: outcome, Files: int64(res.Files), Bytes: res.WireBytes,
 		Resources: res.Stats.Resources, Deleted: res.Stats.Deleted, Rejects: res.Stats.Rejects, Outcomes: res.Stats.Outcomes}
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
 	for _, s := range r.Sinks {
-		fr, ok := s.(FailureRecorder)
+		fr, ok := s.(sinks.FailureRecorder)
 		if !ok || slices.Contains(res.Committed, s.Name()) {
 			continue
 		}
@@ -255,7 +282,7 @@ func (r *Runner) export(ctx context.Context, store *stateStore, st *RunState, lo
 		if err := store.save(st); err != nil {
 			return err
 		}
-		failpoint("polling")
+		r.failpoint("polling")
 	}
 	t0 := time.Now()
 	m, err := r.Client.Wait(ctx, st.StatusURL)
@@ -303,8 +330,8 @@ func (r *Runner) apply(ctx context.Context, store *stateStore, st *RunState, res
 	if r.Hooks != nil {
 		r.Hooks.Manifest(r.Source, m)
 	}
-	info := RunInfo{RunID: st.RunID, Source: r.Source, ExportID: st.ExportID(), Since: st.Since, TransactionTime: m.TransactionTime, Started: st.Started}
-	var todo []Sink
+	info := sinks.RunInfo{RunID: st.RunID, Source: r.Source, ExportID: st.ExportID(), Since: st.Since, TransactionTime: m.TransactionTime, Started: st.Started}
+	var todo []sinks.Sink
 	for _, s := range r.Sinks {
 		if slices.Contains(st.Committed, s.Name()) {
 			res.Skipped = append(res.Skipped, s.Name())
@@ -360,7 +387,7 @@ func (r *Runner) apply(ctx context.Context, store *stateStore, st *RunState, res
 	if err := store.save(st); err != nil {
 		return err
 	}
-	failpoint("committed")
+	r.failpoint("committed")
 	r.cleanup(ctx, store, st, log)
 	return nil
 }
@@ -382,11 +409,11 @@ func (r *Runner) cleanup(ctx context.Context, store *stateStore, st *RunState, l
 }
 
 type loaded struct {
-	txns    map[string]Txn
-	summary RunSummary
+	txns    map[string]sinks.Txn
+	summary sinks.RunSummary
 }
 
-func (r *Runner) rollback(ctx context.Context, txns map[string]Txn) {
+func (r *Runner) rollback(ctx context.Context, txns map[string]sinks.Txn) {
 	for name, t := range txns {
 		if err := t.Rollback(context.WithoutCancel(ctx)); err != nil {
 			r.log().Warn("rollback failed", "sink", name, "err", err)
@@ -394,12 +421,12 @@ func (r *Runner) rollback(ctx context.Context, txns map[string]Txn) {
 	}
 }
 
-// load streams every file into one Txn per sink. Downloads, transform
+// load streams every file into one sinks.Txn per sink. Downloads, transform
 // workers and the sink writer run concurrently, linked by bounded channels.
-func (r *Runner) load(ctx context.Context, store *stateStore, st *RunState, info RunInfo, sinks []Sink, res *Result) (*loaded, error) {
+func (r *Runner) load(ctx context.Context, store *stateStore, st *RunState, info sinks.RunInfo, targets []sinks.Sink, res *Result) (*loaded, error) {
 	t0 := time.Now()
-	txns := map[string]Txn{}
-	for _, s := range sinks {
+	txns := map[string]sinks.Txn{}
+	for _, s := range targets {
 		txn, err := s.Begin(ctx, info)
 		if err != nil {
 			r.rollback(ctx, txns)
@@ -419,11 +446,11 @@ func (r *Runner) load(ctx context.Context, store *stateStore, st *RunState, info
 	}
 	workers := max(r.Workers, 1)
 	files := make(chan fetch.Spooled, workers)
-	batches := make(chan Batch, max(r.QueueDepth, 1))
-	origin := Origin{Source: r.Source, ExportID: info.ExportID, TransactionTime: info.TransactionTime}
+	batches := make(chan schemas.Batch, max(r.QueueDepth, 1))
+	origin := transform.Origin{Source: r.Source, ExportID: info.ExportID, TransactionTime: info.TransactionTime}
 
 	var mu sync.Mutex
-	var total FileStats
+	var total transform.FileStats
 	var wire int64
 	nfiles := 0
 
@@ -454,7 +481,7 @@ func (r *Runner) load(ctx context.Context, store *stateStore, st *RunState, info
 			if err := store.save(st); err != nil {
 				return err
 			}
-			failpoint("spooled")
+			r.failpoint("spooled")
 			select {
 			case files <- sp:
 				return nil
@@ -470,7 +497,7 @@ func (r *Runner) load(ctx context.Context, store *stateStore, st *RunState, info
 		wg.Add(1)
 		g.Go(func() error {
 			defer wg.Done()
-			emit := func(b Batch) error {
+			emit := func(b schemas.Batch) error {
 				select {
 				case batches <- b:
 					return nil
@@ -480,7 +507,7 @@ func (r *Runner) load(ctx context.Context, store *stateStore, st *RunState, info
 				}
 			}
 			for sp := range files {
-				in := Input{Path: sp.Path, Name: fileName(sp.File), Kind: string(sp.File.Kind), Type: sp.File.Type, Index: sp.File.Index}
+				in := transform.Input{Path: sp.Path, Name: fileName(sp.File), Kind: string(sp.File.Kind), Type: sp.File.Type, Index: sp.File.Index}
 				fs, err := r.Engine.ProcessFile(gctx, origin, in, emit)
 				if err != nil {
 					return fmt.Errorf("transform %s: %w", in.Name, err)
@@ -498,7 +525,7 @@ func (r *Runner) load(ctx context.Context, store *stateStore, st *RunState, info
 		})
 	}
 	go func() { wg.Wait(); close(batches) }()
-	// The sink writer: one goroutine, so each Txn is used by one goroutine.
+	// The sink writer: one goroutine, so each sinks.Txn is used by one goroutine.
 	g.Go(func() error {
 		var err error
 		for b := range batches {
@@ -506,8 +533,8 @@ func (r *Runner) load(ctx context.Context, store *stateStore, st *RunState, info
 				b.Release() // drain so producers never block on a dead writer
 				continue
 			}
-			err = r.write(gctx, sinks, txns, b)
-			failpoint("written")
+			err = r.write(gctx, targets, txns, b)
+			r.failpoint("written")
 		}
 		return err
 	})
@@ -521,20 +548,20 @@ func (r *Runner) load(ctx context.Context, store *stateStore, st *RunState, info
 			total.ErrorIssues, total.FirstIssue, st.Since)}
 	}
 	ok = true
-	return &loaded{txns: txns, summary: RunSummary{
+	return &loaded{txns: txns, summary: sinks.RunSummary{
 		Outcome: "success", Files: int64(nfiles), Bytes: wire, Resources: total.Resources,
 		Deleted: total.Deleted, Rejects: total.Rejects, Outcomes: total.Outcomes, Finished: time.Now().UTC(),
 	}}, nil
 }
 
 // write hands b to every sink; each extra sink gets its own reference.
-func (r *Runner) write(ctx context.Context, sinks []Sink, txns map[string]Txn, b Batch) error {
-	for i, s := range sinks {
-		if i < len(sinks)-1 {
+func (r *Runner) write(ctx context.Context, targets []sinks.Sink, txns map[string]sinks.Txn, b schemas.Batch) error {
+	for i, s := range targets {
+		if i < len(targets)-1 {
 			b.Rec.Retain()
 		}
 		if err := txns[s.Name()].Write(ctx, b); err != nil {
-			for range sinks[i+1:] {
+			for range targets[i+1:] {
 				b.Release()
 			}
 			return fmt.Errorf("write %s to sink %s: %w", b.Table.Name, s.Name(), err)

@@ -12,8 +12,6 @@ import (
 	"time"
 
 	"github.com/robfig/cron/v3"
-
-	"github.com/fhirferry/fhirferry/configs"
 )
 
 // RunFunc performs one resumable run of one source (the daemon's app wires
@@ -43,7 +41,7 @@ var (
 // ScheduledSource is one source as the scheduler sees it.
 type ScheduledSource struct {
 	Name string
-	// Schedule is a cron spec in [configs.CronParser] syntax; empty means
+	// Schedule is a cron spec in [CheckSchedules] syntax; empty means
 	// the source only runs when triggered (or resumed at start).
 	Schedule string
 	// TimeZone evaluates Schedule ("" = the process's local zone).
@@ -198,7 +196,7 @@ func buildSources(list []ScheduledSource) (map[string]*sourceState, []string, er
 			if c.TimeZone != "" && !strings.HasPrefix(spec, "TZ=") && !strings.HasPrefix(spec, "CRON_TZ=") {
 				spec = "CRON_TZ=" + c.TimeZone + " " + spec
 			}
-			sched, err := configs.CronParser.Parse(spec)
+			sched, err := cronParser().Parse(spec)
 			if err != nil {
 				return nil, nil, fmt.Errorf("scheduler: source %q: schedule %q: %w", c.Name, c.Schedule, err)
 			}
@@ -234,7 +232,7 @@ func (s *Scheduler) Run(ctx context.Context) error {
 		return errors.New("scheduler: Run called twice")
 	}
 	s.base = ctx
-	s.cron = cron.New(cron.WithParser(configs.CronParser))
+	s.cron = cron.New(cron.WithParser(cronParser()))
 	s.accepting = true
 	s.addEntriesLocked()
 	var resume []string

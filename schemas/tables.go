@@ -4,8 +4,6 @@ package schemas
 
 import (
 	"github.com/apache/arrow-go/v18/arrow"
-
-	"github.com/fhirferry/fhirferry/pipeline"
 )
 
 // Table names of the non-view tables.
@@ -16,6 +14,8 @@ const (
 	OutcomesTable = "operation_outcomes"
 	RunsTable     = "runs"
 	CheckTable    = "checkpoints"
+	// ViewDefsTable records the definition each view table was built from.
+	ViewDefsTable = "view_definitions"
 )
 
 // Timestamp is the type of every instant column: microseconds in UTC, which
@@ -64,9 +64,9 @@ func IsKey(f arrow.Field) bool {
 
 // Raw is the raw landing table: every current resource's JSON, keyed by
 // (resource_type, id).
-var Raw = &pipeline.Table{
+var Raw = &Table{
 	Name: RawTable,
-	Kind: pipeline.KindRaw,
+	Kind: KindRaw,
 	Schema: arrow.NewSchema(append([]arrow.Field{
 		str("resource_type", false),
 		{Name: "id", Type: arrow.BinaryTypes.String, Nullable: false, Metadata: KeyMetadata},
@@ -74,15 +74,15 @@ var Raw = &pipeline.Table{
 		{Name: "last_updated", Type: Timestamp, Nullable: true},
 		{Name: "subsetted", Type: arrow.FixedWidthTypes.Boolean, Nullable: false},
 		{Name: "resource", Type: arrow.BinaryTypes.String, Nullable: false, Metadata: JSONMetadata},
-		i64(pipeline.ColSeq, false),
+		i64(ColSeq, false),
 	}, provenance()...), nil),
 	Description: "Every current FHIR resource as JSON, with meta.lastUpdated and provenance.",
 }
 
 // Deleted stages a run's `deleted` entries.
-var Deleted = &pipeline.Table{
+var Deleted = &Table{
 	Name: DeletedTable,
-	Kind: pipeline.KindDeleted,
+	Kind: KindDeleted,
 	Schema: arrow.NewSchema(append([]arrow.Field{
 		str("resource_type", false),
 		str("id", false),
@@ -90,9 +90,9 @@ var Deleted = &pipeline.Table{
 }
 
 // Rejects records lines that could not be loaded, with the reason.
-var Rejects = &pipeline.Table{
+var Rejects = &Table{
 	Name: RejectsTable,
-	Kind: pipeline.KindAppend,
+	Kind: KindAppend,
 	Schema: arrow.NewSchema(append([]arrow.Field{
 		str("resource_type", true),
 		str("id", true),
@@ -103,9 +103,9 @@ var Rejects = &pipeline.Table{
 }
 
 // Outcomes records the issues of the OperationOutcomes in a manifest's error files.
-var Outcomes = &pipeline.Table{
+var Outcomes = &Table{
 	Name: OutcomesTable,
-	Kind: pipeline.KindAppend,
+	Kind: KindAppend,
 	Schema: arrow.NewSchema(append([]arrow.Field{
 		str("severity", true),
 		str("code", true),
@@ -115,7 +115,22 @@ var Outcomes = &pipeline.Table{
 	Description: "Issues of the OperationOutcomes the server reported in error files.",
 }
 
+// ViewDefinitions records, per sink, the definition each view table
+// was last built from, so a changed or new view is detected (see
+// transform.ViewHashes). Callers of ReplaceTable rewrite it whole.
+var ViewDefinitions = &Table{
+	Name: ViewDefsTable,
+	Kind: KindAppend,
+	Schema: arrow.NewSchema([]arrow.Field{
+		{Name: "name", Type: arrow.BinaryTypes.String},
+		{Name: "resource_type", Type: arrow.BinaryTypes.String},
+		{Name: "definition_hash", Type: arrow.BinaryTypes.String},
+		{Name: "updated_at", Type: Timestamp},
+	}, nil),
+	Description: "The ViewDefinition (SHA-256 of its canonical JSON) each view table was last rebuilt from.",
+}
+
 // System returns the non-view tables every sink holds.
-func System() []*pipeline.Table {
-	return []*pipeline.Table{Raw, Deleted, Rejects, Outcomes}
+func System() []*Table {
+	return []*Table{Raw, Deleted, Rejects, Outcomes}
 }

@@ -19,8 +19,9 @@ import (
 	"github.com/apache/arrow-go/v18/arrow/memory"
 	"github.com/valyala/fastjson"
 
-	"github.com/fhirferry/fhirferry/pipeline"
+	"github.com/fhirferry/fhirferry/configs"
 	"github.com/fhirferry/fhirferry/schemas"
+	"github.com/fhirferry/fhirferry/schemas/mempool"
 	"github.com/fhirferry/fhirferry/transform/view"
 )
 
@@ -49,10 +50,11 @@ type Options struct {
 	BatchRows    int
 	BatchBytes   int
 	MaxLineBytes int
-	// Alloc builds the batches; nil is pipeline.Buffers, whose recycled
-	// buffers made the transform with the default views a third faster
-	// (no page faults on fresh memory). Sinks must keep nothing of a batch
-	// after releasing it (see pipeline.PoolAllocator).
+	// Alloc builds the batches. Pass the process's mempool.PoolAllocator:
+	// recycled buffers made the transform with the default views a third
+	// faster (no page faults on fresh memory). Sinks must keep nothing of a
+	// batch after releasing it (see mempool.PoolAllocator). nil gives the
+	// engine a pool of its own.
 	Alloc memory.Allocator
 }
 
@@ -60,13 +62,13 @@ type Options struct {
 // concurrent use: each ProcessFile call has its own builders and parser.
 type Engine struct {
 	opts        Options
-	tables      []*pipeline.Table
+	tables      []*schemas.Table
 	viewsByType map[string][]viewTable
 	parsers     sync.Pool
 }
 
 type viewTable struct {
-	table  *pipeline.Table
+	table  *schemas.Table
 	runner ViewRunner
 	width  int
 }
@@ -75,16 +77,16 @@ type viewTable struct {
 // the system tables.
 func New(opts Options) (*Engine, error) {
 	if opts.BatchRows <= 0 {
-		opts.BatchRows = 8192
+		opts.BatchRows = configs.DefaultBatchRows
 	}
 	if opts.BatchBytes <= 0 {
-		opts.BatchBytes = 2 << 20
+		opts.BatchBytes = configs.DefaultBatchBytes
 	}
 	if opts.MaxLineBytes <= 0 {
-		opts.MaxLineBytes = 64 << 20
+		opts.MaxLineBytes = configs.DefaultMaxLineBytes
 	}
 	if opts.Alloc == nil {
-		opts.Alloc = pipeline.Buffers
+		opts.Alloc = mempool.NewPoolAllocator(mempool.DefaultBytes)
 	}
 	e := &Engine{opts: opts, viewsByType: map[string][]viewTable{}}
 	e.tables = append(e.tables, schemas.System()...)
@@ -99,8 +101,8 @@ func New(opts Options) (*Engine, error) {
 		seen[v.Name] = true
 		vs := v.Runner.ArrowSchema()
 		fields := append([]arrow.Field{
-			{Name: pipeline.ColResourceID, Type: arrow.BinaryTypes.String, Metadata: schemas.KeyMetadata},
-			{Name: pipeline.ColSeq, Type: arrow.PrimitiveTypes.Int64},
+			{Name: schemas.ColResourceID, Type: arrow.BinaryTypes.String, Metadata: schemas.KeyMetadata},
+			{Name: schemas.ColSeq, Type: arrow.PrimitiveTypes.Int64},
 		}, vs.Fields()...)
 		if cr, ok := v.Runner.(interface{ Columns() []view.Column }); ok {
 			for i, col := range cr.Columns() {
@@ -109,8 +111,8 @@ func New(opts Options) (*Engine, error) {
 				}
 			}
 		}
-		t := &pipeline.Table{
-			Name: v.Name, Kind: pipeline.KindView, ResourceType: v.Resource,
+		t := &schemas.Table{
+			Name: v.Name, Kind: schemas.KindView, ResourceType: v.Resource,
 			Schema: arrow.NewSchema(fields, nil), Description: v.Description,
 		}
 		e.tables = append(e.tables, t)
@@ -125,40 +127,28 @@ func withKey(md arrow.Metadata) arrow.Metadata {
 }
 
 // Tables returns every table the engine writes, system tables first.
-func (e *Engine) Tables() []*pipeline.Table { return e.tables }
-
-// Aliases keep the engine's signatures short; the types are the pipeline's.
-type (
-	// Origin is pipeline.Origin.
-	Origin = pipeline.Origin
-	// Input is pipeline.Input.
-	Input = pipeline.Input
-	// Stats is pipeline.FileStats.
-	Stats = pipeline.FileStats
-)
-
-var _ pipeline.Transform = (*Engine)(nil)
+func (e *Engine) Tables() []*schemas.Table { return e.tables }
 
 // ProcessFile streams one file into batches passed to emit. emit may block
 // (backpressure) and takes ownership of each batch. Bad lines become reject
 // rows; only I/O errors, ctx and emit errors end the file early.
-func (e *Engine) ProcessFile(ctx context.Context, origin Origin, in Input, emit func(pipeline.Batch) error) (Stats, error) {
+func (e *Engine) ProcessFile(ctx context.Context, origin Origin, in Input, emit func(schemas.Batch) error) (FileStats, error) {
 	rc, err := Open(in.Path)
 	if err != nil {
-		return Stats{}, err
+		return FileStats{}, err
 	}
 	defer rc.Close()
 	return e.Process(ctx, origin, in, rc, emit)
 }
 
 // Process is ProcessFile over an open reader of plain NDJSON.
-func (e *Engine) Process(ctx context.Context, origin Origin, in Input, r io.Reader, emit func(pipeline.Batch) error) (st Stats, err error) {
+func (e *Engine) Process(ctx context.Context, origin Origin, in Input, r io.Reader, emit func(schemas.Batch) error) (st FileStats, err error) {
 	p, _ := e.parsers.Get().(*fastjson.Parser)
 	if p == nil {
 		p = &fastjson.Parser{}
 	}
 	defer e.parsers.Put(p)
-	fp := &fileProc{e: e, origin: origin, in: in, emit: emit, builders: map[*pipeline.Table]*tableBuilder{}}
+	fp := &fileProc{e: e, origin: origin, in: in, emit: emit, builders: map[*schemas.Table]*tableBuilder{}}
 	defer fp.release()
 	lr := NewLineReader(r, e.opts.MaxLineBytes)
 	for {
@@ -207,13 +197,13 @@ type fileProc struct {
 	e        *Engine
 	origin   Origin
 	in       Input
-	emit     func(pipeline.Batch) error
-	builders map[*pipeline.Table]*tableBuilder
+	emit     func(schemas.Batch) error
+	builders map[*schemas.Table]*tableBuilder
 	order    []*tableBuilder
 }
 
 type tableBuilder struct {
-	t     *pipeline.Table
+	t     *schemas.Table
 	b     *array.RecordBuilder
 	bytes int
 	// big is the raw landing's JSON column once a batch was cut by size:
@@ -223,7 +213,7 @@ type tableBuilder struct {
 	big *array.StringBuilder
 }
 
-func (fp *fileProc) builder(t *pipeline.Table) *tableBuilder {
+func (fp *fileProc) builder(t *schemas.Table) *tableBuilder {
 	tb := fp.builders[t]
 	if tb == nil {
 		tb = &tableBuilder{t: t, b: array.NewRecordBuilder(fp.e.opts.Alloc, t.Schema)}
@@ -249,7 +239,7 @@ func (fp *fileProc) emitRows(tb *tableBuilder, n int) error {
 		rec.Release()
 		return nil
 	}
-	return fp.emit(pipeline.Batch{Table: tb.t, Rec: rec})
+	return fp.emit(schemas.Batch{Table: tb.t, Rec: rec})
 }
 
 func (fp *fileProc) maybeFlush(tb *tableBuilder) error {
@@ -307,7 +297,7 @@ func appendOpt(b array.Builder, s string) {
 	b.(*array.StringBuilder).Append(s)
 }
 
-func (fp *fileProc) reject(st *Stats, line int64, typ, id, reason string, content []byte) error {
+func (fp *fileProc) reject(st *FileStats, line int64, typ, id, reason string, content []byte) error {
 	st.Rejects++
 	tb := fp.builder(schemas.Rejects)
 	b := tb.b
@@ -330,7 +320,7 @@ func (fp *fileProc) reject(st *Stats, line int64, typ, id, reason string, conten
 func (fp *fileProc) seq(line int64) int64 { return int64(fp.in.Index)<<32 | (line & 0xffffffff) }
 
 // resource lands one resource line and evaluates the views of its type.
-func (fp *fileProc) resource(st *Stats, line int64, v *fastjson.Value, raw []byte) error {
+func (fp *fileProc) resource(st *FileStats, line int64, v *fastjson.Value, raw []byte) error {
 	if v.Type() != fastjson.TypeObject {
 		return fp.reject(st, line, "", "", "line is not a JSON object", raw)
 	}
@@ -383,7 +373,7 @@ func (fp *fileProc) resource(st *Stats, line int64, v *fastjson.Value, raw []byt
 	return nil
 }
 
-func (fp *fileProc) view(st *Stats, vt viewTable, v *fastjson.Value, typ, id string, seq, line int64) error {
+func (fp *fileProc) view(st *FileStats, vt viewTable, v *fastjson.Value, typ, id string, seq, line int64) error {
 	tb := fp.builder(vt.table)
 	b := tb.b
 	before := tb.rows()
@@ -421,7 +411,7 @@ func isSubsetted(v *fastjson.Value) bool {
 
 // deleted reads one line of a `deleted` file: a transaction Bundle whose
 // entries DELETE Type/id.
-func (fp *fileProc) deleted(st *Stats, line int64, v *fastjson.Value, raw []byte) error {
+func (fp *fileProc) deleted(st *FileStats, line int64, v *fastjson.Value, raw []byte) error {
 	if string(v.GetStringBytes("resourceType")) != "Bundle" {
 		return fp.reject(st, line, string(v.GetStringBytes("resourceType")), "", "deleted file line is not a Bundle", raw)
 	}
@@ -466,7 +456,7 @@ func refKey(ref string) (typ, id string, ok bool) {
 }
 
 // outcome records the issues of one OperationOutcome line of an error file.
-func (fp *fileProc) outcome(st *Stats, line int64, v *fastjson.Value, raw []byte) error {
+func (fp *fileProc) outcome(st *FileStats, line int64, v *fastjson.Value, raw []byte) error {
 	if string(v.GetStringBytes("resourceType")) != "OperationOutcome" {
 		return fp.reject(st, line, string(v.GetStringBytes("resourceType")), "", "error file line is not an OperationOutcome", raw)
 	}
@@ -505,7 +495,7 @@ func firstNonEmpty(s ...string) string {
 }
 
 // TableNames lists table names, sorted, for messages.
-func TableNames(ts []*pipeline.Table) []string {
+func TableNames(ts []*schemas.Table) []string {
 	out := make([]string, 0, len(ts))
 	for _, t := range ts {
 		out = append(out, t.Name)

@@ -17,7 +17,6 @@ import (
 	"github.com/stretchr/testify/require"
 	"github.com/valyala/fastjson"
 
-	"github.com/fhirferry/fhirferry/pipeline"
 	"github.com/fhirferry/fhirferry/schemas"
 )
 
@@ -48,9 +47,9 @@ type collected struct {
 	rows map[string][]map[string]any
 }
 
-func collect(t *testing.T, mem memory.Allocator) (*collected, func(pipeline.Batch) error) {
+func collect(t *testing.T, mem memory.Allocator) (*collected, func(schemas.Batch) error) {
 	c := &collected{rows: map[string][]map[string]any{}}
-	return c, func(b pipeline.Batch) error {
+	return c, func(b schemas.Batch) error {
 		defer b.Release()
 		require.Equal(t, b.Table.Schema.NumFields(), int(b.Rec.NumCols()))
 		for r := 0; r < int(b.Rec.NumRows()); r++ {
@@ -122,7 +121,7 @@ func TestProcessOutputFile(t *testing.T) {
 			view := c.rows["obs_code"]
 			var codes []string
 			for _, r := range view {
-				codes = append(codes, r[pipeline.ColResourceID].(string)+":"+r["code"].(string))
+				codes = append(codes, r[schemas.ColResourceID].(string)+":"+r["code"].(string))
 			}
 			require.Equal(t, []string{"o1:a", "o1:b"}, codes, "o2's partial rows are dropped")
 
@@ -191,7 +190,7 @@ func TestProcessGzipFileAndEmitError(t *testing.T) {
 	// A failing consumer stops the file and every builder is still released.
 	boom := errors.New("sink down")
 	calls := 0
-	_, err = e.ProcessFile(context.Background(), Origin{}, Input{Path: path, Kind: "output", Type: "Observation"}, func(b pipeline.Batch) error {
+	_, err = e.ProcessFile(context.Background(), Origin{}, Input{Path: path, Kind: "output", Type: "Observation"}, func(b schemas.Batch) error {
 		b.Release()
 		calls++
 		return boom
@@ -231,7 +230,7 @@ func TestBatchesCutByBytes(t *testing.T) {
 	}
 	var got []string
 	var batches int
-	emit := func(b pipeline.Batch) error {
+	emit := func(b schemas.Batch) error {
 		defer b.Release()
 		require.Equal(t, schemas.RawTable, b.Table.Name)
 		col := b.Rec.Column(rawJSONCol).(*array.String)
@@ -269,8 +268,8 @@ func TestResourceKeyColumns(t *testing.T) {
 		}
 	}
 	require.Equal(t, []string{"id"}, keys[schemas.RawTable])
-	require.Equal(t, []string{pipeline.ColResourceID, "id"}, keys["observation"])
-	require.Equal(t, []string{pipeline.ColResourceID, "id"}, keys["patient"])
+	require.Equal(t, []string{schemas.ColResourceID, "id"}, keys["observation"])
+	require.Equal(t, []string{schemas.ColResourceID, "id"}, keys["patient"])
 	for name, cols := range keys {
 		require.NotContains(t, cols, "patient_id", name)
 	}

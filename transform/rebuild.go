@@ -8,10 +8,8 @@ import (
 	"encoding/json"
 	"fmt"
 
-	"github.com/apache/arrow-go/v18/arrow"
 	"github.com/valyala/fastjson"
 
-	"github.com/fhirferry/fhirferry/pipeline"
 	"github.com/fhirferry/fhirferry/schemas"
 )
 
@@ -25,7 +23,7 @@ type RebuildStats struct {
 }
 
 // ViewTable returns the table of the named view, or nil.
-func (e *Engine) ViewTable(name string) *pipeline.Table {
+func (e *Engine) ViewTable(name string) *schemas.Table {
 	if vt, ok := e.viewTable(name); ok {
 		return vt.table
 	}
@@ -44,16 +42,16 @@ func (e *Engine) viewTable(name string) (viewTable, bool) {
 }
 
 // RebuildView evaluates one view over resources that scan yields (the raw
-// landing of a sink, see [pipeline.Rebuilder]) and passes its batches to
+// landing of a sink, see [sinks.Rebuilder]) and passes its batches to
 // emit, which takes ownership of them. The batches have the same columns
 // and rows as a run loading those resources would give; _seq is 0.
-func (e *Engine) RebuildView(ctx context.Context, name string, scan func(fn func(id string, res []byte) error) error, emit func(pipeline.Batch) error) error {
+func (e *Engine) RebuildView(ctx context.Context, name string, scan func(fn func(id string, res []byte) error) error, emit func(schemas.Batch) error) error {
 	_, err := e.RebuildViewStats(ctx, name, scan, emit)
 	return err
 }
 
 // RebuildViewStats is [Engine.RebuildView] reporting what it did.
-func (e *Engine) RebuildViewStats(ctx context.Context, name string, scan func(fn func(id string, res []byte) error) error, emit func(pipeline.Batch) error) (RebuildStats, error) {
+func (e *Engine) RebuildViewStats(ctx context.Context, name string, scan func(fn func(id string, res []byte) error) error, emit func(schemas.Batch) error) (RebuildStats, error) {
 	var rs RebuildStats
 	vt, ok := e.viewTable(name)
 	if !ok {
@@ -66,7 +64,7 @@ func (e *Engine) RebuildViewStats(ctx context.Context, name string, scan func(fn
 	defer e.parsers.Put(p)
 	// The view's batches are cut and emitted exactly as in a run; the reject
 	// rows a failing resource produces are dropped (the run kept them).
-	fp := &fileProc{e: e, builders: map[*pipeline.Table]*tableBuilder{}, emit: func(b pipeline.Batch) error {
+	fp := &fileProc{e: e, builders: map[*schemas.Table]*tableBuilder{}, emit: func(b schemas.Batch) error {
 		if b.Table != vt.table {
 			b.Release()
 			return nil
@@ -75,7 +73,7 @@ func (e *Engine) RebuildViewStats(ctx context.Context, name string, scan func(fn
 		return emit(b)
 	}}
 	defer fp.release()
-	var st Stats
+	var st FileStats
 	err := scan(func(id string, res []byte) error {
 		if rs.Resources%1024 == 0 {
 			if err := ctx.Err(); err != nil {
@@ -94,21 +92,6 @@ func (e *Engine) RebuildViewStats(ctx context.Context, name string, scan func(fn
 	}
 	rs.Failed = st.Rejects
 	return rs, err
-}
-
-// ViewDefinitionsTable records, per sink, the definition each view table
-// was last built from, so a changed or new view is detected (see
-// [ViewHashes]). Callers of ReplaceTable rewrite it whole.
-var ViewDefinitionsTable = &pipeline.Table{
-	Name: "view_definitions",
-	Kind: pipeline.KindAppend,
-	Schema: arrow.NewSchema([]arrow.Field{
-		{Name: "name", Type: arrow.BinaryTypes.String},
-		{Name: "resource_type", Type: arrow.BinaryTypes.String},
-		{Name: "definition_hash", Type: arrow.BinaryTypes.String},
-		{Name: "updated_at", Type: schemas.Timestamp},
-	}, nil),
-	Description: "The ViewDefinition (SHA-256 of its canonical JSON) each view table was last rebuilt from.",
 }
 
 // ViewHash is the hash of a ViewDefinition: SHA-256 of its canonical JSON

@@ -10,7 +10,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"github.com/valyala/fastjson"
 
-	"github.com/fhirferry/fhirferry/pipeline"
+	"github.com/fhirferry/fhirferry/schemas"
 	"github.com/fhirferry/fhirferry/transform/view"
 )
 
@@ -40,7 +40,7 @@ func scanLines(in string) func(fn func(id string, res []byte) error) error {
 // withoutSeq drops _seq, which a rebuild sets to 0.
 func withoutSeq(rows []map[string]any) []map[string]any {
 	for _, r := range rows {
-		delete(r, pipeline.ColSeq)
+		delete(r, schemas.ColSeq)
 	}
 	return rows
 }
@@ -54,7 +54,7 @@ func TestRebuildViewMatchesLoad(t *testing.T) {
 		e := newEngine(t, mem, batchRows)
 		loaded, emitLoaded := collect(t, mem)
 		var loadBatches int
-		_, err := e.Process(t.Context(), Origin{Source: "s"}, Input{Name: "f", Kind: "output"}, strings.NewReader(rebuildInput), func(b pipeline.Batch) error {
+		_, err := e.Process(t.Context(), Origin{Source: "s"}, Input{Name: "f", Kind: "output"}, strings.NewReader(rebuildInput), func(b schemas.Batch) error {
 			if b.Table.Name == "obs_code" {
 				loadBatches++
 			}
@@ -64,7 +64,7 @@ func TestRebuildViewMatchesLoad(t *testing.T) {
 
 		rebuilt, emit := collect(t, mem)
 		var batches int
-		st, err := e.RebuildViewStats(t.Context(), "obs_code", scanLines(rebuildInput), func(b pipeline.Batch) error {
+		st, err := e.RebuildViewStats(t.Context(), "obs_code", scanLines(rebuildInput), func(b schemas.Batch) error {
 			batches++
 			require.Same(t, e.ViewTable("obs_code"), b.Table)
 			return emit(b)
@@ -74,7 +74,7 @@ func TestRebuildViewMatchesLoad(t *testing.T) {
 		require.Equal(t, withoutSeq(loaded.rows["obs_code"]), withoutSeq(rebuilt.rows["obs_code"]))
 		require.Len(t, rebuilt.rows, 1, "only the view's table is emitted")
 		for _, r := range rebuilt.rows["obs_code"] {
-			require.NotEqual(t, "o2", r[pipeline.ColResourceID], "rows of a failing resource are dropped")
+			require.NotEqual(t, "o2", r[schemas.ColResourceID], "rows of a failing resource are dropped")
 		}
 		require.Equal(t, loadBatches, batches, "batches are cut as in a run")
 		mem.AssertSize(t, 0)
@@ -109,7 +109,7 @@ func TestRebuildViewErrors(t *testing.T) {
 	mem := memory.NewCheckedAllocator(memory.NewGoAllocator())
 	defer mem.AssertSize(t, 0)
 	e := newEngine(t, mem, 1)
-	drop := func(b pipeline.Batch) error { b.Release(); return nil }
+	drop := func(b schemas.Batch) error { b.Release(); return nil }
 
 	err := e.RebuildView(t.Context(), "nope", scanLines(rebuildInput), drop)
 	require.ErrorContains(t, err, `no view named "nope"`)
@@ -123,7 +123,7 @@ func TestRebuildViewErrors(t *testing.T) {
 	// An emit error stops the scan and is returned as is.
 	boom := errors.New("sink full")
 	calls := 0
-	err = e.RebuildView(t.Context(), "obs_code", scanLines(rebuildInput), func(b pipeline.Batch) error {
+	err = e.RebuildView(t.Context(), "obs_code", scanLines(rebuildInput), func(b schemas.Batch) error {
 		b.Release()
 		calls++
 		return boom

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"testing"
@@ -15,7 +14,7 @@ import (
 	"github.com/fhirferry/fhirferry/pipeline"
 )
 
-// TestRunSourceBackfillsNewGroupMembers checks runSource (used by run,
+// TestRunSourceBackfillsNewGroupMembers checks RunSource (used by run,
 // daemon and demo) applies the membership pattern when the config asks.
 func TestRunSourceBackfillsNewGroupMembers(t *testing.T) {
 	srv, err := bulktest.NewServer(bulktest.Options{Patients: 12, Seed: 21, PollsBeforeComplete: -1})
@@ -42,28 +41,28 @@ sinks:
       path: %s
 `, filepath.Join(dir, "data"), srv.BaseURL(), duckPath)), 0o600))
 	ctx := context.Background()
-	a, err := buildApp(ctx, cfgPath, slog.New(slog.DiscardHandler), nil, nil)
+	a, err := buildApp(ctx, cfgPath, testDeps())
 	require.NoError(t, err)
 	closed := false
 	defer func() {
 		if !closed {
-			a.close()
+			a.Close()
 		}
 	}()
 
-	res1, err := a.runSource(ctx, "ehr")
+	res1, err := a.RunSource(ctx, "ehr")
 	require.NoError(t, err)
 	require.Nil(t, res1.Backfill)
 	_, err = os.Stat(pipeline.MembersPath(filepath.Join(dir, "data"), "ehr"))
 	require.NoError(t, err, "the membership snapshot is stored")
 
 	mut := srv.Advance(24*time.Hour, bulktest.Mutation{AddGroupMembers: 2, UpdatedResources: 8})
-	res2, err := a.runSource(ctx, "ehr")
+	res2, err := a.RunSource(ctx, "ehr")
 	require.NoError(t, err)
 	require.Len(t, res2.NewMembers, len(mut.AddedToGroup))
 	require.NotNil(t, res2.Backfill)
 	require.Equal(t, "ehr.backfill", res2.Backfill.Source)
-	a.close()
+	a.Close()
 	closed = true
 	assertWarehouseMatches(t, duckPath, srv.Truth("group", "cohort", nil))
 }

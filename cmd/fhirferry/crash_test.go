@@ -19,9 +19,9 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/fhirferry/fhirferry/cmd/internal/e2e"
 	"github.com/fhirferry/fhirferry/fetch/bulktest"
 	"github.com/fhirferry/fhirferry/pipeline"
-	"github.com/fhirferry/fhirferry/pipeline/pipelinetest"
 	"github.com/fhirferry/fhirferry/transform"
 )
 
@@ -55,7 +55,7 @@ func sqlCheckpoint(open func(t *testing.T) *sql.DB) func(t *testing.T) string {
 	return func(t *testing.T) string {
 		db := open(t)
 		defer db.Close()
-		return pipelinetest.Checkpoint(t, db, "ehr")
+		return e2e.Checkpoint(t, db, "ehr")
 	}
 }
 
@@ -73,7 +73,7 @@ func TestCrashRecovery(t *testing.T) {
 	}
 	bin := filepath.Join(t.TempDir(), "fhirferry")
 	t0 := time.Now()
-	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
+	out, err := exec.Command("go", "build", "-tags", "failpoints", "-o", bin, ".").CombinedOutput()
 	require.NoError(t, err, "go build: %s", out)
 	t.Logf("built fhirferry in %s", time.Since(t0).Round(time.Millisecond))
 	views, err := transform.LoadViews(true, "")
@@ -85,7 +85,7 @@ func TestCrashRecovery(t *testing.T) {
 	}{
 		{"duckdb", func(t *testing.T, dir string) crashWarehouse {
 			path := filepath.Join(dir, "warehouse.duckdb")
-			open := func(t *testing.T) *sql.DB { return pipelinetest.OpenDuckDB(t, path) }
+			open := func(t *testing.T) *sql.DB { return e2e.OpenDuckDB(t, path) }
 			return crashWarehouse{
 				yaml: fmt.Sprintf("    type: duckdb\n    duckdb:\n      path: %s\n", path),
 				open: open, checkpoint: sqlCheckpoint(open),
@@ -96,8 +96,8 @@ func TestCrashRecovery(t *testing.T) {
 			}
 		}},
 		{"postgres", func(t *testing.T, _ string) crashWarehouse {
-			dsn, schema := pipelinetest.PostgresSchema(t)
-			open := func(t *testing.T) *sql.DB { return pipelinetest.OpenPostgres(t, dsn, schema) }
+			dsn, schema := e2e.PostgresSchema(t)
+			open := func(t *testing.T) *sql.DB { return e2e.OpenPostgres(t, dsn, schema) }
 			return crashWarehouse{
 				yaml: fmt.Sprintf("    type: postgres\n    postgres:\n      dsn: %q\n      schema: %s\n", dsn, schema),
 				open: open, checkpoint: sqlCheckpoint(open),
@@ -107,9 +107,9 @@ func TestCrashRecovery(t *testing.T) {
 			lake := filepath.Join(dir, "lake")
 			return crashWarehouse{
 				yaml:       fmt.Sprintf("    type: parquet\n    parquet:\n      dir: %s\n      compression: snappy\n", lake),
-				open:       func(t *testing.T) *sql.DB { return pipelinetest.OpenLakeDir(t, lake) },
-				checkpoint: func(t *testing.T) string { return pipelinetest.LakeCheckpoint(t, lake, "ehr") },
-				garbage:    func(t *testing.T) []string { return pipelinetest.LakeGarbage(t, lake) },
+				open:       func(t *testing.T) *sql.DB { return e2e.OpenLakeDir(t, lake) },
+				checkpoint: func(t *testing.T) string { return e2e.LakeCheckpoint(t, lake, "ehr") },
+				garbage:    func(t *testing.T) []string { return e2e.LakeGarbage(t, lake) },
 			}
 		}},
 	}
@@ -177,7 +177,7 @@ sinks:
 // killed where asked, restarts it and checks the outcome. prev is the
 // truth the warehouse held before (nil: empty); since the run's expected
 // _since.
-func (e *crashEnv) crashAndRecover(t *testing.T, spec, phase string, prev pipelinetest.Truth, since string) {
+func (e *crashEnv) crashAndRecover(t *testing.T, spec, phase string, prev e2e.Truth, since string) {
 	kicks := e.srv.Stats().KickOffs
 
 	// 1. The crash.
@@ -213,7 +213,7 @@ func (e *crashEnv) crashAndRecover(t *testing.T, spec, phase string, prev pipeli
 	switch {
 	case phase == pipeline.PhaseCommitted:
 		require.Equal(t, st.Manifest.TransactionTime, e.wh.checkpoint(t))
-		pipelinetest.RequireRawMatches(t, db, e.srv.Truth("system", "", nil))
+		e2e.RequireRawMatches(t, db, e.srv.Truth("system", "", nil))
 	case prev == nil:
 		if db != nil {
 			var n int
@@ -222,7 +222,7 @@ func (e *crashEnv) crashAndRecover(t *testing.T, spec, phase string, prev pipeli
 		}
 	default:
 		require.Equal(t, since, e.wh.checkpoint(t), "a killed run moved the checkpoint")
-		pipelinetest.RequireRawMatches(t, db, prev)
+		e2e.RequireRawMatches(t, db, prev)
 	}
 	if db != nil {
 		require.NoError(t, db.Close())
@@ -255,7 +255,7 @@ func (e *crashEnv) crashAndRecover(t *testing.T, spec, phase string, prev pipeli
 	require.NoError(t, err)
 	require.True(t, tt.Equal(e.srv.Now()), "checkpoint %s is not the server's clock %s", cp, e.srv.Now())
 	require.Contains(t, stdout, cp, "the summary shows the transactionTime")
-	pipelinetest.RequireMatchesTruth(t, db, e.views, e.srv.Truth("system", "", nil))
+	e2e.RequireMatchesTruth(t, db, e.views, e.srv.Truth("system", "", nil))
 }
 
 // run runs `fhirferry run` to its end with extra environment variables.

@@ -18,9 +18,9 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/fhirferry/fhirferry/cmd/internal/e2e"
 	"github.com/fhirferry/fhirferry/fetch/bulktest"
 	"github.com/fhirferry/fhirferry/pipeline"
-	"github.com/fhirferry/fhirferry/pipeline/pipelinetest"
 	"github.com/fhirferry/fhirferry/transform"
 )
 
@@ -313,5 +313,5 @@ func assertWarehouseMatches(t *testing.T, path string, truth map[bulktest.Key]bu
 	t.Helper()
 	views, err := transform.LoadViews(true, "")
 	require.NoError(t, err)
-	pipelinetest.RequireMatchesTruth(t, pipelinetest.OpenDuckDB(t, path), views, truth)
+	e2e.RequireMatchesTruth(t, e2e.OpenDuckDB(t, path), views, truth)
 }

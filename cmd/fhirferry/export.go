@@ -2,31 +2,22 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
-	"net/http"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/klauspost/compress/gzip"
 	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 
 	"github.com/fhirferry/fhirferry/configs"
-	"github.com/fhirferry/fhirferry/fetch"
-	"github.com/fhirferry/fhirferry/fetch/auth"
+	"github.com/fhirferry/fhirferry/pipeline"
 )
-
-func init() { register(newExportCmd) }
 
 // exportFlags are the flags of `fhirferry export`.
 type exportFlags struct {
@@ -118,7 +109,7 @@ func (f *exportFlags) resolve(cmd *cobra.Command) error {
 		if f.source == "" {
 			return errors.New("--config needs --source NAME")
 		}
-		cfg, err := configs.Load(f.cfgPath)
+		cfg, err := pipeline.LoadConfig(f.cfgPath)
 		if err != nil {
 			return err
 		}
@@ -196,260 +187,19 @@ func (f *exportFlags) resolve(cmd *cobra.Command) error {
 	return nil
 }
 
-// exportRequest maps a source's export settings to a kick-off request.
-func exportRequest(src configs.Source) fetch.Request {
-	e := src.Export
-	return fetch.Request{
-		Level: src.Level, GroupID: src.GroupID, Since: e.Since, Until: e.Until,
-		Types: e.Types, Elements: e.Elements, TypeFilters: e.TypeFilters, Patients: e.Patients,
-		IncludeAssociatedData: e.IncludeAssociatedData, OutputFormat: e.OutputFormat,
-		AllowPartialManifests: e.AllowPartialManifests, OrganizeOutputBy: e.OrganizeOutputBy,
-		Lenient: e.Lenient, Method: e.Method, Compat: e.Compat,
-	}
-}
-
 func runExport(ctx context.Context, g *globals, f *exportFlags, stderr io.Writer) error {
-	if err := os.MkdirAll(f.out, 0o755); err != nil {
-		return err
-	}
-	logFile, err := os.OpenFile(filepath.Join(f.out, "log.ndjson"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
-	if err != nil {
-		return err
-	}
-	defer logFile.Close()
-	log := slog.New(exportTee{g.logger().Handler(), slog.NewJSONHandler(logFile, &slog.HandlerOptions{Level: slog.LevelInfo})})
-	src := f.src
-	tr := http.DefaultTransport.(*http.Transport).Clone()
-	tr.TLSClientConfig = &tls.Config{MinVersion: tls.VersionTLS12}
-	hc := &http.Client{Transport: tr}
-	ts, err := auth.FromConfig(ctx, src.Auth, src.BaseURL, hc, log)
-	if err != nil {
-		return fmt.Errorf("auth: %w", err)
-	}
-	prog := newExportProgress(stderr, f.progressOn)
-	o := fetch.Options{
-		BaseURL: src.BaseURL, HTTPClient: hc, Parallel: src.HTTP.Parallel, Retries: src.HTTP.Retries,
-		MinWait: src.HTTP.MinWait.D(), MaxWait: src.HTTP.MaxWait.D(), RequestTimeout: src.HTTP.RequestTimeout.D(),
-		ExportTimeout: src.Export.Timeout.D(), MaxLineBytes: f.maxLine, UserAgent: src.HTTP.UserAgent,
-		Logger: log, Observer: prog,
-	}
-	if ts != nil {
-		o.Auth = ts
-	}
-	c, err := fetch.New(o)
-	if err != nil {
-		return err
-	}
-	statusURL := f.statusURL
-	if statusURL == "" {
-		if statusURL, err = c.KickOff(ctx, exportRequest(src)); err != nil {
-			return err
-		}
-	} else {
-		log.Info("resuming export", "status_url", exportRedact(statusURL))
-	}
-	if err := exportWriteFile(filepath.Join(f.out, "status-url.txt"), []byte(statusURL+"\n")); err != nil {
-		return err
-	}
-	prog.waiting()
-	m, err := c.Wait(ctx, statusURL)
-	prog.finish()
-	if err != nil {
-		if errors.Is(err, fetch.ErrExportGone) {
-			return fmt.Errorf("%w; start a new export (same --since)", err)
-		}
-		return err
-	}
-	mj, err := exportManifestJSON(m)
-	if err != nil {
-		return err
-	}
-	if err := exportWriteFile(filepath.Join(f.out, "manifest.json"), mj); err != nil {
-		return err
-	}
-	spool := filepath.Join(f.out, ".spool")
-	files := m.Files()
-	prog.downloading(len(files))
-	var lines, bytes, mismatched int64
-	var spooled []fetch.Spooled
-	skip := func(file fetch.File) (fetch.Spooled, bool) {
-		p := filepath.Join(f.out, exportFileName(m, file))
-		if _, err := os.Stat(p); err == nil && !f.attachments {
-			return fetch.Spooled{File: file, Path: p}, true
-		}
-		return fetch.Spooled{}, false
-	}
-	err = c.DownloadAll(ctx, m, spool, skip, func(sp fetch.Spooled) error {
-		final := filepath.Join(f.out, exportFileName(m, sp.File))
-		if sp.Path == final {
-			log.Info("file already present", "kind", sp.File.Kind, "index", sp.File.Index, "path", final)
-			prog.fileDone()
-			return nil
-		}
-		if err := exportDecompress(sp.Path, final); err != nil {
-			return err
-		}
-		if f.attachments {
-			spooled = append(spooled, sp)
-		} else {
-			os.Remove(sp.Path)
-		}
-		lines += sp.Lines
-		bytes += sp.Bytes
-		mismatched += sp.MismatchedTypes
-		log.Info("file stored", "kind", sp.File.Kind, "index", sp.File.Index, "type", sp.File.Type, "path", final,
-			"lines", sp.Lines, "bytes", sp.Bytes, "wire_bytes", sp.WireBytes, "mismatched_types", sp.MismatchedTypes)
-		prog.fileDone()
-		return nil
+	res, err := pipeline.ExportDir(ctx, pipeline.ExportDirOptions{
+		Source: f.src, Out: f.out, StatusURL: f.statusURL, NoDelete: f.noDelete, Attachments: f.attachments,
+		MaxLineBytes: f.maxLine, Logger: g.logger(), Progress: newExportProgress(stderr, f.progressOn),
 	})
-	prog.finish()
 	if err != nil {
 		return err
 	}
-	if f.attachments {
-		atts, err := c.Attachments(ctx, m, spooled, filepath.Join(f.out, "attachments"))
-		if err != nil {
-			return err
-		}
-		for _, a := range atts {
-			log.Info("attachment stored", "resource", a.Resource, "path", a.Path, "bytes", a.Bytes, "content_type", a.ContentType)
-		}
-	}
-	os.RemoveAll(spool)
-	if !f.noDelete {
-		if err := c.Delete(ctx, statusURL); err != nil && !errors.Is(err, fetch.ErrExportGone) {
-			log.Warn("could not DELETE the export on the server", "error", err)
-		}
-	}
-	log.Info("export downloaded", "dir", f.out, "transaction_time", m.TransactionTime, "files", len(files),
-		"lines", lines, "bytes", bytes, "mismatched_types", mismatched, "error_files", len(m.Error))
-	fmt.Fprintf(stderr, "exported %d files (%d resources) to %s; transactionTime %s\n", len(files), lines, f.out, m.TransactionTime)
-	if len(m.Error) > 0 {
-		fmt.Fprintf(stderr, "warning: the server reported %d error file(s) in %s: the export is partial\n", len(m.Error), filepath.Join(f.out, "error"))
+	fmt.Fprintf(stderr, "exported %d files (%d resources) to %s; transactionTime %s\n", res.Files, res.Lines, f.out, res.TransactionTime)
+	if res.ErrorFiles > 0 {
+		fmt.Fprintf(stderr, "warning: the server reported %d error file(s) in %s: the export is partial\n", res.ErrorFiles, filepath.Join(f.out, "error"))
 	}
 	return nil
-}
-
-// exportFileName is a file's place in the output folder, like the SMART
-// reference client: <n>.<Type>.ndjson, with deleted/ and error/ subfolders;
-// n counts from 1 within each kind.
-func exportFileName(m *fetch.Manifest, f fetch.File) string {
-	n := f.Index + 1
-	dir := ""
-	switch f.Kind {
-	case fetch.KindDeleted:
-		n, dir = f.Index-len(m.Output)+1, "deleted"
-	case fetch.KindError:
-		n, dir = f.Index-len(m.Output)-len(m.Deleted)+1, "error"
-	}
-	t := strings.Map(func(r rune) rune {
-		if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' {
-			return r
-		}
-		return '_'
-	}, f.Type)
-	if t == "" {
-		t = "output"
-	}
-	return filepath.Join(dir, fmt.Sprintf("%d.%s.ndjson", n, t))
-}
-
-// exportManifestJSON is the manifest as received, with every page's files
-// merged in and link removed.
-func exportManifestJSON(m *fetch.Manifest) ([]byte, error) {
-	doc := map[string]any{}
-	if err := json.Unmarshal(m.Raw, &doc); err != nil {
-		return nil, err
-	}
-	list := func(fs []fetch.File) []map[string]any {
-		out := make([]map[string]any, 0, len(fs))
-		for _, f := range fs {
-			e := map[string]any{"type": f.Type, "url": f.URL}
-			if f.Count >= 0 {
-				e["count"] = f.Count
-			}
-			out = append(out, e)
-		}
-		return out
-	}
-	doc["output"], doc["error"] = list(m.Output), list(m.Error)
-	if len(m.Deleted) > 0 {
-		doc["deleted"] = list(m.Deleted)
-	}
-	delete(doc, "link")
-	return json.MarshalIndent(doc, "", "  ")
-}
-
-// exportDecompress writes the gzip spool file src as plain NDJSON at dst,
-// atomically.
-func exportDecompress(src, dst string) error {
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	zr, err := gzip.NewReader(in)
-	if err != nil {
-		return fmt.Errorf("%s: %w", src, err)
-	}
-	defer zr.Close()
-	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
-		return err
-	}
-	tmp, err := os.CreateTemp(filepath.Dir(dst), filepath.Base(dst)+".part-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := io.Copy(tmp, zr); err != nil {
-		tmp.Close()
-		return fmt.Errorf("%s: %w", src, err)
-	}
-	if err := errors.Join(tmp.Sync(), tmp.Close()); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), dst)
-}
-
-// exportWriteFile writes a small file atomically.
-func exportWriteFile(path string, b []byte) error {
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o644); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
-}
-
-func exportRedact(u string) string {
-	if i := strings.IndexAny(u, "?#"); i >= 0 {
-		return u[:i]
-	}
-	return u
-}
-
-// exportTee sends log records to the terminal handler and to log.ndjson.
-type exportTee [2]slog.Handler
-
-func (t exportTee) Enabled(ctx context.Context, l slog.Level) bool {
-	return t[0].Enabled(ctx, l) || t[1].Enabled(ctx, l)
-}
-
-func (t exportTee) Handle(ctx context.Context, r slog.Record) error {
-	var errs []error
-	for _, h := range t {
-		if h.Enabled(ctx, r.Level) {
-			errs = append(errs, h.Handle(ctx, r.Clone()))
-		}
-	}
-	return errors.Join(errs...)
-}
-
-func (t exportTee) WithAttrs(as []slog.Attr) slog.Handler {
-	return exportTee{t[0].WithAttrs(as), t[1].WithAttrs(as)}
-}
-
-func (t exportTee) WithGroup(n string) slog.Handler {
-	return exportTee{t[0].WithGroup(n), t[1].WithGroup(n)}
 }
 
 // exportProgress shows a spinner while the server prepares the export
@@ -472,7 +222,8 @@ func newExportProgress(w io.Writer, want bool) *exportProgress {
 	return &exportProgress{w: w, on: on}
 }
 
-func (p *exportProgress) waiting() {
+// Waiting implements pipeline.ExportDirProgress.
+func (p *exportProgress) Waiting() {
 	if !p.on {
 		return
 	}
@@ -482,7 +233,8 @@ func (p *exportProgress) waiting() {
 		progressbar.OptionSpinnerType(14), progressbar.OptionSetElapsedTime(true), progressbar.OptionClearOnFinish())
 }
 
-func (p *exportProgress) downloading(files int) {
+// Downloading implements pipeline.ExportDirProgress.
+func (p *exportProgress) Downloading(files int) {
 	if !p.on {
 		return
 	}
@@ -494,7 +246,8 @@ func (p *exportProgress) downloading(files int) {
 		progressbar.OptionClearOnFinish())
 }
 
-func (p *exportProgress) fileDone() {
+// FileDone implements pipeline.ExportDirProgress.
+func (p *exportProgress) FileDone() {
 	n := p.done.Add(1)
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -503,7 +256,8 @@ func (p *exportProgress) fileDone() {
 	}
 }
 
-func (p *exportProgress) finish() {
+// Finish implements pipeline.ExportDirProgress.
+func (p *exportProgress) Finish() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.bar != nil {

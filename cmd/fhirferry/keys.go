@@ -6,11 +6,10 @@ import (
 	"os"
 	"path/filepath"
 
-	"github.com/fhirferry/fhirferry/fetch/auth"
 	"github.com/spf13/cobra"
-)
 
-func init() { register(newKeysCmd) }
+	"github.com/fhirferry/fhirferry/fetch/auth"
+)
 
 func newKeysCmd(*globals) *cobra.Command {
 	cmd := &cobra.Command{

@@ -7,9 +7,10 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/fhirferry/fhirferry/fetch/auth"
 	"github.com/lestrrat-go/jwx/v2/jwk"
 	"github.com/stretchr/testify/require"
+
+	"github.com/fhirferry/fhirferry/fetch/auth"
 )
 
 func runKeys(t *testing.T, args ...string) (string, error) {

@@ -1,21 +1,14 @@
 package main
 
 import (
-	"errors"
-	"fmt"
-	"path/filepath"
-	"strings"
-
 	"github.com/spf13/cobra"
 
 	"github.com/fhirferry/fhirferry/pipeline"
 )
 
-func init() { register(newLoadCmd) }
-
 func newLoadCmd(g *globals) *cobra.Command {
-	var cfgPath, source, txTime string
-	var sinkNames []string
+	var cfgPath string
+	var o pipeline.LoadOptions
 	cmd := &cobra.Command{
 		Use:   "load DIR --config FILE",
 		Short: "Load an export folder (NDJSON files, with or without a manifest) into the sinks",
@@ -28,65 +21,26 @@ loading it again is a no-op.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
-			dir := args[0]
-			log := g.logger()
+			o.Dir = args[0]
 			prog := newProgress(cmd.ErrOrStderr())
-			a, err := buildApp(ctx, cfgPath, log, prog, nil)
+			a, err := buildApp(ctx, cfgPath, g.deps(prog, nil))
 			if err != nil {
 				return err
 			}
-			defer a.close()
+			defer a.Close()
 			warnStaleViews(ctx, cmd.ErrOrStderr(), a, cfgPath)
-			if source == "" {
-				abs, _ := filepath.Abs(dir)
-				source = "load-" + sanitize(filepath.Base(abs))
-			}
-			var sinks []pipeline.Sink
-			if len(sinkNames) == 0 {
-				for _, sc := range a.cfg.Sinks {
-					sinks = append(sinks, a.sinks[sc.Name])
-				}
-			}
-			for _, n := range sinkNames {
-				s, ok := a.sinks[n]
-				if !ok {
-					return fmt.Errorf("no sink named %q in the config", n)
-				}
-				sinks = append(sinks, s)
-			}
-			if len(sinks) == 0 {
-				return errors.New("the config has no sinks")
-			}
-			r := &pipeline.Runner{
-				Source: source, Client: &pipeline.LocalExport{Dir: dir, TransactionTime: txTime},
-				Engine: a.engine, Sinks: sinks, DataDir: a.cfg.DataDir, Logger: log, Hooks: prog,
-				Workers: a.cfg.Transform.Workers, QueueDepth: a.cfg.Transform.QueueDepth,
-			}
-			res, err := r.Run(ctx)
+			res, err := a.LoadDir(ctx, o)
 			prog.finish()
-			if res == nil {
-				res = &pipeline.Result{Source: source}
+			if res != nil {
+				printSummary(cmd.OutOrStdout(), []*pipeline.Result{res}, []error{err})
 			}
-			printSummary(cmd.OutOrStdout(), []*pipeline.Result{res}, []error{err})
 			return err
 		},
 	}
 	cmd.Flags().StringVar(&cfgPath, "config", "", "configuration file (required)")
-	cmd.Flags().StringVar(&source, "source", "", "source name the data is recorded under (default load-<folder>)")
-	cmd.Flags().StringVar(&txTime, "transaction-time", "", "transactionTime to record when the folder has no manifest")
-	cmd.Flags().StringSliceVar(&sinkNames, "sink", nil, "load into these sinks only (default all)")
+	cmd.Flags().StringVar(&o.Source, "source", "", "source name the data is recorded under (default load-<folder>)")
+	cmd.Flags().StringVar(&o.TransactionTime, "transaction-time", "", "transactionTime to record when the folder has no manifest")
+	cmd.Flags().StringSliceVar(&o.Sinks, "sink", nil, "load into these sinks only (default all)")
 	_ = cmd.MarkFlagRequired("config")
 	return cmd
-}
-
-func sanitize(s string) string {
-	var b strings.Builder
-	for _, r := range s {
-		if r == '_' || r == '-' || (r >= 'a' && r <= 'z') || (r >= 'A' && r <= 'Z') || (r >= '0' && r <= '9') {
-			b.WriteRune(r)
-		} else {
-			b.WriteByte('_')
-		}
-	}
-	return b.String()
 }

@@ -1,4 +1,9 @@
 // Command fhirferry moves FHIR Bulk Data exports into analytics warehouses.
+//
+// This package holds the command line only: flags, wiring of the
+// components pipeline.Build assembles, and printing. What a command does
+// lives in pipeline (runs, the daemon, view rebuilds, exports to a folder)
+// and in the stages it orchestrates.
 package main
 
 import (
@@ -11,13 +16,11 @@ import (
 	"syscall"
 
 	"github.com/spf13/cobra"
+
+	"github.com/fhirferry/fhirferry/fetch"
+	"github.com/fhirferry/fhirferry/pipeline"
+	"github.com/fhirferry/fhirferry/sinks/builtin"
 )
-
-// subcommands are added by the file that implements each one, so each
-// command lives in its own file and main stays a list-free entry point.
-var subcommands []func(*globals) *cobra.Command
-
-func register(f func(*globals) *cobra.Command) { subcommands = append(subcommands, f) }
 
 // globals are the flags every subcommand shares.
 type globals struct {
@@ -39,6 +42,14 @@ func (g *globals) logger() *slog.Logger {
 	return slog.New(slog.NewTextHandler(os.Stderr, opts))
 }
 
+// deps wires the binary's sink types and the run's observers (either may
+// be nil) into what pipeline.Build needs.
+func (g *globals) deps(hooks pipeline.Hooks, obs func(string) fetch.Observer) pipeline.Deps {
+	return pipeline.Deps{
+		Sinks: builtin.Factories(), Logger: g.logger(), Hooks: hooks, Observer: obs, Failpoint: failpointHook(),
+	}
+}
+
 func newRoot() *cobra.Command {
 	g := &globals{}
 	root := &cobra.Command{
@@ -49,9 +60,10 @@ func newRoot() *cobra.Command {
 	}
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "info", "debug, info, warn or error")
 	root.PersistentFlags().StringVar(&g.logFormat, "log-format", "text", "text or json")
-	for _, f := range subcommands {
-		root.AddCommand(f(g))
-	}
+	root.AddCommand(
+		newRunCmd(g), newLoadCmd(g), newExportCmd(g), newDaemonCmd(g), newTriggerCmd(g), newHealthCmd(g),
+		newViewsCmd(g), newDemoCmd(g), newTestServerCmd(g), newKeysCmd(g), newVersionCmd(g),
+	)
 	return root
 }
 

@@ -1,10 +1,14 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
+	"slices"
+	"strings"
 	"sync"
 	"text/tabwriter"
 	"time"
@@ -15,9 +19,8 @@ import (
 
 	"github.com/fhirferry/fhirferry/fetch"
 	"github.com/fhirferry/fhirferry/pipeline"
+	"github.com/fhirferry/fhirferry/transform"
 )
-
-func init() { register(newRunCmd) }
 
 func newRunCmd(g *globals) *cobra.Command {
 	var cfgPath, source string
@@ -31,28 +34,21 @@ summary and exits non-zero if any source failed.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
-			log := g.logger()
 			prog := newProgress(cmd.ErrOrStderr())
-			a, err := buildApp(ctx, cfgPath, log, prog, prog.observer)
+			a, err := buildApp(ctx, cfgPath, g.deps(prog, prog.observer))
 			if err != nil {
 				return err
 			}
-			defer a.close()
+			defer a.Close()
 			warnStaleViews(ctx, cmd.ErrOrStderr(), a, cfgPath)
-			names := []string{source}
-			if source == "" {
-				names = names[:0]
-				for _, s := range a.cfg.Sources {
-					names = append(names, s.Name)
-				}
-			}
-			if len(names) == 0 {
-				return errors.New("the config has no sources")
+			names, err := a.SourceNames(source)
+			if err != nil {
+				return err
 			}
 			var results []*pipeline.Result
 			var errs []error
 			for _, n := range names {
-				res, err := a.runSource(ctx, n)
+				res, err := a.RunSource(ctx, n)
 				prog.finish()
 				if res == nil {
 					res = &pipeline.Result{Source: n}
@@ -71,6 +67,35 @@ summary and exits non-zero if any source failed.`,
 }
 
 // printSummary writes one line per run.
+// buildApp loads the config file and builds its components.
+func buildApp(ctx context.Context, cfgPath string, deps pipeline.Deps) (*pipeline.App, error) {
+	cfg, err := pipeline.LoadConfig(cfgPath)
+	if err != nil {
+		return nil, err
+	}
+	return pipeline.Build(ctx, cfg, deps)
+}
+
+// warnStaleViews prints, once per sink, the views whose tables miss rows
+// because their definition is new or changed, and how to fix that. It is
+// advice, so a failure to check is a warning too.
+func warnStaleViews(ctx context.Context, w io.Writer, a *pipeline.App, cfgPath string) {
+	stale, err := a.StaleViews(ctx)
+	if err != nil {
+		fmt.Fprintf(w, "warning: checking view definitions: %v\n", err)
+	}
+	for _, sink := range slices.Sorted(maps.Keys(stale)) {
+		v := stale[sink]
+		msg := "view %s is new or changed since its table was built, so the table only has rows for resources loaded since; " +
+			"run `fhirferry views rebuild --config %s` to rebuild it from the raw landing"
+		if len(v) > 1 {
+			msg = "views %s are new or changed since their tables were built, so the tables only have rows for resources loaded since; " +
+				"run `fhirferry views rebuild --config %s` to rebuild them from the raw landing"
+		}
+		fmt.Fprintf(w, "warning: sink %s: "+msg+"\n", sink, strings.Join(v, ", "), cfgPath)
+	}
+}
+
 func printSummary(w io.Writer, results []*pipeline.Result, errs []error) {
 	// A Group back-fill (C49) is shown as its own line before its source's.
 	var rows []*pipeline.Result
@@ -162,7 +187,7 @@ func (p *progress) Manifest(source string, m *fetch.Manifest) {
 	)
 }
 
-func (p *progress) FileDone(_ string, sp fetch.Spooled, st pipeline.FileStats) {
+func (p *progress) FileDone(_ string, sp fetch.Spooled, st transform.FileStats) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.bar != nil {

@@ -10,8 +10,6 @@ import (
 	"github.com/fhirferry/fhirferry/fetch/bulktest"
 )
 
-func init() { register(newTestServerCmd) }
-
 // newTestServerCmd runs the fault-injecting Bulk Data test server, so users
 // can try fhirferry (and other clients) without a real EHR.
 func newTestServerCmd(g *globals) *cobra.Command {

@@ -16,11 +16,6 @@ import (
 	"github.com/fhirferry/fhirferry/pipeline"
 )
 
-func init() {
-	register(newTriggerCmd)
-	register(newHealthCmd)
-}
-
 // newHealthCmd is a probe for images without curl (distroless): it exits
 // 0 when the daemon's /healthz (or /readyz with --ready) answers 200.
 func newHealthCmd(_ *globals) *cobra.Command {

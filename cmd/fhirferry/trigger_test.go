@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/fhirferry/fhirferry/pipeline"
+	"github.com/fhirferry/fhirferry/transform"
 )
 
 func TestTriggerCommand(t *testing.T) {
@@ -29,7 +30,7 @@ func TestTriggerCommand(t *testing.T) {
 			if fail.Load() {
 				return &pipeline.Result{RunID: "r2"}, errors.New("kick-off: 500 Internal Server Error")
 			}
-			return &pipeline.Result{RunID: "r1", TransactionTime: "2025-01-02T00:00:00Z", Stats: pipeline.FileStats{Resources: 12}}, nil
+			return &pipeline.Result{RunID: "r1", TransactionTime: "2025-01-02T00:00:00Z", Stats: transform.FileStats{Resources: 12}}, nil
 		},
 	})
 	require.NoError(t, err)

@@ -17,13 +17,11 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/valyala/fastjson"
 
-	"github.com/fhirferry/fhirferry/configs"
+	"github.com/fhirferry/fhirferry/pipeline"
 	"github.com/fhirferry/fhirferry/schemas"
 	"github.com/fhirferry/fhirferry/transform"
 	"github.com/fhirferry/fhirferry/transform/view"
 )
-
-func init() { register(newViewsCmd) }
 
 func newViewsCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
@@ -59,7 +57,7 @@ make the command fail.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			defaults := true
 			if cfgPath != "" {
-				cfg, err := configs.Load(cfgPath)
+				cfg, err := pipeline.LoadConfig(cfgPath)
 				if err != nil {
 					return err
 				}

@@ -16,6 +16,10 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
+
+	"github.com/fhirferry/fhirferry/pipeline"
+	"github.com/fhirferry/fhirferry/sinks"
+	"github.com/fhirferry/fhirferry/sinks/builtin"
 )
 
 // Views before the change: pt (one row per Patient) and pt_name (one row
@@ -107,22 +111,22 @@ func (e *rebuildEnv) rebuild(args ...string) (string, error) {
 // column names first.
 func (e *rebuildEnv) dump(tables ...string) map[string][]string {
 	ctx := e.t.Context()
-	a, err := buildApp(ctx, e.cfg, slog.New(slog.DiscardHandler), nil, nil)
+	a, err := buildApp(ctx, e.cfg, testDeps())
 	require.NoError(e.t, err)
-	defer a.close()
+	defer a.Close()
 	out := map[string][]string{}
-	for _, sc := range a.cfg.Sinks {
-		rd, err := openSinkReader(sc, a.sinks[sc.Name])
+	for _, sc := range a.Config().Sinks {
+		s, _ := a.Sink(sc.Name)
+		q := s.(sinks.Querier)
+		held, err := q.Tables(ctx)
 		require.NoError(e.t, err)
 		for _, tbl := range tables {
-			rel, ok, err := rd.table(ctx, tbl)
-			require.NoError(e.t, err)
 			key := sc.Name + "." + tbl
-			if !ok {
+			if !slices.ContainsFunc(held, func(ti sinks.TableInfo) bool { return ti.Name == tbl && ti.Rows > 0 }) {
 				out[key] = nil
 				continue
 			}
-			rows, err := rd.db.QueryContext(ctx, "SELECT * FROM "+rel)
+			rows, err := q.Query(ctx, `SELECT * FROM "`+tbl+`"`)
 			require.NoError(e.t, err)
 			cols, err := rows.Columns()
 			require.NoError(e.t, err)
@@ -141,16 +145,15 @@ func (e *rebuildEnv) dump(tables ...string) map[string][]string {
 			slices.Sort(lines)
 			out[key] = append([]string{strings.Join(cols, ",")}, lines...)
 		}
-		rd.close()
 	}
 	return out
 }
 
 // staleWarnings returns what `fhirferry run` prints about stale views.
 func (e *rebuildEnv) staleWarnings() string {
-	a, err := buildApp(e.t.Context(), e.cfg, slog.New(slog.DiscardHandler), nil, nil)
+	a, err := buildApp(e.t.Context(), e.cfg, testDeps())
 	require.NoError(e.t, err)
-	defer a.close()
+	defer a.Close()
 	var b bytes.Buffer
 	warnStaleViews(e.t.Context(), &b, a, "CONFIG")
 	return b.String()
@@ -159,9 +162,9 @@ func (e *rebuildEnv) staleWarnings() string {
 // staleLog returns what the daemon logs about stale views (text lines,
 // time left out).
 func (e *rebuildEnv) staleLog() string {
-	a, err := buildApp(e.t.Context(), e.cfg, slog.New(slog.DiscardHandler), nil, nil)
+	a, err := buildApp(e.t.Context(), e.cfg, testDeps())
 	require.NoError(e.t, err)
-	defer a.close()
+	defer a.Close()
 	var b bytes.Buffer
 	log := slog.New(slog.NewTextHandler(&b, &slog.HandlerOptions{ReplaceAttr: func(_ []string, at slog.Attr) slog.Attr {
 		if at.Key == slog.TimeKey {
@@ -169,8 +172,13 @@ func (e *rebuildEnv) staleLog() string {
 		}
 		return at
 	}}))
-	logStaleViews(e.t.Context(), log, a, "CONFIG")
+	a.LogStaleViews(e.t.Context(), log, "CONFIG")
 	return b.String()
+}
+
+// testDeps builds the binary's sinks with a logger that discards.
+func testDeps() pipeline.Deps {
+	return pipeline.Deps{Sinks: builtin.Factories(), Logger: slog.New(slog.DiscardHandler)}
 }
 
 // perSink repeats a block of output lines (with %[1]s for the sink name)

@@ -7,10 +7,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/require"
+
 	"github.com/fhirferry/fhirferry/configs"
 	"github.com/fhirferry/fhirferry/fetch/auth"
 	"github.com/fhirferry/fhirferry/fetch/bulktest"
-	"github.com/stretchr/testify/require"
 )
 
 func configsSMART(keyPath string) configs.Auth {

@@ -9,11 +9,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lestrrat-go/jwx/v2/jwk"
+	"github.com/stretchr/testify/require"
+
 	"github.com/fhirferry/fhirferry/fetch"
 	"github.com/fhirferry/fhirferry/fetch/auth"
 	"github.com/fhirferry/fhirferry/fetch/bulktest"
-	"github.com/lestrrat-go/jwx/v2/jwk"
-	"github.com/stretchr/testify/require"
 )
 
 // bulkEnv is a bulktest server protected by a SMARTServer, optionally

@@ -20,10 +20,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/fhirferry/fhirferry/fetch/auth"
-	"github.com/fhirferry/fhirferry/fetch/bulktest"
 	"github.com/lestrrat-go/jwx/v2/jwk"
 	"github.com/stretchr/testify/require"
+
+	"github.com/fhirferry/fhirferry/fetch/auth"
+	"github.com/fhirferry/fhirferry/fetch/bulktest"
 )
 
 // keyPair is a generated key and the files written for it.

@@ -14,11 +14,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/fhirferry/fhirferry/fetch/bulktest"
 	"github.com/lestrrat-go/jwx/v2/jwa"
 	"github.com/lestrrat-go/jwx/v2/jwk"
 	"github.com/lestrrat-go/jwx/v2/jws"
 	"github.com/stretchr/testify/require"
+
+	"github.com/fhirferry/fhirferry/fetch/bulktest"
 )
 
 type smartFixture struct {

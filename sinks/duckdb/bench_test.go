@@ -16,8 +16,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/fhirferry/fhirferry/configs"
-	"github.com/fhirferry/fhirferry/pipeline"
 	"github.com/fhirferry/fhirferry/schemas"
+	"github.com/fhirferry/fhirferry/sinks"
 	"github.com/fhirferry/fhirferry/sinks/sinktest"
 )
 
@@ -65,14 +65,14 @@ func benchJSON(r *rand.Rand, id string, lu time.Time) string {
 
 // benchBatches builds n resources in raw batches of batchRows rows (about
 // the transform's 8 MiB cut) and their view batches, and the JSON bytes.
-func benchBatches(mem memory.Allocator, n, batchRows int) ([]pipeline.Batch, int64) {
+func benchBatches(mem memory.Allocator, n, batchRows int) ([]schemas.Batch, int64) {
 	return benchBatchesFrom(mem, 0, n, batchRows)
 }
 
 // benchBatchesFrom builds resources first .. first+n-1.
-func benchBatchesFrom(mem memory.Allocator, first, n, batchRows int) ([]pipeline.Batch, int64) {
+func benchBatchesFrom(mem memory.Allocator, first, n, batchRows int) ([]schemas.Batch, int64) {
 	r := rand.New(rand.NewPCG(1, uint64(first)))
-	var out []pipeline.Batch
+	var out []schemas.Batch
 	var bytes int64
 	n += first
 	for start := first; start < n; start += batchRows {
@@ -119,15 +119,15 @@ func BenchmarkLoad(b *testing.B) {
 			var write, commit, cpu time.Duration
 			for i := 0; b.Loop(); i++ {
 				b.StopTimer()
-				s, err := New(configs_(b, i), "bench", benchLog())
+				s, err := New(configs_(b, i), sinks.Env{Name: "bench", Logger: benchLog()})
 				require.NoError(b, err)
-				s.mode = mode
+				s.stg.mode = mode
 				ctx := b.Context()
-				require.NoError(b, s.Prepare(ctx, []*pipeline.Table{benchObsView}))
+				require.NoError(b, s.Prepare(ctx, []*schemas.Table{benchObsView}))
 				b.StartTimer()
 				c0 := cpuTime()
 				t0 := time.Now()
-				txn, err := s.Begin(ctx, pipeline.RunInfo{RunID: "r", Source: "s", ExportID: "e",
+				txn, err := s.Begin(ctx, sinks.RunInfo{RunID: "r", Source: "s", ExportID: "e",
 					TransactionTime: "2025-02-01T00:00:00Z", Started: t0})
 				require.NoError(b, err)
 				for _, bt := range batches {
@@ -135,7 +135,7 @@ func BenchmarkLoad(b *testing.B) {
 					require.NoError(b, txn.Write(ctx, bt))
 				}
 				t1 := time.Now()
-				require.NoError(b, txn.Commit(ctx, pipeline.RunSummary{Finished: t1, Outcome: "success"}))
+				require.NoError(b, txn.Commit(ctx, sinks.RunSummary{Finished: t1, Outcome: "success"}))
 				write += t1.Sub(t0)
 				commit += time.Since(t1)
 				cpu += cpuTime() - c0

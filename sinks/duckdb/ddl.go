@@ -8,7 +8,6 @@ import (
 
 	"github.com/apache/arrow-go/v18/arrow"
 
-	"github.com/fhirferry/fhirferry/pipeline"
 	"github.com/fhirferry/fhirferry/schemas"
 )
 
@@ -149,7 +148,7 @@ func existingColumns(ctx context.Context, db execer, table string) (map[string]b
 // ensureTable creates t's stored table, or adds the columns it lacks. Added
 // columns are nullable, since existing rows have no value for them; no
 // column is ever dropped or retyped.
-func ensureTable(ctx context.Context, db execer, t *pipeline.Table) error {
+func ensureTable(ctx context.Context, db execer, t *schemas.Table) error {
 	fields := storedFields(t)
 	have, err := existingColumns(ctx, db, t.Name)
 	if err != nil {
@@ -186,19 +185,19 @@ func ensureTable(ctx context.Context, db execer, t *pipeline.Table) error {
 }
 
 // rawExtra are columns of the DuckDB raw table only: the run that loaded
-// the row, and the row's position in that run (pipeline.ColSeq). A run's
+// the row, and the row's position in that run (schemas.ColSeq). A run's
 // rows reach the table while the transform runs (see rawStream); these
 // let Commit tell them from the stored ones. Rows loaded before they
 // existed have NULLs.
 var rawExtra = []arrow.Field{
 	{Name: "run_id", Type: arrow.BinaryTypes.String, Nullable: true},
-	{Name: pipeline.ColSeq, Type: arrow.PrimitiveTypes.Int64, Nullable: true},
+	{Name: schemas.ColSeq, Type: arrow.PrimitiveTypes.Int64, Nullable: true},
 }
 
 // storedFields returns the columns of t's stored table.
-func storedFields(t *pipeline.Table) []arrow.Field {
+func storedFields(t *schemas.Table) []arrow.Field {
 	fields := t.StoredFields()
-	if t.Kind == pipeline.KindRaw {
+	if t.Kind == schemas.KindRaw {
 		fields = append(fields, rawExtra...)
 	}
 	return fields
@@ -206,7 +205,7 @@ func storedFields(t *pipeline.Table) []arrow.Field {
 
 // selectList renders the stored columns of t as read from a staging
 // relation aliased s, casting JSON text to the JSON type.
-func selectList(t *pipeline.Table) (cols, sel string) {
+func selectList(t *schemas.Table) (cols, sel string) {
 	var c, s []string
 	for _, f := range t.StoredFields() {
 		c = append(c, quote(f.Name))

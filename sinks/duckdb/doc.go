@@ -1,5 +1,5 @@
 // Package duckdb implements the embedded default warehouse: a
-// [pipeline.Sink] that applies each export run to one DuckDB file.
+// [sinks.Sink] that applies each export run to one DuckDB file.
 //
 // # Loading
 //

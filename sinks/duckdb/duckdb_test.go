@@ -15,8 +15,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/fhirferry/fhirferry/configs"
-	"github.com/fhirferry/fhirferry/pipeline"
 	"github.com/fhirferry/fhirferry/schemas"
+	"github.com/fhirferry/fhirferry/sinks"
 	"github.com/fhirferry/fhirferry/sinks/sinktest"
 )
 
@@ -45,15 +45,15 @@ func TestTypesRoundTrip(t *testing.T) {
 		t.Run(mode.String(), func(t *testing.T) {
 			mem, s, ctx := checked(t), open(t, mode), t.Context()
 			defer s.Close()
-			require.NoError(t, s.Prepare(ctx, []*pipeline.Table{typedView}))
+			require.NoError(t, s.Prepare(ctx, []*schemas.Table{typedView}))
 			at := time.Date(2025, 3, 4, 5, 6, 7, 123456000, time.UTC)
-			txn, err := s.Begin(ctx, pipeline.RunInfo{RunID: "r1", Source: "s", ExportID: "e", TransactionTime: "2025-03-05T00:00:00+01:00"})
+			txn, err := s.Begin(ctx, sinks.RunInfo{RunID: "r1", Source: "s", ExportID: "e", TransactionTime: "2025-03-05T00:00:00+01:00"})
 			require.NoError(t, err)
 			require.NoError(t, txn.Write(ctx, sinktest.RawBatch(mem, sinktest.Raw{Type: "Patient", ID: "p1", LastUpdated: at, Seq: 9})))
 			require.NoError(t, txn.Write(ctx, sinktest.Build(mem, typedView,
 				[]any{"p1", int64(9), true, int32(-7), 2.5, time.Date(1970, 1, 2, 0, 0, 0, 0, time.UTC), at, []any{"Ann", nil, "Lee"}, "x"},
 				[]any{"p1", int64(9), nil, nil, nil, nil, nil, nil, nil})))
-			require.NoError(t, txn.Commit(ctx, pipeline.RunSummary{Outcome: "success"}))
+			require.NoError(t, txn.Commit(ctx, sinks.RunSummary{Outcome: "success"}))
 			require.ElementsMatch(t, []string{
 				"true|-7|2.5|1970-01-02T00:00:00Z|2025-03-04T05:06:07.123456Z|[Ann <nil> Lee]|x",
 				"NULL|NULL|NULL|NULL|NULL|NULL|NULL",
@@ -76,7 +76,7 @@ func TestWriteErrorsReleaseBatch(t *testing.T) {
 	mem, s, ctx := checked(t), open(t, stageParquetPlain), t.Context()
 	defer s.Close()
 	require.NoError(t, s.Prepare(ctx, nil))
-	txn, err := s.Begin(ctx, pipeline.RunInfo{RunID: "r1", Source: "s"})
+	txn, err := s.Begin(ctx, sinks.RunInfo{RunID: "r1", Source: "s"})
 	require.NoError(t, err)
 	defer txn.Rollback(ctx)
 	err = txn.Write(ctx, sinktest.Build(mem, sinktest.PatientView, []any{"p", int64(1), "n"}))
@@ -90,23 +90,23 @@ func TestOneWriterAtATime(t *testing.T) {
 	s, ctx := open(t, stageParquetPlain), t.Context()
 	defer s.Close()
 	require.NoError(t, s.Prepare(ctx, nil))
-	txn, err := s.Begin(ctx, pipeline.RunInfo{RunID: "r1", Source: "s"})
+	txn, err := s.Begin(ctx, sinks.RunInfo{RunID: "r1", Source: "s"})
 	require.NoError(t, err)
 	short, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
 	defer cancel()
-	_, err = s.Begin(short, pipeline.RunInfo{RunID: "r2", Source: "s"})
+	_, err = s.Begin(short, sinks.RunInfo{RunID: "r2", Source: "s"})
 	require.ErrorIs(t, err, context.DeadlineExceeded)
 	require.ErrorIs(t, s.Prepare(short, nil), context.DeadlineExceeded)
 	require.NoError(t, txn.Rollback(ctx))
-	txn, err = s.Begin(ctx, pipeline.RunInfo{RunID: "r3", Source: "s"})
+	txn, err = s.Begin(ctx, sinks.RunInfo{RunID: "r3", Source: "s"})
 	require.NoError(t, err)
-	require.NoError(t, txn.Commit(ctx, pipeline.RunSummary{}))
+	require.NoError(t, txn.Commit(ctx, sinks.RunSummary{}))
 }
 
 func TestBeginRejectsBadTransactionTime(t *testing.T) {
 	s := open(t, stageParquetPlain)
 	defer s.Close()
-	_, err := s.Begin(t.Context(), pipeline.RunInfo{RunID: "r1", Source: "s", TransactionTime: "yesterday"})
+	_, err := s.Begin(t.Context(), sinks.RunInfo{RunID: "r1", Source: "s", TransactionTime: "yesterday"})
 	require.ErrorContains(t, err, `transaction_time "yesterday" is not an instant`)
 }
 
@@ -116,8 +116,8 @@ func TestFailureAtEveryStep(t *testing.T) {
 	mem, s, ctx := checked(t), open(t, stageParquetPlain), t.Context()
 	defer s.Close()
 	require.NoError(t, s.Prepare(ctx, sinktest.Tables()))
-	batches := func(vid string) []pipeline.Batch {
-		return []pipeline.Batch{
+	batches := func(vid string) []schemas.Batch {
+		return []schemas.Batch{
 			sinktest.RawBatch(mem, sinktest.Raw{Type: "Patient", ID: "p1", VersionID: vid, LastUpdated: sinktest.T(len(vid)), Seq: 1}),
 			sinktest.Build(mem, sinktest.PatientView, []any{"p1", int64(1), "name-" + vid}),
 			sinktest.RejectBatch(mem, sinktest.Prov{}, "r-"+vid),
@@ -125,18 +125,18 @@ func TestFailureAtEveryStep(t *testing.T) {
 		}
 	}
 	apply := func(run, vid, failBefore string) error {
-		txn, err := s.Begin(ctx, pipeline.RunInfo{RunID: run, Source: "s", ExportID: run, TransactionTime: "2025-02-01T00:00:00Z"})
+		txn, err := s.Begin(ctx, sinks.RunInfo{RunID: run, Source: "s", ExportID: run, TransactionTime: "2025-02-01T00:00:00Z"})
 		require.NoError(t, err)
 		txn.(*Txn).failBefore = failBefore
 		for _, b := range batches(vid) {
 			require.NoError(t, txn.Write(ctx, b))
 		}
-		err = txn.Commit(ctx, pipeline.RunSummary{Outcome: "success"})
+		err = txn.Commit(ctx, sinks.RunSummary{Outcome: "success"})
 		require.NoError(t, txn.Rollback(ctx))
 		return err
 	}
 	require.NoError(t, apply("r0", "1", ""))
-	steps := (&Txn{s: s, stages: map[string]*stage{}}).steps("del", pipeline.RunSummary{})
+	steps := (&Txn{s: s, stages: map[string]*stage{}}).steps("del", sinks.RunSummary{})
 	require.Greater(t, len(steps), 8)
 	for _, st := range steps {
 		err := apply("bad", "22", st.name)
@@ -155,19 +155,19 @@ func TestFailureAtEveryStep(t *testing.T) {
 func TestDurableAcrossReopen(t *testing.T) {
 	mem, ctx := checked(t), t.Context()
 	cfg := configs.DuckDBSink{Path: filepath.Join(t.TempDir(), "w.duckdb")}
-	s, err := New(cfg, "d", nil)
+	s, err := New(cfg, sinks.Env{Name: "d"})
 	require.NoError(t, err)
 	_, ok, err := s.Checkpoint(ctx, "s")
 	require.NoError(t, err)
 	require.False(t, ok, "no checkpoint before Prepare")
 	require.NoError(t, s.Prepare(ctx, sinktest.Tables()))
-	txn, err := s.Begin(ctx, pipeline.RunInfo{RunID: "r1", Source: "s", ExportID: "e1", TransactionTime: "2025-01-20T10:11:12-05:00"})
+	txn, err := s.Begin(ctx, sinks.RunInfo{RunID: "r1", Source: "s", ExportID: "e1", TransactionTime: "2025-01-20T10:11:12-05:00"})
 	require.NoError(t, err)
 	require.NoError(t, txn.Write(ctx, sinktest.RawBatch(mem, sinktest.Raw{Type: "Patient", ID: "p1", Seq: 1})))
-	require.NoError(t, txn.Commit(ctx, pipeline.RunSummary{Outcome: "success"}))
+	require.NoError(t, txn.Commit(ctx, sinks.RunSummary{Outcome: "success"}))
 	require.NoError(t, s.Close())
 
-	s, err = New(cfg, "d", nil)
+	s, err = New(cfg, sinks.Env{Name: "d"})
 	require.NoError(t, err)
 	defer s.Close()
 	cp, ok, err := s.Checkpoint(ctx, "s")
@@ -190,8 +190,8 @@ func TestReplaceTable(t *testing.T) {
 			mem, s, ctx := checked(t), open(t, mode), t.Context()
 			defer s.Close()
 			require.NoError(t, s.Prepare(ctx, sinktest.Tables()))
-			emitAll := func(rows ...[]any) func(func(pipeline.Batch) error) error {
-				return func(emit func(pipeline.Batch) error) error {
+			emitAll := func(rows ...[]any) func(func(schemas.Batch) error) error {
+				return func(emit func(schemas.Batch) error) error {
 					for _, r := range rows {
 						if err := emit(sinktest.Build(mem, sinktest.PatientView, r)); err != nil {
 							return err
@@ -205,7 +205,7 @@ func TestReplaceTable(t *testing.T) {
 
 			// A failing producer leaves the old table.
 			boom := errors.New("boom")
-			err := s.ReplaceTable(ctx, sinktest.PatientView, func(emit func(pipeline.Batch) error) error {
+			err := s.ReplaceTable(ctx, sinktest.PatientView, func(emit func(schemas.Batch) error) error {
 				if err := emitAll([]any{"c", int64(3), "z"})(emit); err != nil {
 					return err
 				}
@@ -216,7 +216,7 @@ func TestReplaceTable(t *testing.T) {
 
 			// A narrower schema replaces the columns too.
 			narrow := sinktest.ViewTable("patient_view", "Patient")
-			require.NoError(t, s.ReplaceTable(ctx, narrow, func(emit func(pipeline.Batch) error) error {
+			require.NoError(t, s.ReplaceTable(ctx, narrow, func(emit func(schemas.Batch) error) error {
 				return emit(sinktest.Build(mem, narrow, []any{"c", int64(3)}))
 			}))
 			require.Equal(t, []string{"c"}, rows(t, s, "patient_view", "_resource_id"))
@@ -242,7 +242,7 @@ func TestConfigApplied(t *testing.T) {
 		"SELECT current_setting('allocator_flush_threshold'), current_setting('allocator_background_threads')").Scan(&flush, &background))
 	require.Equal(t, "15.2 MiB", flush) // 16MB
 	require.True(t, background)
-	_, err := New(configs.DuckDBSink{Path: filepath.Join(t.TempDir(), "x.duckdb"), MemoryLimit: "lots"}, "bad", nil)
+	_, err := New(configs.DuckDBSink{Path: filepath.Join(t.TempDir(), "x.duckdb"), MemoryLimit: "lots"}, sinks.Env{Name: "bad"})
 	require.ErrorContains(t, err, "duckdb sink bad: open")
 }
 
@@ -259,12 +259,12 @@ func TestLargeRunUnderMemoryLimit(t *testing.T) {
 		t.Run(mode.String(), func(t *testing.T) {
 			mem, ctx := checked(t), t.Context()
 			dir := t.TempDir()
-			s, err := New(configs.DuckDBSink{Path: filepath.Join(dir, "w.duckdb"), MemoryLimit: "100MB", Threads: 1}, "big", nil)
+			s, err := New(configs.DuckDBSink{Path: filepath.Join(dir, "w.duckdb"), MemoryLimit: "100MB", Threads: 1}, sinks.Env{Name: "big"})
 			require.NoError(t, err)
 			defer s.Close()
-			s.mode = mode
-			require.NoError(t, s.Prepare(ctx, []*pipeline.Table{benchObsView}))
-			txn, err := s.Begin(ctx, pipeline.RunInfo{RunID: "big", Source: "s", ExportID: "e", TransactionTime: "2025-02-01T00:00:00Z"})
+			s.stg.mode = mode
+			require.NoError(t, s.Prepare(ctx, []*schemas.Table{benchObsView}))
+			txn, err := s.Begin(ctx, sinks.RunInfo{RunID: "big", Source: "s", ExportID: "e", TransactionTime: "2025-02-01T00:00:00Z"})
 			require.NoError(t, err)
 			const n, per = 19200, 1600
 			var jsonBytes int64
@@ -276,7 +276,7 @@ func TestLargeRunUnderMemoryLimit(t *testing.T) {
 				}
 			}
 			require.Greater(t, jsonBytes, int64(100<<20))
-			require.NoError(t, txn.Commit(ctx, pipeline.RunSummary{Outcome: "success"}))
+			require.NoError(t, txn.Commit(ctx, sinks.RunSummary{Outcome: "success"}))
 			var raws, views, ids int64
 			require.NoError(t, s.DB().QueryRowContext(ctx, `SELECT (SELECT count(*) FROM fhir_resources),
 				count(*), count(DISTINCT _resource_id) FROM observation_bench`).Scan(&raws, &views, &ids))
@@ -291,17 +291,17 @@ func TestEmptyBatchesAndMemoryDB(t *testing.T) {
 	for _, mode := range modes {
 		t.Run(mode.String(), func(t *testing.T) {
 			mem, ctx := checked(t), t.Context()
-			s, err := New(configs.DuckDBSink{Path: ":memory:"}, "m", nil)
+			s, err := New(configs.DuckDBSink{Path: ":memory:"}, sinks.Env{Name: "m"})
 			require.NoError(t, err)
-			s.mode = mode
+			s.stg.mode = mode
 			require.NoError(t, s.Prepare(ctx, sinktest.Tables()))
-			txn, err := s.Begin(ctx, pipeline.RunInfo{RunID: "r1", Source: "s", ExportID: "e", TransactionTime: "2025-02-01T00:00:00Z"})
+			txn, err := s.Begin(ctx, sinks.RunInfo{RunID: "r1", Source: "s", ExportID: "e", TransactionTime: "2025-02-01T00:00:00Z"})
 			require.NoError(t, err)
 			require.NoError(t, txn.Write(ctx, sinktest.RawBatch(mem)))
 			require.NoError(t, txn.Write(ctx, sinktest.Build(mem, sinktest.PatientView)))
 			require.NoError(t, txn.Write(ctx, sinktest.RejectBatch(mem, sinktest.Prov{})))
 			require.NoError(t, txn.Write(ctx, sinktest.RawBatch(mem, sinktest.Raw{Type: "Patient", ID: "p", Seq: 1})))
-			require.NoError(t, txn.Commit(ctx, pipeline.RunSummary{Outcome: "success"}))
+			require.NoError(t, txn.Commit(ctx, sinks.RunSummary{Outcome: "success"}))
 			require.Equal(t, []string{"p"}, rows(t, s, schemas.RawTable, "id"))
 			require.Empty(t, rows(t, s, schemas.RejectsTable, "reason"))
 			spool := s.spool
@@ -322,13 +322,13 @@ func TestInvalidJSONFailsCommit(t *testing.T) {
 		t.Run(mode.String(), func(t *testing.T) {
 			mem, s, ctx := checked(t), open(t, mode), t.Context()
 			require.NoError(t, s.Prepare(ctx, nil))
-			run := pipeline.RunInfo{RunID: "bad", Source: "s", ExportID: "e1", TransactionTime: "2025-02-01T00:00:00Z"}
+			run := sinks.RunInfo{RunID: "bad", Source: "s", ExportID: "e1", TransactionTime: "2025-02-01T00:00:00Z"}
 			txn, err := s.Begin(ctx, run)
 			require.NoError(t, err)
 			require.NoError(t, txn.Write(ctx, sinktest.RawBatch(mem,
 				sinktest.Raw{Type: "Patient", ID: "ok", Seq: 1},
 				sinktest.Raw{Type: "Patient", ID: "bad", Seq: 2, Resource: `{"resourceType":"Patient","id":"bad","x":"\q"}`})))
-			err = txn.Commit(ctx, pipeline.RunSummary{Outcome: "success"})
+			err = txn.Commit(ctx, sinks.RunSummary{Outcome: "success"})
 			require.ErrorContains(t, err, "JSON")
 			require.Empty(t, rows(t, s, schemas.RawTable, "id"))
 			_, ok, err := s.Checkpoint(ctx, "s")
@@ -339,7 +339,7 @@ func TestInvalidJSONFailsCommit(t *testing.T) {
 			txn, err = s.Begin(ctx, run)
 			require.NoError(t, err)
 			require.NoError(t, txn.Write(ctx, sinktest.RawBatch(mem, sinktest.Raw{Type: "Patient", ID: "ok", Seq: 1})))
-			require.NoError(t, txn.Commit(ctx, pipeline.RunSummary{Outcome: "success"}))
+			require.NoError(t, txn.Commit(ctx, sinks.RunSummary{Outcome: "success"}))
 			require.Equal(t, []string{"ok"}, rows(t, s, schemas.RawTable, "id"))
 		})
 	}
@@ -356,7 +356,7 @@ func TestRawStreamsIntoOpenTransaction(t *testing.T) {
 			mem, s, ctx := checked(t), open(t, stageParquetSnappy), t.Context()
 			defer s.Close()
 			require.NoError(t, s.Prepare(ctx, nil))
-			txn, err := s.Begin(ctx, pipeline.RunInfo{RunID: "r", Source: "s", ExportID: "e", TransactionTime: "2025-02-01T00:00:00Z"})
+			txn, err := s.Begin(ctx, sinks.RunInfo{RunID: "r", Source: "s", ExportID: "e", TransactionTime: "2025-02-01T00:00:00Z"})
 			require.NoError(t, err)
 			require.NoError(t, txn.Write(ctx, sinktest.RawBatch(mem, sinktest.Raw{Type: "Patient", ID: "p", Seq: 7})))
 			require.Equal(t, "1", setting(t, s, "threads"), "DuckDB streams with stream_threads")
@@ -376,7 +376,7 @@ func TestRawStreamsIntoOpenTransaction(t *testing.T) {
 			require.NoError(t, err)
 			require.Empty(t, parts, "loaded parts are removed")
 			if commit {
-				require.NoError(t, txn.Commit(ctx, pipeline.RunSummary{Outcome: "success"}))
+				require.NoError(t, txn.Commit(ctx, sinks.RunSummary{Outcome: "success"}))
 				require.ElementsMatch(t, []string{"p|r|7", "q|r|8"}, rows(t, s, schemas.RawTable, "id", "run_id", "_seq"))
 				return
 			}
@@ -400,18 +400,18 @@ func TestRawStreamFailure(t *testing.T) {
 	mem, s, ctx := checked(t), open(t, stageParquetPlain), t.Context()
 	defer s.Close()
 	require.NoError(t, s.Prepare(ctx, nil))
-	txn, err := s.Begin(ctx, pipeline.RunInfo{RunID: "r", Source: "s", ExportID: "e"})
+	txn, err := s.Begin(ctx, sinks.RunInfo{RunID: "r", Source: "s", ExportID: "e"})
 	require.NoError(t, err)
 	require.NoError(t, txn.Write(ctx, sinktest.RawBatch(mem, sinktest.Raw{Type: "Patient", ID: "p", Seq: 1, Resource: `{"resourceType":`})))
-	err = txn.Commit(ctx, pipeline.RunSummary{Outcome: "success"})
+	err = txn.Commit(ctx, sinks.RunSummary{Outcome: "success"})
 	require.ErrorContains(t, err, "load raw part raw_0000.parquet")
 	require.Empty(t, rows(t, s, schemas.RawTable, "id"))
 	require.Empty(t, rows(t, s, schemas.RunsTable, "run_id"))
 	require.Equal(t, "2", setting(t, s, "threads"))
-	txn, err = s.Begin(ctx, pipeline.RunInfo{RunID: "r2", Source: "s", ExportID: "e2"})
+	txn, err = s.Begin(ctx, sinks.RunInfo{RunID: "r2", Source: "s", ExportID: "e2"})
 	require.NoError(t, err)
 	require.NoError(t, txn.Write(ctx, sinktest.RawBatch(mem, sinktest.Raw{Type: "Patient", ID: "q", Seq: 1})))
-	require.NoError(t, txn.Commit(ctx, pipeline.RunSummary{Outcome: "success"}))
+	require.NoError(t, txn.Commit(ctx, sinks.RunSummary{Outcome: "success"}))
 	require.Equal(t, []string{"q"}, rows(t, s, schemas.RawTable, "id"))
 }
 
@@ -423,7 +423,7 @@ func TestRawStreamFailure(t *testing.T) {
 func TestStringCompression(t *testing.T) {
 	mem, s, ctx := checked(t), open(t, stageParquetSnappy), t.Context()
 	require.NoError(t, s.Prepare(ctx, nil))
-	txn, err := s.Begin(ctx, pipeline.RunInfo{RunID: "r", Source: "s", ExportID: "e", TransactionTime: "2025-02-01T00:00:00Z"})
+	txn, err := s.Begin(ctx, sinks.RunInfo{RunID: "r", Source: "s", ExportID: "e", TransactionTime: "2025-02-01T00:00:00Z"})
 	require.NoError(t, err)
 	body := strings.Repeat(`"text":"the same words again and again",`, 30)
 	raws := make([]sinktest.Raw, 4000)
@@ -433,7 +433,7 @@ func TestStringCompression(t *testing.T) {
 			Resource: `{"resourceType":"Patient","id":"` + id + `",` + body + `"n":1}`}
 	}
 	require.NoError(t, txn.Write(ctx, sinktest.RawBatch(mem, raws...)))
-	require.NoError(t, txn.Commit(ctx, pipeline.RunSummary{Outcome: "success"}))
+	require.NoError(t, txn.Commit(ctx, sinks.RunSummary{Outcome: "success"}))
 	_, err = s.DB().ExecContext(ctx, "CHECKPOINT")
 	require.NoError(t, err)
 	methods := func(col string) []string {
@@ -460,15 +460,14 @@ func TestStringCompression(t *testing.T) {
 }
 
 // TestStageSpansFiles: a staged table continues in a new Parquet file every
-// stageFileRowGroups row groups (bounding the writer's metadata), and
+// staging.fileRowGroups row groups (bounding the writer's metadata), and
 // Commit loads the rows of all its files.
 func TestStageSpansFiles(t *testing.T) {
-	defer func(n int) { stageFileRowGroups = n }(stageFileRowGroups)
-	stageFileRowGroups = 2
-	mem, s, ctx := checked(t), open(t, stageParquetPlain), t.Context()
+	mem, ctx := checked(t), t.Context()
+	s := openTuned(t, func(stg *staging) { stg.mode, stg.fileRowGroups = stageParquetPlain, 2 })
 	defer s.Close()
-	require.NoError(t, s.Prepare(ctx, []*pipeline.Table{sinktest.PatientView}))
-	txn, err := s.Begin(ctx, pipeline.RunInfo{RunID: "r1", Source: "s", ExportID: "e", TransactionTime: "2025-02-01T00:00:00Z"})
+	require.NoError(t, s.Prepare(ctx, []*schemas.Table{sinktest.PatientView}))
+	txn, err := s.Begin(ctx, sinks.RunInfo{RunID: "r1", Source: "s", ExportID: "e", TransactionTime: "2025-02-01T00:00:00Z"})
 	require.NoError(t, err)
 	var raws []sinktest.Raw
 	var want []string
@@ -483,6 +482,6 @@ func TestStageSpansFiles(t *testing.T) {
 	files, err := filepath.Glob(filepath.Join(txn.(*Txn).dir, "*patient_view*.parquet"))
 	require.NoError(t, err)
 	require.Len(t, files, 4, "7 row groups, 2 per file")
-	require.NoError(t, txn.Commit(ctx, pipeline.RunSummary{Outcome: "success"}))
+	require.NoError(t, txn.Commit(ctx, sinks.RunSummary{Outcome: "success"}))
 	require.ElementsMatch(t, want, rows(t, s, sinktest.PatientView.Name, "_resource_id", "name"))
 }

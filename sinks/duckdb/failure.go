@@ -4,15 +4,15 @@ import (
 	"context"
 	"fmt"
 
-	"github.com/fhirferry/fhirferry/pipeline"
 	"github.com/fhirferry/fhirferry/schemas"
+	"github.com/fhirferry/fhirferry/sinks"
 )
 
-var _ pipeline.FailureRecorder = (*Sink)(nil)
+var _ sinks.FailureRecorder = (*Sink)(nil)
 
-// RecordFailure implements pipeline.FailureRecorder: one runs row per run
+// RecordFailure implements sinks.FailureRecorder: one runs row per run
 // id that has not succeeded, replaced by the row of a later success.
-func (s *Sink) RecordFailure(ctx context.Context, r pipeline.RunInfo, sum pipeline.RunSummary) error {
+func (s *Sink) RecordFailure(ctx context.Context, r sinks.RunInfo, sum sinks.RunSummary) error {
 	if err := s.acquire(ctx); err != nil {
 		return err
 	}

@@ -8,7 +8,8 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/fhirferry/fhirferry/pipeline"
+	"github.com/fhirferry/fhirferry/schemas"
+	"github.com/fhirferry/fhirferry/sinks"
 	"github.com/fhirferry/fhirferry/sinks/sinktest"
 )
 
@@ -42,11 +43,11 @@ func TestReplaceTableFromScan(t *testing.T) {
 	s := open(t, stageParquetSnappy)
 	defer s.Close()
 	sinktest.LoadScanFixture(t, s, checked(t))
-	require.NoError(t, s.ReplaceTable(ctx, sinktest.PatientView, func(emit func(pipeline.Batch) error) error {
+	require.NoError(t, s.ReplaceTable(ctx, sinktest.PatientView, func(emit func(schemas.Batch) error) error {
 		// The writer slot is held: a run waits (here, until its deadline).
 		bctx, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
 		defer cancel()
-		_, err := s.Begin(bctx, pipeline.RunInfo{RunID: "x", Source: "s", ExportID: "x"})
+		_, err := s.Begin(bctx, sinks.RunInfo{RunID: "x", Source: "s", ExportID: "x"})
 		require.ErrorIs(t, err, context.DeadlineExceeded)
 		return s.ScanRaw(ctx, "Patient", func(id string, _ []byte) error {
 			return emit(sinktest.Build(mem, sinktest.PatientView, []any{id, int64(0), "n-" + id}))
@@ -54,14 +55,14 @@ func TestReplaceTableFromScan(t *testing.T) {
 	}))
 	require.ElementsMatch(t, []string{"p1|n-p1", "p3|n-p3"}, rows(t, s, "patient_view", "_resource_id", "name"))
 
-	err := s.ReplaceTable(ctx, sinktest.PatientView, func(emit func(pipeline.Batch) error) error {
+	err := s.ReplaceTable(ctx, sinktest.PatientView, func(emit func(schemas.Batch) error) error {
 		return emit(sinktest.Build(mem, sinktest.CodeView, []any{"o1", int64(0), "c", int32(1)}))
 	})
 	require.ErrorContains(t, err, "batch for table observation_code, not patient_view")
 	require.ElementsMatch(t, []string{"p1|n-p1", "p3|n-p3"}, rows(t, s, "patient_view", "_resource_id", "name"))
 
 	// The sink is free again.
-	txn, err := s.Begin(ctx, pipeline.RunInfo{RunID: "y", Source: "s", ExportID: "y"})
+	txn, err := s.Begin(ctx, sinks.RunInfo{RunID: "y", Source: "s", ExportID: "y"})
 	require.NoError(t, err)
 	require.NoError(t, txn.Rollback(ctx))
 }

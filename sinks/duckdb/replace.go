@@ -5,13 +5,13 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/fhirferry/fhirferry/pipeline"
 	"github.com/fhirferry/fhirferry/schemas"
+	"github.com/fhirferry/fhirferry/sinks"
 )
 
-var _ pipeline.Rebuilder = (*Sink)(nil)
+var _ sinks.Rebuilder = (*Sink)(nil)
 
-// ReplaceTable implements [pipeline.Rebuilder]: it replaces the whole of
+// ReplaceTable implements [sinks.Rebuilder]: it replaces the whole of
 // table t (dropping and recreating it with t's current schema) with the
 // rows produce emits, atomically: readers see the old table until the new
 // one is complete. Batches must be for t, with t.Schema, ColSeq included
@@ -20,9 +20,9 @@ var _ pipeline.Rebuilder = (*Sink)(nil)
 // It is the write behind `fhirferry views rebuild`; like a Txn it holds the
 // sink's single writer slot while it runs, so no run commits between a
 // [Sink.ScanRaw] that produce makes and the replacement.
-func (s *Sink) ReplaceTable(ctx context.Context, t *pipeline.Table,
-	produce func(emit func(pipeline.Batch) error) error) (err error) {
-	if t == nil || t.Kind == pipeline.KindDeleted {
+func (s *Sink) ReplaceTable(ctx context.Context, t *schemas.Table,
+	produce func(emit func(schemas.Batch) error) error) (err error) {
+	if t == nil || t.Kind == schemas.KindDeleted {
 		return fmt.Errorf("duckdb sink %s: replace table: not a stored table", s.name)
 	}
 	txn, err := s.newTxn(ctx, "replace-"+t.Name)
@@ -36,12 +36,12 @@ func (s *Sink) ReplaceTable(ctx context.Context, t *pipeline.Table,
 		}
 	}()
 	txn.done = true
-	st, err := newStage(s.mode, txn.dir, t, 0)
+	st, err := newStage(&s.stg, txn.dir, t, 0)
 	if err != nil {
 		return err
 	}
 	txn.order = append(txn.order, st)
-	err = produce(func(b pipeline.Batch) error {
+	err = produce(func(b schemas.Batch) error {
 		defer b.Release()
 		if err := ctx.Err(); err != nil {
 			return err
@@ -92,14 +92,14 @@ func (s *Sink) ReplaceTable(ctx context.Context, t *pipeline.Table,
 	return nil
 }
 
-func tableName(t *pipeline.Table) string {
+func tableName(t *schemas.Table) string {
 	if t == nil {
 		return "<nil>"
 	}
 	return t.Name
 }
 
-// ScanRaw implements [pipeline.Rebuilder]: it streams the committed raw
+// ScanRaw implements [sinks.Rebuilder]: it streams the committed raw
 // resources of one type, in no particular order. It reads through the
 // shared pool, so it may run while ReplaceTable holds the writer slot.
 func (s *Sink) ScanRaw(ctx context.Context, resourceType string, fn func(id string, resource []byte) error) (err error) {

@@ -15,11 +15,11 @@ import (
 	duckdb "github.com/duckdb/duckdb-go/v2"
 
 	"github.com/fhirferry/fhirferry/configs"
-	"github.com/fhirferry/fhirferry/pipeline"
 	"github.com/fhirferry/fhirferry/schemas"
+	"github.com/fhirferry/fhirferry/sinks"
 )
 
-var _ pipeline.Sink = (*Sink)(nil)
+var _ sinks.Sink = (*Sink)(nil)
 
 // Sink is a DuckDB warehouse file. It serves one writer (a Txn, Prepare or
 // ReplaceTable) at a time; read-only queries through DB may run alongside.
@@ -29,7 +29,7 @@ type Sink struct {
 	path  string
 	db    *sql.DB
 	spool string
-	mode  stageMode
+	stg   staging
 	// streamThreads is DuckDB's thread count while raw rows stream in.
 	streamThreads int
 	// memoryLimited: a memory_limit is set, so Commit keeps streamThreads.
@@ -39,15 +39,18 @@ type Sink struct {
 	writer chan struct{}
 
 	mu     sync.Mutex
-	tables map[string]*pipeline.Table // prepared tables by name
+	tables map[string]*schemas.Table // prepared tables by name
+}
+
+// Open is the sinks.Factory of type duckdb.
+func Open(_ context.Context, cfg configs.Sink, env sinks.Env) (sinks.Sink, error) {
+	return New(cfg.DuckDB, env)
 }
 
 // New opens (creating if needed) the DuckDB file cfg.Path (":memory:" for
 // a throwaway database).
-func New(cfg configs.DuckDBSink, name string, log *slog.Logger) (*Sink, error) {
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
+func New(cfg configs.DuckDBSink, env sinks.Env) (*Sink, error) {
+	name, log := env.Name, env.Log()
 	if cfg.Path == "" {
 		return nil, fmt.Errorf("duckdb sink %s: path is required", name)
 	}
@@ -103,9 +106,9 @@ func New(cfg configs.DuckDBSink, name string, log *slog.Logger) (*Sink, error) {
 	}
 	s := &Sink{
 		name: name, log: log, path: cfg.Path, db: db,
-		spool: spool, mode: defaultMode, streamThreads: max(cfg.StreamThreads, 1),
+		spool: spool, stg: defaultStaging(env.Allocator()), streamThreads: max(cfg.StreamThreads, 1),
 		memoryLimited: cfg.MemoryLimit != "",
-		writer:        make(chan struct{}, 1), tables: map[string]*pipeline.Table{},
+		writer:        make(chan struct{}, 1), tables: map[string]*schemas.Table{},
 	}
 	return s, nil
 }
@@ -126,7 +129,7 @@ const rowGroupSize = 16384
 // see the package doc.
 const defaultMode = stageParquetPlain
 
-// Name implements pipeline.Sink.
+// Name implements sinks.Sink.
 func (s *Sink) Name() string { return s.name }
 
 // DB returns the database for read-only queries (demo, summaries). Writes
@@ -152,13 +155,13 @@ func (s *Sink) acquire(ctx context.Context) error {
 
 func (s *Sink) release() { <-s.writer }
 
-// Prepare implements pipeline.Sink: it creates the metadata tables and
+// Prepare implements sinks.Sink: it creates the metadata tables and
 // tables, and adds the columns an existing table lacks, in one transaction.
 //
 // No index is created: Commit joins staged keys against whole tables,
 // which DuckDB runs as hash joins whatever indexes exist, while an ART
 // index on (resource_type, id) would slow every load and cost memory.
-func (s *Sink) Prepare(ctx context.Context, tables []*pipeline.Table) (err error) {
+func (s *Sink) Prepare(ctx context.Context, tables []*schemas.Table) (err error) {
 	if err := s.acquire(ctx); err != nil {
 		return err
 	}
@@ -178,16 +181,16 @@ func (s *Sink) Prepare(ctx context.Context, tables []*pipeline.Table) (err error
 			return fmt.Errorf("duckdb sink %s: prepare: %w", s.name, err)
 		}
 	}
-	seen := map[string]*pipeline.Table{}
+	seen := map[string]*schemas.Table{}
 	for _, t := range all {
 		if t == nil || seen[t.Name] == t {
 			continue
 		}
 		seen[t.Name] = t
-		if t.Kind == pipeline.KindDeleted {
+		if t.Kind == schemas.KindDeleted {
 			continue
 		}
-		if t.Kind == pipeline.KindView && t.ResourceType == "" {
+		if t.Kind == schemas.KindView && t.ResourceType == "" {
 			return fmt.Errorf("duckdb sink %s: view table %s has no resource type", s.name, t.Name)
 		}
 		if err := ensureTable(ctx, tx, t); err != nil {
@@ -206,28 +209,28 @@ func (s *Sink) Prepare(ctx context.Context, tables []*pipeline.Table) (err error
 }
 
 // prepared returns the table prepared under name, or nil.
-func (s *Sink) prepared(name string) *pipeline.Table {
+func (s *Sink) prepared(name string) *schemas.Table {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.tables[name]
 }
 
 // views returns the prepared view tables.
-func (s *Sink) views() []*pipeline.Table {
+func (s *Sink) views() []*schemas.Table {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	var out []*pipeline.Table
+	var out []*schemas.Table
 	for _, t := range s.tables {
-		if t.Kind == pipeline.KindView {
+		if t.Kind == schemas.KindView {
 			out = append(out, t)
 		}
 	}
 	return out
 }
 
-// Checkpoint implements pipeline.Sink.
-func (s *Sink) Checkpoint(ctx context.Context, source string) (pipeline.Checkpoint, bool, error) {
-	cp := pipeline.Checkpoint{Source: source}
+// Checkpoint implements sinks.Sink.
+func (s *Sink) Checkpoint(ctx context.Context, source string) (sinks.Checkpoint, bool, error) {
+	cp := sinks.Checkpoint{Source: source}
 	cols, err := existingColumns(ctx, s.db, schemas.CheckTable)
 	if err != nil || cols == nil {
 		return cp, false, err // never prepared: no checkpoint
@@ -241,38 +244,4 @@ func (s *Sink) Checkpoint(ctx context.Context, source string) (pipeline.Checkpoi
 		return cp, false, fmt.Errorf("duckdb sink %s: checkpoint of %s: %w", s.name, source, err)
 	}
 	return cp, true, nil
-}
-
-// TableInfo is a table of the warehouse and its exact row count.
-type TableInfo struct {
-	Name string
-	Rows int64
-}
-
-// Tables lists the tables of the main schema with their row counts, by name.
-func (s *Sink) Tables(ctx context.Context) ([]TableInfo, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT table_name FROM duckdb_tables()
-		WHERE database_name = current_database() AND schema_name = 'main' AND NOT temporary ORDER BY table_name`)
-	if err != nil {
-		return nil, fmt.Errorf("duckdb sink %s: list tables: %w", s.name, err)
-	}
-	var out []TableInfo
-	for rows.Next() {
-		var t TableInfo
-		if err := rows.Scan(&t.Name); err != nil {
-			rows.Close()
-			return nil, err
-		}
-		out = append(out, t)
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
-		return nil, err
-	}
-	for i := range out {
-		if err := s.db.QueryRowContext(ctx, "SELECT count(*) FROM "+quote(out[i].Name)).Scan(&out[i].Rows); err != nil {
-			return nil, fmt.Errorf("duckdb sink %s: count %s: %w", s.name, out[i].Name, err)
-		}
-	}
-	return out, nil
 }

@@ -4,21 +4,28 @@ import (
 	"fmt"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
 
 	"github.com/fhirferry/fhirferry/configs"
-	"github.com/fhirferry/fhirferry/pipeline"
+	"github.com/fhirferry/fhirferry/sinks"
 	"github.com/fhirferry/fhirferry/sinks/sinktest"
 )
 
 func open(t *testing.T, mode stageMode) *Sink {
 	t.Helper()
-	s, err := New(configs.DuckDBSink{Path: filepath.Join(t.TempDir(), "w.duckdb"), Threads: 2, MemoryLimit: "1GB"}, "test", nil)
+	return openTuned(t, func(stg *staging) { stg.mode = mode })
+}
+
+// openTuned opens a test warehouse whose staging tune changes first.
+func openTuned(t *testing.T, tune func(*staging)) *Sink {
+	t.Helper()
+	s, err := New(configs.DuckDBSink{Path: filepath.Join(t.TempDir(), "w.duckdb"), Threads: 2, MemoryLimit: "1GB"}, sinks.Env{Name: "test"})
 	require.NoError(t, err)
-	s.mode = mode
+	tune(&s.stg)
 	return s
 }
 
@@ -58,9 +65,13 @@ func rows(t *testing.T, s *Sink, table string, cols ...string) []string {
 }
 
 func harness(mode stageMode) sinktest.Harness {
+	return tunedHarness(func(stg *staging) { stg.mode = mode })
+}
+
+func tunedHarness(tune func(*staging)) sinktest.Harness {
 	return sinktest.Harness{
-		Open: func(t *testing.T) pipeline.Sink { return open(t, mode) },
-		Rows: func(t *testing.T, s pipeline.Sink, table string, cols ...string) []string {
+		Open: func(t *testing.T) sinks.Sink { return openTuned(t, tune) },
+		Rows: func(t *testing.T, s sinks.Sink, table string, cols ...string) []string {
 			return rows(t, s.(*Sink), table, cols...)
 		},
 	}
@@ -75,9 +86,9 @@ func TestSemanticsSnappy(t *testing.T) { sinktest.Run(t, harness(stageParquetSna
 // that Commit's fix-up of losing and deleted resources is what keeps the
 // views right.
 func TestSemanticsStreamedViews(t *testing.T) {
-	streamPartBytes, streamWait = 1, true
-	t.Cleanup(func() { streamPartBytes, streamWait = 8<<20, false })
-	before := streamedFiles.Load()
-	sinktest.Run(t, harness(stageParquetPlain))
-	require.Greater(t, streamedFiles.Load()-before, int64(10), "view files streamed")
+	var streamed atomic.Int64
+	sinktest.Run(t, tunedHarness(func(stg *staging) {
+		stg.mode, stg.partBytes, stg.wait, stg.streamed = stageParquetPlain, 1, true, &streamed
+	}))
+	require.Greater(t, streamed.Load(), int64(10), "view files streamed")
 }

@@ -12,11 +12,11 @@ import (
 	"github.com/apache/arrow-go/v18/arrow"
 	"github.com/apache/arrow-go/v18/arrow/array"
 	"github.com/apache/arrow-go/v18/arrow/extensions"
+	"github.com/apache/arrow-go/v18/arrow/memory"
 	"github.com/apache/arrow-go/v18/parquet"
 	"github.com/apache/arrow-go/v18/parquet/compress"
 	"github.com/apache/arrow-go/v18/parquet/pqarrow"
 
-	"github.com/fhirferry/fhirferry/pipeline"
 	"github.com/fhirferry/fhirferry/schemas"
 	"github.com/fhirferry/fhirferry/sinks/internal/rowgroup"
 )
@@ -60,19 +60,19 @@ const (
 // reads them from: a TEMP view over the Parquet files (or an empty TEMP
 // table, see Txn.rel).
 type stage struct {
-	t    *pipeline.Table
+	t    *schemas.Table
 	idx  int
 	rel  string
 	rows int64
-	mode stageMode
+	stg  *staging
 	base string  // path of the first file, without ".parquet"
 	file *pqFile // the open file; nil once finished
 	// A writer keeps each row group's metadata until it closes, so after
-	// stageFileRowGroups the stage continues in a new file; done holds
+	// stg.fileRowGroups the stage continues in a new file; done holds
 	// the finished ones.
 	done  []string
 	files int // files created
-	// loader, when set, takes a file of at least streamPartBytes while it
+	// loader, when set, takes a file of at least stg.partBytes while it
 	// is idle and INSERTs it into the table during the transform (see
 	// Txn.streamViews); streamed holds the files it took, which Commit's
 	// fix-up may read again.
@@ -81,18 +81,29 @@ type stage struct {
 	streamed []string
 }
 
-// streamPartBytes is the Arrow size from which a view's staged file is
-// offered to an idle loader. Tests set it to 1 and streamWait, so that
-// every file of a view is streamed, whether the loader is idle or not.
-var (
-	streamPartBytes int64 = 8 << 20
-	streamWait            = false
-	// streamedFiles counts the files streamed, for tests.
-	streamedFiles atomic.Int64
-)
+// staging is how a Sink writes and streams its staged Parquet files. It is
+// fixed when the Sink is built; this package's tests change a Sink's copy
+// before its first run.
+type staging struct {
+	mode stageMode
+	// alloc supplies the Parquet writers' page buffers (the process's
+	// shared pool: see mempool.PoolAllocator).
+	alloc memory.Allocator
+	// partBytes is the Arrow size from which a view's staged file is
+	// offered to an idle loader. Tests set it to 1 and wait, so that every
+	// file of a view is streamed, whether the loader is idle or not.
+	partBytes int64
+	wait      bool
+	// fileRowGroups bounds the row groups of one staged file (a writer
+	// keeps each row group's metadata until it closes).
+	fileRowGroups int
+	// streamed counts the files streamed, for tests.
+	streamed *atomic.Int64
+}
 
-// stageFileRowGroups is a variable for tests.
-var stageFileRowGroups = 256
+func defaultStaging(alloc memory.Allocator) staging {
+	return staging{mode: defaultMode, alloc: alloc, partBytes: 8 << 20, fileRowGroups: 256, streamed: new(atomic.Int64)}
+}
 
 // pqFile is one staging Parquet file being written (a raw part or a staged
 // table's file). It holds the batches of its next row group and writes
@@ -125,7 +136,7 @@ var jsonType = func() arrow.DataType {
 
 // parquetSchema returns t's schema with JSON columns typed arrow.json, and
 // the positions of those columns.
-func parquetSchema(t *pipeline.Table) (*arrow.Schema, []int) {
+func parquetSchema(t *schemas.Table) (*arrow.Schema, []int) {
 	fields := t.Schema.Fields()
 	var cols []int
 	for i, f := range fields {
@@ -159,31 +170,31 @@ func asParquet(schema *arrow.Schema, jsonCols []int, rec arrow.RecordBatch) arro
 
 // newStage creates the staging file of t in dir; Commit reads it through
 // the TEMP view rel.
-func newStage(mode stageMode, dir string, t *pipeline.Table, idx int) (*stage, error) {
+func newStage(stg *staging, dir string, t *schemas.Table, idx int) (*stage, error) {
 	base := filepath.Join(dir, fmt.Sprintf("%03d_%s", idx, sanitize(t.Name)))
-	f, err := createParquet(base+".parquet", t, mode)
+	f, err := createParquet(base+".parquet", t, stg)
 	if err != nil {
 		return nil, fmt.Errorf("stage %s: %w", t.Name, err)
 	}
-	return &stage{t: t, idx: idx, rel: fmt.Sprintf("temp.main.stg_%d", idx), file: f, mode: mode, base: base, files: 1}, nil
+	return &stage{t: t, idx: idx, rel: fmt.Sprintf("temp.main.stg_%d", idx), file: f, stg: stg, base: base, files: 1}, nil
 }
 
 // createParquet creates a staging file for rows of t.
-func createParquet(path string, t *pipeline.Table, mode stageMode) (*pqFile, error) {
+func createParquet(path string, t *schemas.Table, stg *staging) (*pqFile, error) {
 	f, err := os.Create(path)
 	if err != nil {
 		return nil, err
 	}
 	codec := compress.Codecs.Uncompressed
-	if mode == stageParquetSnappy {
+	if stg.mode == stageParquetSnappy {
 		codec = compress.Codecs.Snappy
 	}
 	// No statistics: the file is read once, whole, and min/max of every
 	// JSON text cost CPU for nothing. Without them the writer keeps no
-	// slice of a batch after writing it, which pipeline.Buffers requires
+	// slice of a batch after writing it, which the shared pool requires
 	// of its page buffers and of the batches themselves.
 	props := parquet.NewWriterProperties(parquet.WithCompression(codec),
-		parquet.WithDictionaryDefault(false), parquet.WithStats(false), parquet.WithAllocator(pipeline.Buffers),
+		parquet.WithDictionaryDefault(false), parquet.WithStats(false), parquet.WithAllocator(stg.alloc),
 		parquet.WithMaxRowGroupLength(rowGroupRows))
 	schema, jsonCols := parquetSchema(t)
 	// The writer closes its sink when it is closed.
@@ -282,11 +293,11 @@ func (st *stage) flush() error {
 }
 
 // rotate continues in a new file once the open one has
-// stageFileRowGroups row groups, or once the loader can take it.
+// stg.fileRowGroups row groups, or once the loader can take it.
 func (st *stage) rotate() error {
 	f := st.file
-	offer := st.loader != nil && f.bytes >= streamPartBytes && st.loader.ready()
-	if f.groups < stageFileRowGroups && !offer {
+	offer := st.loader != nil && f.bytes >= st.stg.partBytes && st.loader.ready()
+	if f.groups < st.stg.fileRowGroups && !offer {
 		return nil
 	}
 	st.file = nil
@@ -295,11 +306,11 @@ func (st *stage) rotate() error {
 	}
 	if offer && st.loader.offer(loadJob{what: "view " + st.t.Name, path: f.path, sql: st.insert(f.path)}) {
 		st.streamed = append(st.streamed, f.path)
-		streamedFiles.Add(1)
+		st.stg.streamed.Add(1)
 	} else {
 		st.done = append(st.done, f.path)
 	}
-	nf, err := createParquet(fmt.Sprintf("%s.%d.parquet", st.base, st.files), st.t, st.mode)
+	nf, err := createParquet(fmt.Sprintf("%s.%d.parquet", st.base, st.files), st.t, st.stg)
 	if err != nil {
 		return fmt.Errorf("stage %s: %w", st.t.Name, err)
 	}
@@ -308,7 +319,7 @@ func (st *stage) rotate() error {
 	return nil
 }
 
-func checkSchema(t *pipeline.Table, got *arrow.Schema) error {
+func checkSchema(t *schemas.Table, got *arrow.Schema) error {
 	want := t.Schema.Fields()
 	if len(got.Fields()) != len(want) {
 		return fmt.Errorf("table %s: batch has %d columns, table has %d", t.Name, len(got.Fields()), len(want))

@@ -12,7 +12,6 @@ import (
 
 	"github.com/apache/arrow-go/v18/arrow"
 
-	"github.com/fhirferry/fhirferry/pipeline"
 	"github.com/fhirferry/fhirferry/schemas"
 )
 
@@ -35,7 +34,7 @@ const minPartBytes = 16 << 20
 // their _seq, so Commit can tell them from the stored rows when it picks
 // the winners. Nothing is visible to readers before Commit.
 type rawStream struct {
-	mode   stageMode
+	stg    *staging
 	dir    string
 	runID  string
 	insert func(path string) string // the INSERT of one part, with the run id as parameter
@@ -54,13 +53,13 @@ type rawStream struct {
 
 // newRawStream starts the loader on tx. ctx bounds the loader's statements
 // and lives as long as the Txn.
-func newRawStream(ctx context.Context, tx *sql.Tx, mode stageMode, dir, runID string, log func(msg string, args ...any)) *rawStream {
+func newRawStream(ctx context.Context, tx *sql.Tx, stg *staging, dir, runID string, log func(msg string, args ...any)) *rawStream {
 	cols, sel := selectList(schemas.Raw)
 	r := &rawStream{
-		mode: mode, dir: dir, runID: runID,
+		stg: stg, dir: dir, runID: runID,
 		insert: func(path string) string {
-			return `INSERT INTO ` + quote(schemas.RawTable) + ` (` + cols + `, run_id, ` + quote(pipeline.ColSeq) + `)
-				SELECT ` + sel + `, ?, s.` + quote(pipeline.ColSeq) + ` FROM read_parquet(` + lit(path) + `) s`
+			return `INSERT INTO ` + quote(schemas.RawTable) + ` (` + cols + `, run_id, ` + quote(schemas.ColSeq) + `)
+				SELECT ` + sel + `, ?, s.` + quote(schemas.ColSeq) + ` FROM read_parquet(` + lit(path) + `) s`
 		},
 		// One part waits while one loads and the next is written: a slow
 		// database holds back the transform instead of filling the disk.
@@ -114,8 +113,8 @@ func (r *rawStream) load(ctx context.Context, tx *sql.Tx, log func(string, ...an
 }
 
 // ready reports whether offer would hand a job over now (under
-// streamWait, once the loader takes it).
-func (r *rawStream) ready() bool { return !r.closed && (streamWait || r.idle.Load()) }
+// stg.wait, once the loader takes it).
+func (r *rawStream) ready() bool { return !r.closed && (r.stg.wait || r.idle.Load()) }
 
 // offer hands job to the loader if it is waiting for work, and reports
 // whether it did. Unlike raw parts, which wait their turn, a view's file
@@ -125,7 +124,7 @@ func (r *rawStream) offer(job loadJob) bool {
 	if !r.ready() {
 		return false
 	}
-	if streamWait {
+	if r.stg.wait {
 		select {
 		case r.queue <- job:
 			return true
@@ -150,7 +149,7 @@ func (r *rawStream) write(ctx context.Context, rec arrow.RecordBatch) error {
 	default:
 	}
 	if r.cur == nil {
-		f, err := createParquet(filepath.Join(r.dir, fmt.Sprintf("raw_%04d.parquet", r.parts)), schemas.Raw, r.mode)
+		f, err := createParquet(filepath.Join(r.dir, fmt.Sprintf("raw_%04d.parquet", r.parts)), schemas.Raw, r.stg)
 		if err != nil {
 			return fmt.Errorf("raw part: %w", err)
 		}

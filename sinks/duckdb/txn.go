@@ -13,14 +13,14 @@ import (
 
 	"github.com/apache/arrow-go/v18/arrow"
 
-	"github.com/fhirferry/fhirferry/pipeline"
 	"github.com/fhirferry/fhirferry/schemas"
+	"github.com/fhirferry/fhirferry/sinks"
 )
 
 // Txn stages one run on a connection of its own and applies it in Commit.
 type Txn struct {
 	s    *Sink
-	run  pipeline.RunInfo
+	run  sinks.RunInfo
 	tt   time.Time // run.TransactionTime parsed; zero when empty
 	conn *sql.Conn
 	dir  string // spool folder of the run (Parquet staging)
@@ -47,8 +47,8 @@ type Txn struct {
 	failBefore string
 }
 
-// Begin implements pipeline.Sink. It waits while another writer holds the sink.
-func (s *Sink) Begin(ctx context.Context, run pipeline.RunInfo) (pipeline.Txn, error) {
+// Begin implements sinks.Sink. It waits while another writer holds the sink.
+func (s *Sink) Begin(ctx context.Context, run sinks.RunInfo) (sinks.Txn, error) {
 	var tt time.Time
 	if run.TransactionTime != "" {
 		var err error
@@ -88,11 +88,11 @@ func (s *Sink) newTxn(ctx context.Context, id string) (*Txn, error) {
 	return t, nil
 }
 
-// Write implements pipeline.Txn: it stages b and releases it.
-func (t *Txn) Write(ctx context.Context, b pipeline.Batch) error {
+// Write implements sinks.Txn: it stages b and releases it.
+func (t *Txn) Write(ctx context.Context, b schemas.Batch) error {
 	defer b.Release()
 	if t.done {
-		return pipeline.ErrTxnDone
+		return sinks.ErrTxnDone
 	}
 	if err := ctx.Err(); err != nil {
 		return err
@@ -100,7 +100,7 @@ func (t *Txn) Write(ctx context.Context, b pipeline.Batch) error {
 	if b.Table == nil || b.Rec == nil {
 		return fmt.Errorf("duckdb sink %s: batch without table or rows", t.s.name)
 	}
-	if b.Table.Kind == pipeline.KindRaw {
+	if b.Table.Kind == schemas.KindRaw {
 		if err := t.writeRaw(ctx, b.Rec); err != nil {
 			return fmt.Errorf("duckdb sink %s: %w", t.s.name, err)
 		}
@@ -171,7 +171,7 @@ func (t *Txn) writeRaw(ctx context.Context, rec arrow.RecordBatch) error {
 		log := func(msg string, args ...any) {
 			t.s.log.Debug(msg, append([]any{"run", t.run.RunID}, args...)...)
 		}
-		t.raw = newRawStream(t.ctx, tx, t.s.mode, t.dir, t.run.RunID, log)
+		t.raw = newRawStream(t.ctx, tx, &t.s.stg, t.dir, t.run.RunID, log)
 	}
 	return t.raw.write(ctx, rec)
 }
@@ -193,7 +193,7 @@ func (t *Txn) streamViews(st *stage) {
 
 // insertFrom is the INSERT into table t of its staged rows from the
 // relation from (aliased s).
-func insertFrom(t *pipeline.Table, from string) string {
+func insertFrom(t *schemas.Table, from string) string {
 	cols, sel := selectList(t)
 	return `INSERT INTO ` + quote(t.Name) + ` (` + cols + `) SELECT ` + sel + ` FROM ` + from + ` s`
 }
@@ -208,7 +208,7 @@ func readParquet(paths []string) string {
 }
 
 // emptyTables reports which of tables hold no rows, in one query.
-func emptyTables(ctx context.Context, tx *sql.Tx, tables []*pipeline.Table) (map[string]bool, error) {
+func emptyTables(ctx context.Context, tx *sql.Tx, tables []*schemas.Table) (map[string]bool, error) {
 	if len(tables) == 0 {
 		return nil, nil
 	}
@@ -283,14 +283,14 @@ func (t *Txn) begin() (*sql.Tx, error) {
 	return t.tx, nil
 }
 
-func (t *Txn) stage(tbl *pipeline.Table) (*stage, error) {
+func (t *Txn) stage(tbl *schemas.Table) (*stage, error) {
 	if st := t.stages[tbl.Name]; st != nil {
 		return st, nil
 	}
-	if tbl.Kind != pipeline.KindDeleted && t.s.prepared(tbl.Name) == nil {
+	if tbl.Kind != schemas.KindDeleted && t.s.prepared(tbl.Name) == nil {
 		return nil, fmt.Errorf("duckdb sink %s: table %s was not prepared", t.s.name, tbl.Name)
 	}
-	st, err := newStage(t.s.mode, t.dir, tbl, len(t.order))
+	st, err := newStage(&t.s.stg, t.dir, tbl, len(t.order))
 	if err != nil {
 		return nil, fmt.Errorf("duckdb sink %s: %w", t.s.name, err)
 	}
@@ -299,7 +299,7 @@ func (t *Txn) stage(tbl *pipeline.Table) (*stage, error) {
 	return st, nil
 }
 
-// Rollback implements pipeline.Txn.
+// Rollback implements sinks.Txn.
 func (t *Txn) Rollback(context.Context) error {
 	if t.done {
 		return nil
@@ -344,10 +344,10 @@ func (t *Txn) cleanup() error {
 	return nil
 }
 
-// Commit implements pipeline.Txn; see the package doc for the steps.
-func (t *Txn) Commit(ctx context.Context, sum pipeline.RunSummary) (err error) {
+// Commit implements sinks.Txn; see the package doc for the steps.
+func (t *Txn) Commit(ctx context.Context, sum sinks.RunSummary) (err error) {
 	if t.done {
-		return pipeline.ErrTxnDone
+		return sinks.ErrTxnDone
 	}
 	t.done = true
 	defer func() {
@@ -452,7 +452,7 @@ func ignoreDone(err error) error {
 
 // rel returns the staging relation of a system table, creating an empty
 // one when the run staged no rows for it.
-func (t *Txn) rel(ctx context.Context, tx *sql.Tx, tbl *pipeline.Table) (string, error) {
+func (t *Txn) rel(ctx context.Context, tx *sql.Tx, tbl *schemas.Table) (string, error) {
 	if st := t.stages[tbl.Name]; st != nil {
 		return st.rel, nil
 	}
@@ -496,7 +496,7 @@ func countRemoved(n int64, ap *applied) { ap.removed += n }
 // every row won and that deleted nothing (a first load) skips them.
 func (t *Txn) fixup(st *stage) []step {
 	v := st.t
-	V, id, seq := quote(v.Name), quote(pipeline.ColResourceID), quote(pipeline.ColSeq)
+	V, id, seq := quote(v.Name), quote(schemas.ColResourceID), quote(schemas.ColSeq)
 	src := readParquet(st.streamed)
 	fix := fmt.Sprintf("fix_%d", st.idx)
 	skip := func(ap *applied) bool { return ap.allWon }
@@ -516,7 +516,7 @@ func (t *Txn) fixup(st *stage) []step {
 // steps returns Commit's statements. Each is set-based: the run's winners
 // come from one window query over the run's rows in the raw table, and
 // every change is a join against them.
-func (t *Txn) steps(del string, sum pipeline.RunSummary) []step {
+func (t *Txn) steps(del string, sum sinks.RunSummary) []step {
 	R := quote(schemas.RawTable)
 	run := t.run.RunID
 	// The deleted-entry guard: a stored row updated after the run's
@@ -563,7 +563,7 @@ func (t *Txn) steps(del string, sum pipeline.RunSummary) []step {
 		} else {
 			steps = append(steps, step{name: "view " + v.Name + " delete", sql: `DELETE FROM ` + quote(v.Name) + ` v USING (
 				SELECT id FROM win WHERE resource_type = ? UNION ALL SELECT id FROM gone WHERE resource_type = ?) k
-			WHERE v.` + quote(pipeline.ColResourceID) + ` = k.id`, args: []any{v.ResourceType, v.ResourceType},
+			WHERE v.` + quote(schemas.ColResourceID) + ` = k.id`, args: []any{v.ResourceType, v.ResourceType},
 				// View rows exist only for stored resources.
 				skip: func(ap *applied) bool { return ap.removed == 0 }})
 		}
@@ -571,13 +571,13 @@ func (t *Txn) steps(del string, sum pipeline.RunSummary) []step {
 			insert := insertFrom(v, st.rel)
 			steps = append(steps, step{name: "view " + v.Name + " insert",
 				sql: insert + ` SEMI JOIN (SELECT _seq FROM win WHERE resource_type = ?) w
-					ON s.` + quote(pipeline.ColSeq) + ` = w._seq`,
+					ON s.` + quote(schemas.ColSeq) + ` = w._seq`,
 				args:     []any{v.ResourceType},
 				ifAllWon: &step{sql: insert}})
 		}
 	}
 	for _, st := range t.order {
-		if st.t.Kind == pipeline.KindAppend {
+		if st.t.Kind == schemas.KindAppend {
 			steps = append(steps, step{name: "append " + st.t.Name, sql: insertFrom(st.t, st.rel)})
 		}
 	}

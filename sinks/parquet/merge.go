@@ -7,7 +7,7 @@ import (
 	"github.com/apache/arrow-go/v18/arrow"
 	"github.com/apache/arrow-go/v18/arrow/array"
 
-	"github.com/fhirferry/fhirferry/pipeline"
+	"github.com/fhirferry/fhirferry/schemas"
 )
 
 // maxFiles is the live file count above which a touched table is compacted
@@ -22,7 +22,7 @@ type merger struct {
 	s   *Sink
 	ctx context.Context
 	tag string
-	t   *pipeline.Table
+	t   *schemas.Table
 	tm  *tableMeta
 	// affected binds a record of stored rows; the function reports whether
 	// row i belongs to a resource the run replaces or deletes.

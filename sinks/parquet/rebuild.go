@@ -8,19 +8,19 @@ import (
 	"github.com/apache/arrow-go/v18/arrow"
 	"github.com/apache/arrow-go/v18/arrow/array"
 
-	"github.com/fhirferry/fhirferry/pipeline"
 	"github.com/fhirferry/fhirferry/schemas"
+	"github.com/fhirferry/fhirferry/sinks"
 )
 
-var _ pipeline.Rebuilder = (*Sink)(nil)
+var _ sinks.Rebuilder = (*Sink)(nil)
 
-// ReplaceTable implements [pipeline.Rebuilder]: table t gets new files
+// ReplaceTable implements [sinks.Rebuilder]: table t gets new files
 // holding the batches produce emits, and one publish of _lake.json swaps
 // them in, so readers see the old files or the new ones; on error the lake
 // is unchanged. Like a Txn it marks the sink busy while it runs, so no run
 // commits between a [Sink.ScanRaw] that produce makes and the publish.
-func (s *Sink) ReplaceTable(ctx context.Context, t *pipeline.Table, produce func(emit func(pipeline.Batch) error) error) (err error) {
-	if t == nil || t.Kind == pipeline.KindDeleted {
+func (s *Sink) ReplaceTable(ctx context.Context, t *schemas.Table, produce func(emit func(schemas.Batch) error) error) (err error) {
+	if t == nil || t.Kind == schemas.KindDeleted {
 		return fmt.Errorf("parquet sink %s: replace table: not a stored table", s.name)
 	}
 	s.mu.Lock()
@@ -42,7 +42,7 @@ func (s *Sink) ReplaceTable(ctx context.Context, t *pipeline.Table, produce func
 		s.busy = false
 		s.mu.Unlock()
 	}()
-	err = produce(func(b pipeline.Batch) error {
+	err = produce(func(b schemas.Batch) error {
 		defer b.Release()
 		if err := ctx.Err(); err != nil {
 			return err
@@ -81,14 +81,14 @@ func (s *Sink) ReplaceTable(ctx context.Context, t *pipeline.Table, produce func
 	return nil
 }
 
-func tableName(t *pipeline.Table) string {
+func tableName(t *schemas.Table) string {
 	if t == nil {
 		return "<nil>"
 	}
 	return t.Name
 }
 
-// ScanRaw implements [pipeline.Rebuilder]: it reads the raw landing's
+// ScanRaw implements [sinks.Rebuilder]: it reads the raw landing's
 // published files (the resource_type, id and resource columns only), one
 // record batch at a time.
 func (s *Sink) ScanRaw(ctx context.Context, resourceType string, fn func(id string, resource []byte) error) error {

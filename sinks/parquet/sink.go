@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"database/sql"
 	"encoding/hex"
 	"fmt"
 	"io"
@@ -17,8 +18,8 @@ import (
 	"github.com/apache/arrow-go/v18/parquet/compress"
 
 	"github.com/fhirferry/fhirferry/configs"
-	"github.com/fhirferry/fhirferry/pipeline"
 	"github.com/fhirferry/fhirferry/schemas"
+	"github.com/fhirferry/fhirferry/sinks"
 )
 
 // Sink is the Parquet lake. It serves one Txn at a time and assumes it is
@@ -32,11 +33,12 @@ type Sink struct {
 
 	mu     sync.Mutex
 	meta   *lakeMeta // the published state
-	tables map[string]*pipeline.Table
-	busy   bool // a Txn is open
+	tables map[string]*schemas.Table
+	busy   bool    // a Txn is open
+	duck   *sql.DB // reads the published files (reader); nil until used
 }
 
-var _ pipeline.Sink = (*Sink)(nil)
+var _ sinks.Sink = (*Sink)(nil)
 
 // Option adjusts a Sink.
 type Option func(*Sink)
@@ -47,18 +49,21 @@ func WithStore(st Store) Option { return func(s *Sink) { s.st = st } }
 // WithAllocator sets the Arrow allocator (tests pass a checked one).
 func WithAllocator(mem memory.Allocator) Option { return func(s *Sink) { s.mem = mem } }
 
+// Open is the sinks.Factory of type parquet.
+func Open(_ context.Context, cfg configs.Sink, env sinks.Env) (sinks.Sink, error) {
+	return New(cfg.Parquet, env)
+}
+
 // New opens (or starts) the lake in cfg.Dir. It reads _lake.json and removes
 // objects a crashed run left behind: staging files, temporary files of cut
 // writes, and Parquet files that _lake.json does not list.
-func New(cfg configs.ParquetSink, name string, log *slog.Logger, opts ...Option) (*Sink, error) {
+func New(cfg configs.ParquetSink, env sinks.Env, opts ...Option) (*Sink, error) {
+	name, log := env.Name, env.Log()
 	comp, err := codec(cfg.Compression)
 	if err != nil {
 		return nil, fmt.Errorf("parquet sink %s: %w", name, err)
 	}
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
-	s := &Sink{name: name, log: log, mem: memory.DefaultAllocator, comp: comp, tables: map[string]*pipeline.Table{}}
+	s := &Sink{name: name, log: log, mem: memory.DefaultAllocator, comp: comp, tables: map[string]*schemas.Table{}}
 	for _, o := range opts {
 		o(s)
 	}
@@ -109,26 +114,35 @@ func (s *Sink) collect(ctx context.Context, live map[string]bool, tag string) {
 	}
 }
 
-// Name implements pipeline.Sink.
+// Name implements sinks.Sink.
 func (s *Sink) Name() string { return s.name }
 
-// Close implements pipeline.Sink.
-func (s *Sink) Close() error { return nil }
+// Close implements sinks.Sink.
+func (s *Sink) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.duck == nil {
+		return nil
+	}
+	err := s.duck.Close()
+	s.duck = nil
+	return err
+}
 
-// Checkpoint implements pipeline.Sink from the published _lake.json.
-func (s *Sink) Checkpoint(ctx context.Context, source string) (pipeline.Checkpoint, bool, error) {
+// Checkpoint implements sinks.Sink from the published _lake.json.
+func (s *Sink) Checkpoint(ctx context.Context, source string) (sinks.Checkpoint, bool, error) {
 	m, err := loadMeta(ctx, s.st)
 	if err != nil {
-		return pipeline.Checkpoint{}, false, fmt.Errorf("parquet sink %s: %w", s.name, err)
+		return sinks.Checkpoint{}, false, fmt.Errorf("parquet sink %s: %w", s.name, err)
 	}
 	cp, ok := m.Checkpoints[source]
 	if !ok {
-		return pipeline.Checkpoint{}, false, nil
+		return sinks.Checkpoint{}, false, nil
 	}
-	return pipeline.Checkpoint{Source: source, TransactionTime: cp.TransactionTime, ExportID: cp.ExportID, CommittedAt: cp.CommittedAt}, true, nil
+	return sinks.Checkpoint{Source: source, TransactionTime: cp.TransactionTime, ExportID: cp.ExportID, CommittedAt: cp.CommittedAt}, true, nil
 }
 
-func columnsOf(t *pipeline.Table) []columnMeta {
+func columnsOf(t *schemas.Table) []columnMeta {
 	var cols []columnMeta
 	for _, f := range t.StoredFields() {
 		cols = append(cols, columnMeta{Name: f.Name, Type: duckType(f.Type)})
@@ -136,10 +150,10 @@ func columnsOf(t *pipeline.Table) []columnMeta {
 	return cols
 }
 
-// Prepare implements pipeline.Sink. A table that gained columns has its
+// Prepare implements sinks.Sink. A table that gained columns has its
 // files rewritten with the new (null) columns; columns a view lost stay in
 // the files (nothing is dropped).
-func (s *Sink) Prepare(ctx context.Context, tables []*pipeline.Table) error {
+func (s *Sink) Prepare(ctx context.Context, tables []*schemas.Table) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.busy {
@@ -150,7 +164,7 @@ func (s *Sink) Prepare(ctx context.Context, tables []*pipeline.Table) error {
 	tag := newTag("prepare")
 	var written []string
 	for _, t := range append(schemas.System(), tables...) {
-		if t.Kind == pipeline.KindDeleted {
+		if t.Kind == schemas.KindDeleted {
 			s.tables[t.Name] = t
 			continue
 		}

@@ -23,8 +23,9 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/fhirferry/fhirferry/configs"
-	"github.com/fhirferry/fhirferry/pipeline"
 	"github.com/fhirferry/fhirferry/schemas"
+	"github.com/fhirferry/fhirferry/schemas/mempool"
+	"github.com/fhirferry/fhirferry/sinks"
 	"github.com/fhirferry/fhirferry/sinks/sinktest"
 )
 
@@ -96,15 +97,15 @@ func jsonMaps[T any](t testing.TB, v []T) []map[string]any {
 }
 
 func open(t testing.TB, dir string, opts ...Option) *Sink {
-	s, err := New(configs.ParquetSink{Dir: dir, Compression: "zstd"}, "lake", nil, opts...)
+	s, err := New(configs.ParquetSink{Dir: dir, Compression: "zstd"}, sinks.Env{Name: "lake"}, opts...)
 	require.NoError(t, err)
 	return s
 }
 
 func TestSemantics(t *testing.T) {
 	sinktest.Run(t, sinktest.Harness{
-		Open: func(t *testing.T) pipeline.Sink { return open(t, t.TempDir()) },
-		Rows: func(t *testing.T, s pipeline.Sink, table string, cols ...string) []string {
+		Open: func(t *testing.T) sinks.Sink { return open(t, t.TempDir()) },
+		Rows: func(t *testing.T, s sinks.Sink, table string, cols ...string) []string {
 			return tableRows(t, s.(*Sink).st, table, cols...)
 		},
 		NoJSONCheck: true,
@@ -149,16 +150,16 @@ func TestPublishFailureKeepsPreviousState(t *testing.T) {
 	require.NoError(t, err)
 	fst := &failStore{Store: ds}
 	s := open(t, dir, WithStore(fst), WithAllocator(mem))
-	require.NoError(t, s.Prepare(ctx, []*pipeline.Table{sinktest.PatientView}))
-	run := func(id, tt string, fail bool, batches ...pipeline.Batch) error {
-		txn, err := s.Begin(ctx, pipeline.RunInfo{RunID: id, Source: "src", ExportID: id, TransactionTime: tt})
+	require.NoError(t, s.Prepare(ctx, []*schemas.Table{sinktest.PatientView}))
+	run := func(id, tt string, fail bool, batches ...schemas.Batch) error {
+		txn, err := s.Begin(ctx, sinks.RunInfo{RunID: id, Source: "src", ExportID: id, TransactionTime: tt})
 		require.NoError(t, err)
 		for _, b := range batches {
 			require.NoError(t, txn.Write(ctx, b))
 		}
 		fst.failRename.Store(fail)
 		defer fst.failRename.Store(false)
-		err = txn.Commit(ctx, pipeline.RunSummary{Outcome: "success"})
+		err = txn.Commit(ctx, sinks.RunSummary{Outcome: "success"})
 		if err != nil {
 			require.NoError(t, txn.Rollback(ctx))
 		}
@@ -220,8 +221,8 @@ func TestCrashLeftoversAreCollected(t *testing.T) {
 	defer mem.AssertSize(t, 0)
 	dir := t.TempDir()
 	s := open(t, dir, WithAllocator(mem))
-	require.NoError(t, s.Prepare(ctx, []*pipeline.Table{sinktest.PatientView}))
-	txn, err := s.Begin(ctx, pipeline.RunInfo{RunID: "r1", Source: "src", ExportID: "x", TransactionTime: "2025-01-10T12:00:00Z"})
+	require.NoError(t, s.Prepare(ctx, []*schemas.Table{sinktest.PatientView}))
+	txn, err := s.Begin(ctx, sinks.RunInfo{RunID: "r1", Source: "src", ExportID: "x", TransactionTime: "2025-01-10T12:00:00Z"})
 	require.NoError(t, err)
 	require.NoError(t, txn.Write(ctx, sinktest.RawBatch(mem, sinktest.Raw{Type: "Patient", ID: "a", Seq: 1})))
 	require.NoError(t, txn.Write(ctx, sinktest.RejectBatch(mem, sinktest.Prov{}, "bad")))
@@ -246,12 +247,12 @@ func TestViewsSQL(t *testing.T) {
 	defer mem.AssertSize(t, 0)
 	dir := t.TempDir()
 	s := open(t, dir, WithAllocator(mem))
-	require.NoError(t, s.Prepare(ctx, []*pipeline.Table{sinktest.PatientView, sinktest.CodeView}))
-	txn, err := s.Begin(ctx, pipeline.RunInfo{RunID: "r1", Source: "src", ExportID: "x", TransactionTime: "2025-01-10T12:00:00Z"})
+	require.NoError(t, s.Prepare(ctx, []*schemas.Table{sinktest.PatientView, sinktest.CodeView}))
+	txn, err := s.Begin(ctx, sinks.RunInfo{RunID: "r1", Source: "src", ExportID: "x", TransactionTime: "2025-01-10T12:00:00Z"})
 	require.NoError(t, err)
 	require.NoError(t, txn.Write(ctx, sinktest.RawBatch(mem, sinktest.Raw{Type: "Patient", ID: "a", Seq: 1, LastUpdated: time.Now()})))
 	require.NoError(t, txn.Write(ctx, sinktest.Build(mem, sinktest.PatientView, []any{"a", int64(1), "Ann"})))
-	require.NoError(t, txn.Commit(ctx, pipeline.RunSummary{Outcome: "success"}))
+	require.NoError(t, txn.Commit(ctx, sinks.RunSummary{Outcome: "success"}))
 	data, err := os.ReadFile(filepath.Join(dir, viewsFile))
 	require.NoError(t, err)
 	sql := string(data)
@@ -272,10 +273,10 @@ func TestReplaceTable(t *testing.T) {
 	defer mem.AssertSize(t, 0)
 	dir := t.TempDir()
 	s := open(t, dir, WithAllocator(mem))
-	require.NoError(t, s.Prepare(ctx, []*pipeline.Table{sinktest.PatientView}))
+	require.NoError(t, s.Prepare(ctx, []*schemas.Table{sinktest.PatientView}))
 	v := sinktest.PatientView
-	seq := func(bs ...pipeline.Batch) func(func(pipeline.Batch) error) error {
-		return func(emit func(pipeline.Batch) error) error {
+	seq := func(bs ...schemas.Batch) func(func(schemas.Batch) error) error {
+		return func(emit func(schemas.Batch) error) error {
 			for i, b := range bs {
 				if err := emit(b); err != nil {
 					for _, rest := range bs[i+1:] {
@@ -292,7 +293,7 @@ func TestReplaceTable(t *testing.T) {
 		sinktest.Build(mem, v, []any{"b", int64(2), "Bob"}))))
 	require.ElementsMatch(t, []string{"a|Ann", "b|Bob"}, tableRows(t, s.st, v.Name, "_resource_id", "name"))
 	old := s.LiveFiles(v.Name)
-	failing := func(emit func(pipeline.Batch) error) error {
+	failing := func(emit func(schemas.Batch) error) error {
 		if err := emit(sinktest.Build(mem, v, []any{"c", int64(1), "Cy"})); err != nil {
 			return err
 		}
@@ -316,12 +317,12 @@ func TestOpenRewritesStaleViewsSQL(t *testing.T) {
 	defer mem.AssertSize(t, 0)
 	dir := t.TempDir()
 	s := open(t, dir, WithAllocator(mem))
-	require.NoError(t, s.Prepare(ctx, []*pipeline.Table{sinktest.PatientView}))
-	txn, err := s.Begin(ctx, pipeline.RunInfo{RunID: "r1", Source: "src", ExportID: "r1", TransactionTime: "2025-01-01T00:00:00Z"})
+	require.NoError(t, s.Prepare(ctx, []*schemas.Table{sinktest.PatientView}))
+	txn, err := s.Begin(ctx, sinks.RunInfo{RunID: "r1", Source: "src", ExportID: "r1", TransactionTime: "2025-01-01T00:00:00Z"})
 	require.NoError(t, err)
 	require.NoError(t, txn.Write(ctx, sinktest.RawBatch(mem, sinktest.Raw{Type: "Patient", ID: "a", VersionID: "1", LastUpdated: sinktest.T(1), Seq: 1})))
 	require.NoError(t, txn.Write(ctx, sinktest.Build(mem, sinktest.PatientView, []any{"a", int64(1), "Ann"})))
-	require.NoError(t, txn.Commit(ctx, pipeline.RunSummary{Outcome: "success"}))
+	require.NoError(t, txn.Commit(ctx, sinks.RunSummary{Outcome: "success"}))
 	var want bytes.Buffer
 	require.NoError(t, s.WriteDuckDBViews(&want))
 	require.Contains(t, want.String(), ".parquet")
@@ -338,10 +339,10 @@ func TestOpenRewritesStaleViewsSQL(t *testing.T) {
 // lake's files are those of the rows written, even though the writer
 // encodes a row group's statistics only when it closes the group (at the
 // next one, or at the file's end), after the batches were released and
-// their buffers (pipeline.PoolAllocator) handed out again for other rows.
+// their buffers (mempool.PoolAllocator) handed out again for other rows.
 func TestStatisticsOutliveReleasedBatches(t *testing.T) {
 	ctx := t.Context()
-	pool := pipeline.NewPoolAllocator(64 << 20)
+	pool := mempool.NewPoolAllocator(64 << 20)
 	st, err := NewDirStore(t.TempDir())
 	require.NoError(t, err)
 	schema := arrow.NewSchema([]arrow.Field{{Name: "s", Type: arrow.BinaryTypes.String}}, nil)

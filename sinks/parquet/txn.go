@@ -10,8 +10,8 @@ import (
 	"github.com/apache/arrow-go/v18/arrow"
 	"github.com/apache/arrow-go/v18/arrow/array"
 
-	"github.com/fhirferry/fhirferry/pipeline"
 	"github.com/fhirferry/fhirferry/schemas"
+	"github.com/fhirferry/fhirferry/sinks"
 )
 
 // entry is what a run knows about one resource key.
@@ -61,7 +61,7 @@ func (k keyIndex) put(rt, id string) *entry {
 // the new _lake.json into place.
 type Txn struct {
 	s      *Sink
-	run    pipeline.RunInfo
+	run    sinks.RunInfo
 	tag    string
 	noop   bool
 	keys   keyIndex
@@ -70,10 +70,10 @@ type Txn struct {
 	err    error
 }
 
-var _ pipeline.Txn = (*Txn)(nil)
+var _ sinks.Txn = (*Txn)(nil)
 
-// Begin implements pipeline.Sink.
-func (s *Sink) Begin(ctx context.Context, run pipeline.RunInfo) (pipeline.Txn, error) {
+// Begin implements sinks.Sink.
+func (s *Sink) Begin(ctx context.Context, run sinks.RunInfo) (sinks.Txn, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -99,11 +99,11 @@ func (s *Sink) Begin(ctx context.Context, run pipeline.RunInfo) (pipeline.Txn, e
 	return t, nil
 }
 
-// Write implements pipeline.Txn.
-func (t *Txn) Write(ctx context.Context, b pipeline.Batch) error {
+// Write implements sinks.Txn.
+func (t *Txn) Write(ctx context.Context, b schemas.Batch) error {
 	defer b.Release()
 	if t.done {
-		return pipeline.ErrTxnDone
+		return sinks.ErrTxnDone
 	}
 	if t.err != nil {
 		return t.err
@@ -121,7 +121,7 @@ func (t *Txn) Write(ctx context.Context, b pipeline.Batch) error {
 	return nil
 }
 
-func (t *Txn) write(ctx context.Context, b pipeline.Batch) error {
+func (t *Txn) write(ctx context.Context, b schemas.Batch) error {
 	t.s.mu.Lock()
 	tbl := t.s.tables[b.Table.Name]
 	t.s.mu.Unlock()
@@ -130,7 +130,7 @@ func (t *Txn) write(ctx context.Context, b pipeline.Batch) error {
 	}
 	rec := b.Rec
 	switch tbl.Kind {
-	case pipeline.KindDeleted:
+	case schemas.KindDeleted:
 		rt, id := strCol(rec, "resource_type"), strCol(rec, "id")
 		if rt == nil || id == nil {
 			return errors.New("batch lacks resource_type or id")
@@ -139,7 +139,7 @@ func (t *Txn) write(ctx context.Context, b pipeline.Batch) error {
 			t.keys.put(rt.Value(int(i)), id.Value(int(i))).deleted = true
 		}
 		return nil
-	case pipeline.KindRaw:
+	case schemas.KindRaw:
 		if err := t.index(rec); err != nil {
 			return err
 		}
@@ -147,7 +147,7 @@ func (t *Txn) write(ctx context.Context, b pipeline.Batch) error {
 	fs := t.stages[tbl.Name]
 	if fs == nil {
 		sc, prefix := tbl.Schema, stagingDir+t.tag+"/"+tbl.Name
-		if tbl.Kind == pipeline.KindAppend {
+		if tbl.Kind == schemas.KindAppend {
 			// Appended rows need no merge: write them where they will live.
 			sc, prefix = arrow.NewSchema(tbl.StoredFields(), nil), tbl.Name+"/"+t.tag
 		}
@@ -165,7 +165,7 @@ func (t *Txn) write(ctx context.Context, b pipeline.Batch) error {
 // index records the run's pick per key: the row with the greatest
 // (last_updated, _seq), a NULL last_updated sorting lowest.
 func (t *Txn) index(rec arrow.RecordBatch) error {
-	rt, id, seq := strCol(rec, "resource_type"), strCol(rec, "id"), int64Col(rec, pipeline.ColSeq)
+	rt, id, seq := strCol(rec, "resource_type"), strCol(rec, "id"), int64Col(rec, schemas.ColSeq)
 	var lu *array.Timestamp
 	if i := rec.Schema().FieldIndices("last_updated"); len(i) > 0 {
 		lu, _ = rec.Column(i[0]).(*array.Timestamp)
@@ -195,11 +195,11 @@ func (t *Txn) index(rec arrow.RecordBatch) error {
 	return nil
 }
 
-// Commit implements pipeline.Txn. On failure everything the run wrote is
+// Commit implements sinks.Txn. On failure everything the run wrote is
 // deleted and the published state is untouched; Rollback is then a no-op.
-func (t *Txn) Commit(ctx context.Context, sum pipeline.RunSummary) error {
+func (t *Txn) Commit(ctx context.Context, sum sinks.RunSummary) error {
 	if t.done {
-		return pipeline.ErrTxnDone
+		return sinks.ErrTxnDone
 	}
 	err := t.err
 	if err == nil {
@@ -218,7 +218,7 @@ func (t *Txn) Commit(ctx context.Context, sum pipeline.RunSummary) error {
 	return nil
 }
 
-func (t *Txn) commit(ctx context.Context, sum pipeline.RunSummary) error {
+func (t *Txn) commit(ctx context.Context, sum sinks.RunSummary) error {
 	s := t.s
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -271,7 +271,7 @@ func (t *Txn) apply(ctx context.Context, m *lakeMeta, files map[string][]fileMet
 	var written []string
 	for name, f := range files {
 		tbl := t.s.tables[name]
-		if tbl.Kind == pipeline.KindAppend {
+		if tbl.Kind == schemas.KindAppend {
 			m.Tables[name].Files = append(m.Tables[name].Files, f...)
 		}
 	}
@@ -283,7 +283,7 @@ func (t *Txn) apply(ctx context.Context, m *lakeMeta, files map[string][]fileMet
 		return nil, err
 	}
 	stagedFiles := func(name string) []string { return paths(files[name]) }
-	merge := func(tbl *pipeline.Table, mg *merger) error {
+	merge := func(tbl *schemas.Table, mg *merger) error {
 		mg.s, mg.ctx, mg.tag, mg.t, mg.tm = t.s, ctx, t.tag, tbl, m.Tables[tbl.Name]
 		if mg.tm == nil {
 			return fmt.Errorf("table %s was not prepared", tbl.Name)
@@ -308,7 +308,7 @@ func (t *Txn) apply(ctx context.Context, m *lakeMeta, files map[string][]fileMet
 		return written, err
 	}
 	for _, v := range t.s.tables {
-		if v.Kind != pipeline.KindView {
+		if v.Kind != schemas.KindView {
 			continue
 		}
 		rt := v.ResourceType
@@ -321,16 +321,16 @@ func (t *Txn) apply(ctx context.Context, m *lakeMeta, files map[string][]fileMet
 			continue
 		}
 		if err := merge(v, &merger{
-			keyCols: []string{pipeline.ColResourceID},
+			keyCols: []string{schemas.ColResourceID},
 			affected: func(rec arrow.RecordBatch) func(int) bool {
-				id := strCol(rec, pipeline.ColResourceID)
+				id := strCol(rec, schemas.ColResourceID)
 				return func(i int) bool {
 					e := ids[id.Value(i)]
 					return e != nil && e.affected()
 				}
 			},
 			staged: stagedFiles(v.Name),
-			keep:   t.keepRows("", rt, pipeline.ColResourceID),
+			keep:   t.keepRows("", rt, schemas.ColResourceID),
 		}); err != nil {
 			return written, err
 		}
@@ -342,7 +342,7 @@ func (t *Txn) apply(ctx context.Context, m *lakeMeta, files map[string][]fileMet
 // and whose _seq is the winner's. The type comes from typeCol, or is rt.
 func (t *Txn) keepRows(typeCol, rt, idCol string) func(rec arrow.RecordBatch) func(int) bool {
 	return func(rec arrow.RecordBatch) func(int) bool {
-		id, seq := strCol(rec, idCol), int64Col(rec, pipeline.ColSeq)
+		id, seq := strCol(rec, idCol), int64Col(rec, schemas.ColSeq)
 		var types *array.String
 		if typeCol != "" {
 			types = strCol(rec, typeCol)
@@ -419,7 +419,7 @@ func (t *Txn) resolve(ctx context.Context, raw *tableMeta) error {
 	return nil
 }
 
-// Rollback implements pipeline.Txn: the run's files are deleted.
+// Rollback implements sinks.Txn: the run's files are deleted.
 func (t *Txn) Rollback(ctx context.Context) error {
 	if t.done {
 		return nil

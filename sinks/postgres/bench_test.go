@@ -13,8 +13,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
-	"github.com/fhirferry/fhirferry/pipeline"
 	"github.com/fhirferry/fhirferry/schemas"
+	"github.com/fhirferry/fhirferry/sinks"
 	"github.com/fhirferry/fhirferry/sinks/sinktest"
 )
 
@@ -51,7 +51,7 @@ func fakeObservation(r *rand.Rand, id string) string {
 
 // benchBatches builds n Observation rows in batches of 2,000: raw rows and
 // one view row each.
-func benchBatches(mem memory.Allocator, n int, lu time.Time) (batches []pipeline.Batch, jsonBytes int) {
+func benchBatches(mem memory.Allocator, n int, lu time.Time) (batches []schemas.Batch, jsonBytes int) {
 	r := rand.New(rand.NewPCG(1, 2))
 	for start := 0; start < n; start += 2000 {
 		var raws []sinktest.Raw
@@ -89,16 +89,16 @@ func BenchmarkPostgresLoad(b *testing.B) {
 	var sinkDur, updDur, copyDur time.Duration
 	for i := 0; i < b.N; i++ {
 		s := openSink(b)
-		require.NoError(b, s.Prepare(ctx, []*pipeline.Table{benchView}))
-		run := func(exportID string, bs []pipeline.Batch) time.Duration {
+		require.NoError(b, s.Prepare(ctx, []*schemas.Table{benchView}))
+		run := func(exportID string, bs []schemas.Batch) time.Duration {
 			t0 := time.Now()
-			txn, err := s.Begin(ctx, pipeline.RunInfo{RunID: exportID, Source: "bench", ExportID: exportID, TransactionTime: "2025-01-11T00:00:00Z"})
+			txn, err := s.Begin(ctx, sinks.RunInfo{RunID: exportID, Source: "bench", ExportID: exportID, TransactionTime: "2025-01-11T00:00:00Z"})
 			require.NoError(b, err)
 			for _, bt := range bs {
 				bt.Rec.Retain()
 				require.NoError(b, txn.Write(ctx, bt))
 			}
-			require.NoError(b, txn.Commit(ctx, pipeline.RunSummary{Outcome: "success"}))
+			require.NoError(b, txn.Commit(ctx, sinks.RunSummary{Outcome: "success"}))
 			return time.Since(t0)
 		}
 		sinkDur += run("initial", batches)

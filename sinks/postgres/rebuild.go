@@ -7,16 +7,16 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/fhirferry/fhirferry/pipeline"
 	"github.com/fhirferry/fhirferry/schemas"
+	"github.com/fhirferry/fhirferry/sinks"
 )
 
-var _ pipeline.Rebuilder = (*Sink)(nil)
+var _ sinks.Rebuilder = (*Sink)(nil)
 
 // scanFetch is how many raw rows ScanRaw fetches from its cursor at a time.
 const scanFetch = 500
 
-// ReplaceTable implements [pipeline.Rebuilder]: the whole table t (a view
+// ReplaceTable implements [sinks.Rebuilder]: the whole table t (a view
 // being rebuilt, or an append table such as view_definitions) is dropped,
 // re-created from t.Schema and loaded with the batches produce emits, in
 // one transaction, so readers see the old rows or the new ones.
@@ -25,8 +25,8 @@ const scanFetch = 500
 // commit (of any process) waits until the replacement commits, so rows
 // produce computes from [Sink.ScanRaw] are still current when they become
 // visible.
-func (s *Sink) ReplaceTable(ctx context.Context, t *pipeline.Table, produce func(emit func(pipeline.Batch) error) error) (err error) {
-	if t == nil || (t.Kind != pipeline.KindView && t.Kind != pipeline.KindAppend) {
+func (s *Sink) ReplaceTable(ctx context.Context, t *schemas.Table, produce func(emit func(schemas.Batch) error) error) (err error) {
+	if t == nil || (t.Kind != schemas.KindView && t.Kind != schemas.KindAppend) {
 		return fmt.Errorf("postgres sink %s: replace table: only view and append tables can be replaced", s.name)
 	}
 	defer func() {
@@ -71,7 +71,7 @@ func (s *Sink) ReplaceTable(ctx context.Context, t *pipeline.Table, produce func
 		}
 	}
 	var rows int64
-	err = produce(func(b pipeline.Batch) error {
+	err = produce(func(b schemas.Batch) error {
 		defer b.Release()
 		if b.Table != t && (b.Table == nil || b.Table.Name != t.Name) {
 			return fmt.Errorf("batch for table %v, not %s", tableName(b.Table), t.Name)
@@ -102,14 +102,14 @@ func (s *Sink) ReplaceTable(ctx context.Context, t *pipeline.Table, produce func
 	return nil
 }
 
-func tableName(t *pipeline.Table) string {
+func tableName(t *schemas.Table) string {
 	if t == nil {
 		return "<nil>"
 	}
 	return t.Name
 }
 
-// ScanRaw implements [pipeline.Rebuilder]: it streams the committed raw
+// ScanRaw implements [sinks.Rebuilder]: it streams the committed raw
 // resources of one type through a cursor in a read-only transaction, so
 // memory stays bounded and stopping early does not read the rest. The
 // JSON is PostgreSQL's rendering of the stored jsonb (keys reordered,

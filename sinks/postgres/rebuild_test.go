@@ -10,8 +10,8 @@ import (
 	"github.com/apache/arrow-go/v18/arrow/memory"
 	"github.com/stretchr/testify/require"
 
-	"github.com/fhirferry/fhirferry/pipeline"
 	"github.com/fhirferry/fhirferry/schemas"
+	"github.com/fhirferry/fhirferry/sinks"
 	"github.com/fhirferry/fhirferry/sinks/sinktest"
 )
 
@@ -60,13 +60,13 @@ func TestReplaceTableFromScan(t *testing.T) {
 	s := openSink(t)
 	defer s.Close()
 	sinktest.LoadScanFixture(t, s, mem)
-	require.NoError(t, s.ReplaceTable(ctx, sinktest.PatientView, func(emit func(pipeline.Batch) error) error {
+	require.NoError(t, s.ReplaceTable(ctx, sinktest.PatientView, func(emit func(schemas.Batch) error) error {
 		cctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
 		defer cancel()
-		txn, err := s.Begin(cctx, pipeline.RunInfo{RunID: "x", Source: "other", ExportID: "x", TransactionTime: sinktest.T(9).Format(time.RFC3339)})
+		txn, err := s.Begin(cctx, sinks.RunInfo{RunID: "x", Source: "other", ExportID: "x", TransactionTime: sinktest.T(9).Format(time.RFC3339)})
 		require.NoError(t, err)
 		require.NoError(t, txn.Write(cctx, sinktest.RawBatch(mem, sinktest.Raw{Type: "Observation", ID: "late", Seq: 1})))
-		require.Error(t, txn.Commit(cctx, pipeline.RunSummary{Outcome: "success"}), "the raw landing is locked")
+		require.Error(t, txn.Commit(cctx, sinks.RunSummary{Outcome: "success"}), "the raw landing is locked")
 		return s.ScanRaw(ctx, "Patient", func(id string, _ []byte) error {
 			return emit(sinktest.Build(mem, sinktest.PatientView, []any{id, int64(0), "n-" + id}))
 		})
@@ -74,7 +74,7 @@ func TestReplaceTableFromScan(t *testing.T) {
 	require.ElementsMatch(t, []string{"p1|n-p1", "p3|n-p3"}, rows(t, s, "patient_view", "_resource_id", "name"))
 	require.NotContains(t, rows(t, s, schemas.RawTable, "id"), "late")
 
-	err := s.ReplaceTable(ctx, sinktest.PatientView, func(emit func(pipeline.Batch) error) error {
+	err := s.ReplaceTable(ctx, sinktest.PatientView, func(emit func(schemas.Batch) error) error {
 		return emit(sinktest.Build(mem, sinktest.CodeView, []any{"o1", int64(0), "c", int32(1)}))
 	})
 	require.ErrorContains(t, err, "batch for table observation_code, not patient_view")

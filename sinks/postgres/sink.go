@@ -14,8 +14,8 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/fhirferry/fhirferry/configs"
-	"github.com/fhirferry/fhirferry/pipeline"
 	"github.com/fhirferry/fhirferry/schemas"
+	"github.com/fhirferry/fhirferry/sinks"
 )
 
 // tempBuffers is the session's temp_buffers unless the DSN sets it.
@@ -26,30 +26,38 @@ type Sink struct {
 	name   string
 	schema string
 	pool   *pgxpool.Pool
+	sql    sqlDB
 	log    *slog.Logger
 
 	mu     sync.Mutex
-	tables map[string]*pipeline.Table // prepared tables by name
-	open   map[*Txn]bool              // runs not yet ended, rolled back by Close
+	tables map[string]*schemas.Table // prepared tables by name
+	open   map[*Txn]bool             // runs not yet ended, rolled back by Close
 }
 
-var _ pipeline.Sink = (*Sink)(nil)
+var _ sinks.Sink = (*Sink)(nil)
 
-// New connects to the DSN. The schema defaults to "fhir".
-func New(ctx context.Context, cfg configs.PostgresSink, name string, log *slog.Logger) (*Sink, error) {
+// Open is the sinks.Factory of type postgres.
+func Open(ctx context.Context, cfg configs.Sink, env sinks.Env) (sinks.Sink, error) {
+	return New(ctx, cfg.Postgres, env)
+}
+
+// New connects to the DSN and works in cfg.Schema (configs sets its default).
+func New(ctx context.Context, cfg configs.PostgresSink, env sinks.Env) (*Sink, error) {
+	name, log := env.Name, env.Log()
 	if cfg.DSN == "" {
 		return nil, fmt.Errorf("postgres sink %s: dsn is required", name)
 	}
 	if cfg.Schema == "" {
-		cfg.Schema = "fhir"
-	}
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
+		return nil, fmt.Errorf("postgres sink %s: schema is required", name)
 	}
 	pcfg, err := pgxpool.ParseConfig(cfg.DSN)
 	if err != nil {
 		// The DSN may carry a password: do not echo it.
 		return nil, fmt.Errorf("postgres sink %s: dsn does not parse", name)
+	}
+	if _, ok := pcfg.ConnConfig.RuntimeParams["search_path"]; !ok {
+		// Analysts' queries (Query) name tables unqualified.
+		pcfg.ConnConfig.RuntimeParams["search_path"] = pgx.Identifier{cfg.Schema}.Sanitize() + ", public"
 	}
 	if _, ok := pcfg.ConnConfig.RuntimeParams["temp_buffers"]; !ok {
 		// Staging tables live in temp buffers; the default 8MB spills a
@@ -64,13 +72,13 @@ func New(ctx context.Context, cfg configs.PostgresSink, name string, log *slog.L
 		pool.Close()
 		return nil, fmt.Errorf("postgres sink %s: connect: %w", name, err)
 	}
-	return &Sink{name: name, schema: cfg.Schema, pool: pool, log: log, tables: map[string]*pipeline.Table{}, open: map[*Txn]bool{}}, nil
+	return &Sink{name: name, schema: cfg.Schema, pool: pool, log: log, tables: map[string]*schemas.Table{}, open: map[*Txn]bool{}}, nil
 }
 
-// Name implements pipeline.Sink.
+// Name implements sinks.Sink.
 func (s *Sink) Name() string { return s.name }
 
-// Close implements pipeline.Sink. A run still open is rolled back first:
+// Close implements sinks.Sink. A run still open is rolled back first:
 // the pool would otherwise wait for its connection forever.
 func (s *Sink) Close() error {
 	s.mu.Lock()
@@ -82,14 +90,18 @@ func (s *Sink) Close() error {
 	for _, t := range open {
 		_ = t.Rollback(context.Background())
 	}
+	var err error
+	if s.sql.db != nil {
+		err = s.sql.db.Close()
+	}
 	s.pool.Close()
-	return nil
+	return err
 }
 
 // ident is a schema-qualified, quoted table name.
 func (s *Sink) ident(table string) string { return pgx.Identifier{s.schema, table}.Sanitize() }
 
-func tableColumns(t *pipeline.Table, stored bool) ([]column, error) {
+func tableColumns(t *schemas.Table, stored bool) ([]column, error) {
 	fields := t.Schema.Fields()
 	if stored {
 		fields = t.StoredFields()
@@ -115,10 +127,10 @@ CREATE TABLE IF NOT EXISTS %[2]s (
 	source text PRIMARY KEY, transaction_time text NOT NULL, export_id text NOT NULL,
 	committed_at timestamptz NOT NULL);`
 
-// Prepare implements pipeline.Sink: it creates the schema, the metadata
+// Prepare implements sinks.Sink: it creates the schema, the metadata
 // tables and every table given, adds columns a view gained (never dropping
 // one), and indexes the resource keys.
-func (s *Sink) Prepare(ctx context.Context, tables []*pipeline.Table) error {
+func (s *Sink) Prepare(ctx context.Context, tables []*schemas.Table) error {
 	all := append(schemas.System(), tables...)
 	tx, err := s.pool.Begin(ctx)
 	if err != nil {
@@ -135,13 +147,13 @@ func (s *Sink) Prepare(ctx context.Context, tables []*pipeline.Table) error {
 	if _, err := tx.Exec(ctx, fmt.Sprintf(metaDDL, s.ident(schemas.RunsTable), s.ident(schemas.CheckTable))); err != nil {
 		return fmt.Errorf("postgres sink %s: metadata tables: %w", s.name, err)
 	}
-	seen := map[string]*pipeline.Table{}
+	seen := map[string]*schemas.Table{}
 	for _, t := range all {
 		if prev, ok := seen[t.Name]; ok && prev != t {
 			return fmt.Errorf("postgres sink %s: table %s is defined twice", s.name, t.Name)
 		}
 		seen[t.Name] = t
-		if t.Kind == pipeline.KindDeleted {
+		if t.Kind == schemas.KindDeleted {
 			continue
 		}
 		if err := s.createTable(ctx, tx, t); err != nil {
@@ -160,7 +172,7 @@ func (s *Sink) Prepare(ctx context.Context, tables []*pipeline.Table) error {
 }
 
 // createTable creates t if missing, adds missing columns, and creates its index.
-func (s *Sink) createTable(ctx context.Context, tx pgx.Tx, t *pipeline.Table) error {
+func (s *Sink) createTable(ctx context.Context, tx pgx.Tx, t *schemas.Table) error {
 	cols, err := tableColumns(t, true)
 	if err != nil {
 		return err
@@ -181,13 +193,13 @@ func (s *Sink) createTable(ctx context.Context, tx pgx.Tx, t *pipeline.Table) er
 		}
 		defs = append(defs, d)
 	}
-	if t.Kind == pipeline.KindRaw {
+	if t.Kind == schemas.KindRaw {
 		defs = append(defs, "PRIMARY KEY (resource_type, id)")
 	}
 	if _, err := tx.Exec(ctx, fmt.Sprintf("CREATE TABLE IF NOT EXISTS %s (%s)", s.ident(t.Name), strings.Join(defs, ", "))); err != nil {
 		return fmt.Errorf("create table %s: %w", t.Name, err)
 	}
-	if t.Kind == pipeline.KindRaw {
+	if t.Kind == schemas.KindRaw {
 		// Large JSON is TOASTed; lz4 compresses several times faster than pglz.
 		if _, err := tx.Exec(ctx, "SAVEPOINT lz4"); err != nil {
 			return err
@@ -216,9 +228,9 @@ func (s *Sink) createTable(ctx context.Context, tx pgx.Tx, t *pipeline.Table) er
 		}
 		s.log.Info("added column", "table", t.Name, "column", c.name)
 	}
-	if t.Kind == pipeline.KindView {
+	if t.Kind == schemas.KindView {
 		idx := pgx.Identifier{t.Name + "__resource_id"}.Sanitize()
-		if _, err := tx.Exec(ctx, fmt.Sprintf("CREATE INDEX IF NOT EXISTS %s ON %s (%s)", idx, s.ident(t.Name), pgx.Identifier{pipeline.ColResourceID}.Sanitize())); err != nil {
+		if _, err := tx.Exec(ctx, fmt.Sprintf("CREATE INDEX IF NOT EXISTS %s ON %s (%s)", idx, s.ident(t.Name), pgx.Identifier{schemas.ColResourceID}.Sanitize())); err != nil {
 			return fmt.Errorf("index %s: %w", t.Name, err)
 		}
 	}
@@ -232,37 +244,37 @@ func (s *Sink) createTable(ctx context.Context, tx pgx.Tx, t *pipeline.Table) er
 
 func quoteLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
 
-// Checkpoint implements pipeline.Sink.
-func (s *Sink) Checkpoint(ctx context.Context, source string) (pipeline.Checkpoint, bool, error) {
-	cp := pipeline.Checkpoint{Source: source}
+// Checkpoint implements sinks.Sink.
+func (s *Sink) Checkpoint(ctx context.Context, source string) (sinks.Checkpoint, bool, error) {
+	cp := sinks.Checkpoint{Source: source}
 	err := s.pool.QueryRow(ctx, fmt.Sprintf(`SELECT transaction_time, export_id, committed_at FROM %s WHERE source=$1`, s.ident(schemas.CheckTable)), source).
 		Scan(&cp.TransactionTime, &cp.ExportID, &cp.CommittedAt)
 	if errors.Is(err, pgx.ErrNoRows) {
-		return pipeline.Checkpoint{}, false, nil
+		return sinks.Checkpoint{}, false, nil
 	}
 	if err != nil {
-		return pipeline.Checkpoint{}, false, fmt.Errorf("postgres sink %s: checkpoint %s: %w", s.name, source, err)
+		return sinks.Checkpoint{}, false, fmt.Errorf("postgres sink %s: checkpoint %s: %w", s.name, source, err)
 	}
 	cp.CommittedAt = cp.CommittedAt.UTC()
 	return cp, true, nil
 }
 
-func (s *Sink) table(name string) *pipeline.Table {
+func (s *Sink) table(name string) *schemas.Table {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.tables[name]
 }
 
-func (s *Sink) views() []*pipeline.Table {
+func (s *Sink) views() []*schemas.Table {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	var out []*pipeline.Table
+	var out []*schemas.Table
 	for _, t := range s.tables {
-		if t.Kind == pipeline.KindView {
+		if t.Kind == schemas.KindView {
 			out = append(out, t)
 		}
 	}
-	slices.SortFunc(out, func(a, b *pipeline.Table) int { return strings.Compare(a.Name, b.Name) })
+	slices.SortFunc(out, func(a, b *schemas.Table) int { return strings.Compare(a.Name, b.Name) })
 	return out
 }
 

@@ -17,8 +17,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/fhirferry/fhirferry/configs"
-	"github.com/fhirferry/fhirferry/pipeline"
 	"github.com/fhirferry/fhirferry/schemas"
+	"github.com/fhirferry/fhirferry/sinks"
 	"github.com/fhirferry/fhirferry/sinks/sinktest"
 )
 
@@ -50,7 +50,7 @@ func openSink(t testing.TB) *Sink {
 	if os.Getenv("FHIRFERRY_TEST_DEBUG") != "" {
 		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
-	s, err := New(context.Background(), configs.PostgresSink{DSN: dsn, Schema: schema}, "pg", log)
+	s, err := New(context.Background(), configs.PostgresSink{DSN: dsn, Schema: schema}, sinks.Env{Name: "pg", Logger: log})
 	require.NoError(t, err)
 	return s
 }
@@ -71,8 +71,8 @@ func rows(t testing.TB, s *Sink, table string, cols ...string) []string {
 func TestSemantics(t *testing.T) {
 	testDSN(t)
 	sinktest.Run(t, sinktest.Harness{
-		Open: func(t *testing.T) pipeline.Sink { return openSink(t) },
-		Rows: func(t *testing.T, s pipeline.Sink, table string, cols ...string) []string {
+		Open: func(t *testing.T) sinks.Sink { return openSink(t) },
+		Rows: func(t *testing.T, s sinks.Sink, table string, cols ...string) []string {
 			return rows(t, s.(*Sink), table, cols...)
 		},
 	})
@@ -101,7 +101,7 @@ func TestTypesRoundTrip(t *testing.T) {
 	defer mem.AssertSize(t, 0)
 	s := openSink(t)
 	defer s.Close()
-	require.NoError(t, s.Prepare(ctx, []*pipeline.Table{typedView}))
+	require.NoError(t, s.Prepare(ctx, []*schemas.Table{typedView}))
 
 	var types []string
 	r, err := s.pool.Query(ctx, `SELECT column_name || ' ' || format_type(a.atttypid, a.atttypmod)
@@ -115,14 +115,14 @@ func TestTypesRoundTrip(t *testing.T) {
 		"amount numeric(10,2)"}, types)
 
 	ts := time.Date(2025, 3, 4, 5, 6, 7, 123456000, time.UTC)
-	txn, err := s.Begin(ctx, pipeline.RunInfo{RunID: "r1", Source: "src", ExportID: "x1", TransactionTime: "2025-03-05T00:00:00Z"})
+	txn, err := s.Begin(ctx, sinks.RunInfo{RunID: "r1", Source: "src", ExportID: "x1", TransactionTime: "2025-03-05T00:00:00Z"})
 	require.NoError(t, err)
 	require.NoError(t, txn.Write(ctx, sinktest.RawBatch(mem, sinktest.Raw{Type: "Patient", ID: "p1", VersionID: "1", LastUpdated: ts, Seq: 1,
 		Resource: `{"resourceType":"Patient","id":"p1","name":[{"family":"O'Brien"}]}`})))
 	require.NoError(t, txn.Write(ctx, sinktest.Build(mem, typedView,
 		[]any{"p1", int64(1), "x", true, int32(-7), int64(1) << 40, 2.5, ts, ts, []any{"a", nil, "c"}, `{"k":[1,2]}`, "12.345"},
 		[]any{"p1", int64(1), nil, nil, nil, nil, nil, nil, nil, nil, nil, nil})))
-	require.NoError(t, txn.Commit(ctx, pipeline.RunSummary{Outcome: "success"}))
+	require.NoError(t, txn.Commit(ctx, sinks.RunSummary{Outcome: "success"}))
 
 	require.ElementsMatch(t, []string{
 		`x|true|-7|1099511627776|2.5|2025-03-04|2025-03-04 05:06:07.123456+00|{a,NULL,c}|{"k": [1, 2]}|12.35`,
@@ -152,7 +152,7 @@ func TestBadAnsiTypeIsRejected(t *testing.T) {
 	for _, hint := range []string{"int; DROP TABLE x", "NOSUCHTYPE"} {
 		v := sinktest.ViewTable("bad", "Patient", arrow.Field{Name: "c", Type: arrow.BinaryTypes.String, Nullable: true,
 			Metadata: arrow.NewMetadata([]string{"ansi/type"}, []string{hint})})
-		err := s.Prepare(t.Context(), []*pipeline.Table{v})
+		err := s.Prepare(t.Context(), []*schemas.Table{v})
 		require.ErrorContains(t, err, `"c"`, hint)
 	}
 }
@@ -168,11 +168,11 @@ func TestSameExportIsNoop(t *testing.T) {
 	defer s.Close()
 	require.NoError(t, s.Prepare(ctx, nil))
 	apply := func(runID, exportID string) {
-		txn, err := s.Begin(ctx, pipeline.RunInfo{RunID: runID, Source: "src", ExportID: exportID, TransactionTime: "T-" + exportID})
+		txn, err := s.Begin(ctx, sinks.RunInfo{RunID: runID, Source: "src", ExportID: exportID, TransactionTime: "T-" + exportID})
 		require.NoError(t, err)
 		require.NoError(t, txn.Write(ctx, sinktest.RejectBatch(mem, sinktest.Prov{}, "bad "+runID)))
 		require.NoError(t, txn.Write(ctx, sinktest.RawBatch(mem, sinktest.Raw{Type: "Patient", ID: runID, Seq: 1})))
-		require.NoError(t, txn.Commit(ctx, pipeline.RunSummary{Outcome: "success"}))
+		require.NoError(t, txn.Commit(ctx, sinks.RunSummary{Outcome: "success"}))
 	}
 	apply("r1", "x1")
 	apply("r2", "x1")
@@ -196,15 +196,15 @@ func TestConcurrentRunsOfOneSource(t *testing.T) {
 	s := openSink(t)
 	defer s.Close()
 	require.NoError(t, s.Prepare(ctx, nil))
-	t1, err := s.Begin(ctx, pipeline.RunInfo{RunID: "a", Source: "src", ExportID: "x"})
+	t1, err := s.Begin(ctx, sinks.RunInfo{RunID: "a", Source: "src", ExportID: "x"})
 	require.NoError(t, err)
-	_, err = s.Begin(ctx, pipeline.RunInfo{RunID: "b", Source: "src", ExportID: "y"})
+	_, err = s.Begin(ctx, sinks.RunInfo{RunID: "b", Source: "src", ExportID: "y"})
 	require.ErrorContains(t, err, "another run")
-	t3, err := s.Begin(ctx, pipeline.RunInfo{RunID: "c", Source: "other", ExportID: "y"})
+	t3, err := s.Begin(ctx, sinks.RunInfo{RunID: "c", Source: "other", ExportID: "y"})
 	require.NoError(t, err)
 	require.NoError(t, t1.Rollback(ctx))
 	require.NoError(t, t3.Rollback(ctx))
-	t2, err := s.Begin(ctx, pipeline.RunInfo{RunID: "b", Source: "src", ExportID: "y"})
+	t2, err := s.Begin(ctx, sinks.RunInfo{RunID: "b", Source: "src", ExportID: "y"})
 	require.NoError(t, err)
 	require.NoError(t, t2.Rollback(ctx))
 }
@@ -219,7 +219,7 @@ func TestWriteErrorReleasesAndPoisons(t *testing.T) {
 	s := openSink(t)
 	defer s.Close()
 	require.NoError(t, s.Prepare(ctx, nil))
-	txn, err := s.Begin(ctx, pipeline.RunInfo{RunID: "a", Source: "src", ExportID: "x", TransactionTime: "t"})
+	txn, err := s.Begin(ctx, sinks.RunInfo{RunID: "a", Source: "src", ExportID: "x", TransactionTime: "t"})
 	require.NoError(t, err)
 	require.NoError(t, txn.Write(ctx, sinktest.RawBatch(mem, sinktest.Raw{Type: "Patient", ID: "p", Seq: 1})))
 	err = txn.Write(ctx, sinktest.Build(mem, typedView))
@@ -227,7 +227,7 @@ func TestWriteErrorReleasesAndPoisons(t *testing.T) {
 	err = txn.Write(ctx, sinktest.Build(mem, typedView, []any{"p", int64(1), nil, nil, nil, nil, nil, nil, nil, nil, nil, nil}))
 	require.ErrorContains(t, err, "not prepared")
 	require.Error(t, txn.Write(ctx, sinktest.RawBatch(mem, sinktest.Raw{Type: "Patient", ID: "q", Seq: 2})))
-	require.Error(t, txn.Commit(ctx, pipeline.RunSummary{}))
+	require.Error(t, txn.Commit(ctx, sinks.RunSummary{}))
 	require.NoError(t, txn.Rollback(ctx))
 	require.Empty(t, rows(t, s, schemas.RawTable, "id"))
 }
@@ -239,9 +239,9 @@ func TestReplaceTable(t *testing.T) {
 	defer mem.AssertSize(t, 0)
 	s := openSink(t)
 	defer s.Close()
-	require.NoError(t, s.Prepare(ctx, []*pipeline.Table{sinktest.PatientView}))
-	seq := func(bs ...pipeline.Batch) func(func(pipeline.Batch) error) error {
-		return func(emit func(pipeline.Batch) error) error {
+	require.NoError(t, s.Prepare(ctx, []*schemas.Table{sinktest.PatientView}))
+	seq := func(bs ...schemas.Batch) func(func(schemas.Batch) error) error {
+		return func(emit func(schemas.Batch) error) error {
 			for i, b := range bs {
 				if err := emit(b); err != nil {
 					for _, rest := range bs[i+1:] {
@@ -263,7 +263,7 @@ func TestReplaceTable(t *testing.T) {
 	require.ElementsMatch(t, []string{"p1|Smith|1.3", "p2|Jones|NULL"}, rows(t, s, v2.Name, "_resource_id", "family", "amount"))
 
 	// A failing iterator leaves the previous table in place.
-	failing := func(emit func(pipeline.Batch) error) error {
+	failing := func(emit func(schemas.Batch) error) error {
 		if err := emit(sinktest.Build(mem, v2, []any{"p3", int64(1), "Doe", "2"})); err != nil {
 			return err
 		}

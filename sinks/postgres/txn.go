@@ -10,14 +10,14 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/fhirferry/fhirferry/pipeline"
 	"github.com/fhirferry/fhirferry/schemas"
+	"github.com/fhirferry/fhirferry/sinks"
 )
 
 // Txn is one run's PostgreSQL transaction.
 type Txn struct {
 	s    *Sink
-	run  pipeline.RunInfo
+	run  sinks.RunInfo
 	conn *pgxpool.Conn
 	tx   pgx.Tx
 	// noop is set when the sink already holds the run's export: writes are
@@ -30,19 +30,19 @@ type Txn struct {
 
 // stage is a TEMP staging table of one target table.
 type stage struct {
-	t     *pipeline.Table
+	t     *schemas.Table
 	temp  string
 	cols  []column // staged columns, _seq included
 	names []string
 	rows  int64
 }
 
-var _ pipeline.Txn = (*Txn)(nil)
+var _ sinks.Txn = (*Txn)(nil)
 
-// Begin implements pipeline.Sink. It opens the run's transaction and takes a
+// Begin implements sinks.Sink. It opens the run's transaction and takes a
 // per-source advisory lock, so two processes cannot apply runs of one source
 // to the same schema at once.
-func (s *Sink) Begin(ctx context.Context, run pipeline.RunInfo) (pipeline.Txn, error) {
+func (s *Sink) Begin(ctx context.Context, run sinks.RunInfo) (sinks.Txn, error) {
 	if s.table(schemas.RawTable) == nil {
 		if err := s.Prepare(ctx, nil); err != nil {
 			return nil, err
@@ -58,7 +58,7 @@ func (s *Sink) Begin(ctx context.Context, run pipeline.RunInfo) (pipeline.Txn, e
 		return nil, fmt.Errorf("postgres sink %s: begin: %w", s.name, err)
 	}
 	t := &Txn{s: s, run: run, conn: conn, tx: tx, stages: map[string]*stage{}}
-	fail := func(err error) (pipeline.Txn, error) {
+	fail := func(err error) (sinks.Txn, error) {
 		_ = t.Rollback(context.WithoutCancel(ctx))
 		return nil, fmt.Errorf("postgres sink %s: begin: %w", s.name, err)
 	}
@@ -94,12 +94,12 @@ func (s *Sink) Begin(ctx context.Context, run pipeline.RunInfo) (pipeline.Txn, e
 	return t, nil
 }
 
-// Write implements pipeline.Txn: rows are COPYed into the table's staging
+// Write implements sinks.Txn: rows are COPYed into the table's staging
 // table (or straight into an append table, invisible until commit).
-func (t *Txn) Write(ctx context.Context, b pipeline.Batch) error {
+func (t *Txn) Write(ctx context.Context, b schemas.Batch) error {
 	defer b.Release()
 	if t.done {
-		return pipeline.ErrTxnDone
+		return sinks.ErrTxnDone
 	}
 	if t.err != nil {
 		return t.err
@@ -114,7 +114,7 @@ func (t *Txn) Write(ctx context.Context, b pipeline.Batch) error {
 	return nil
 }
 
-func (t *Txn) write(ctx context.Context, b pipeline.Batch) error {
+func (t *Txn) write(ctx context.Context, b schemas.Batch) error {
 	st, ok := t.stages[b.Table.Name]
 	if !ok {
 		tbl := t.s.table(b.Table.Name)
@@ -123,7 +123,7 @@ func (t *Txn) write(ctx context.Context, b pipeline.Batch) error {
 		}
 		st = &stage{t: tbl}
 		var err error
-		if tbl.Kind == pipeline.KindAppend {
+		if tbl.Kind == schemas.KindAppend {
 			// Appends need no apply step: COPY into the target itself.
 			if st.cols, err = tableColumns(tbl, true); err != nil {
 				return err
@@ -151,11 +151,11 @@ func (t *Txn) write(ctx context.Context, b pipeline.Batch) error {
 	return err
 }
 
-// Commit implements pipeline.Txn. On failure the transaction is rolled back
+// Commit implements sinks.Txn. On failure the transaction is rolled back
 // at once; a later Rollback is a no-op.
-func (t *Txn) Commit(ctx context.Context, sum pipeline.RunSummary) error {
+func (t *Txn) Commit(ctx context.Context, sum sinks.RunSummary) error {
 	if t.done {
-		return pipeline.ErrTxnDone
+		return sinks.ErrTxnDone
 	}
 	err := t.err
 	if err == nil && !t.noop {
@@ -187,7 +187,7 @@ func (t *Txn) end() {
 	t.s.mu.Unlock()
 }
 
-// Rollback implements pipeline.Txn.
+// Rollback implements sinks.Txn.
 func (t *Txn) Rollback(ctx context.Context) error {
 	if t.done {
 		return nil
@@ -279,7 +279,7 @@ func (t *Txn) apply(ctx context.Context) error {
 		}
 		for _, v := range views {
 			if err := t.exec(ctx, "delete "+v.Name, fmt.Sprintf(`DELETE FROM %s v USING _ff_del d
-				WHERE d.resource_type = $1 AND v.%s = d.id`, t.s.ident(v.Name), pgx.Identifier{pipeline.ColResourceID}.Sanitize()), v.ResourceType); err != nil {
+				WHERE d.resource_type = $1 AND v.%s = d.id`, t.s.ident(v.Name), pgx.Identifier{schemas.ColResourceID}.Sanitize()), v.ResourceType); err != nil {
 				return err
 			}
 		}
@@ -288,7 +288,7 @@ func (t *Txn) apply(ctx context.Context) error {
 		return nil
 	}
 	// 3. A winner's view rows are replaced by the rows of its winning line.
-	rid := pgx.Identifier{pipeline.ColResourceID}.Sanitize()
+	rid := pgx.Identifier{schemas.ColResourceID}.Sanitize()
 	for _, v := range views {
 		if err := t.exec(ctx, "replace "+v.Name, fmt.Sprintf(`DELETE FROM %s v USING _ff_won w
 			WHERE w.resource_type = $1 AND v.%s = w.id`, t.s.ident(v.Name), rid), v.ResourceType); err != nil {
@@ -316,7 +316,7 @@ func (t *Txn) apply(ctx context.Context) error {
 }
 
 // record writes the runs row and the checkpoint (steps 5).
-func (t *Txn) record(ctx context.Context, sum pipeline.RunSummary) error {
+func (t *Txn) record(ctx context.Context, sum sinks.RunSummary) error {
 	r := t.run
 	finished := sum.Finished
 	if finished.IsZero() {

@@ -1,5 +1,5 @@
 // Package sinktest builds Arrow batches by hand for sink tests and holds a
-// semantic suite ([Run]) that any [pipeline.Sink] can be checked against.
+// semantic suite ([Run]) that any [sinks.Sink] can be checked against.
 //
 // Sinks import it from their tests only; it depends on testing and testify.
 package sinktest
@@ -12,7 +12,6 @@ import (
 	"github.com/apache/arrow-go/v18/arrow/array"
 	"github.com/apache/arrow-go/v18/arrow/memory"
 
-	"github.com/fhirferry/fhirferry/pipeline"
 	"github.com/fhirferry/fhirferry/schemas"
 )
 
@@ -60,7 +59,7 @@ func (p Prov) values() []any {
 }
 
 // RawBatch builds a batch for [schemas.Raw].
-func RawBatch(mem memory.Allocator, rows ...Raw) pipeline.Batch {
+func RawBatch(mem memory.Allocator, rows ...Raw) schemas.Batch {
 	vals := make([][]any, len(rows))
 	for i, r := range rows {
 		res := r.Resource
@@ -86,7 +85,7 @@ type Deleted struct {
 }
 
 // DeletedBatch builds a batch for [schemas.Deleted].
-func DeletedBatch(mem memory.Allocator, rows ...Deleted) pipeline.Batch {
+func DeletedBatch(mem memory.Allocator, rows ...Deleted) schemas.Batch {
 	vals := make([][]any, len(rows))
 	for i, r := range rows {
 		vals[i] = append([]any{r.Type, r.ID}, r.Prov.values()...)
@@ -95,7 +94,7 @@ func DeletedBatch(mem memory.Allocator, rows ...Deleted) pipeline.Batch {
 }
 
 // RejectBatch builds a batch for [schemas.Rejects] with one row per reason.
-func RejectBatch(mem memory.Allocator, prov Prov, reasons ...string) pipeline.Batch {
+func RejectBatch(mem memory.Allocator, prov Prov, reasons ...string) schemas.Batch {
 	vals := make([][]any, len(reasons))
 	for i, r := range reasons {
 		vals[i] = append([]any{nil, nil, r, "{bad"}, prov.values()...)
@@ -105,12 +104,12 @@ func RejectBatch(mem memory.Allocator, prov Prov, reasons ...string) pipeline.Ba
 
 // ViewTable returns a view table of resourceType whose schema is
 // _resource_id, _seq, then cols.
-func ViewTable(name, resourceType string, cols ...arrow.Field) *pipeline.Table {
+func ViewTable(name, resourceType string, cols ...arrow.Field) *schemas.Table {
 	fields := append([]arrow.Field{
-		{Name: pipeline.ColResourceID, Type: arrow.BinaryTypes.String},
-		{Name: pipeline.ColSeq, Type: arrow.PrimitiveTypes.Int64},
+		{Name: schemas.ColResourceID, Type: arrow.BinaryTypes.String},
+		{Name: schemas.ColSeq, Type: arrow.PrimitiveTypes.Int64},
 	}, cols...)
-	return &pipeline.Table{Name: name, Kind: pipeline.KindView, ResourceType: resourceType,
+	return &schemas.Table{Name: name, Kind: schemas.KindView, ResourceType: resourceType,
 		Schema: arrow.NewSchema(fields, nil), Description: "test view " + name}
 }
 
@@ -118,7 +117,7 @@ func ViewTable(name, resourceType string, cols ...arrow.Field) *pipeline.Table {
 // nil (NULL), string, bool, int32, int64, float64, time.Time (timestamp and
 // date32 columns) or []any (list columns). It panics on a value that does
 // not fit, since that is a bug in the test.
-func Build(mem memory.Allocator, t *pipeline.Table, rows ...[]any) pipeline.Batch {
+func Build(mem memory.Allocator, t *schemas.Table, rows ...[]any) schemas.Batch {
 	b := array.NewRecordBuilder(mem, t.Schema)
 	defer b.Release()
 	for ri, row := range rows {
@@ -129,7 +128,7 @@ func Build(mem memory.Allocator, t *pipeline.Table, rows ...[]any) pipeline.Batc
 			appendValue(b.Field(i), v)
 		}
 	}
-	return pipeline.Batch{Table: t, Rec: b.NewRecordBatch()}
+	return schemas.Batch{Table: t, Rec: b.NewRecordBatch()}
 }
 
 func appendValue(fb array.Builder, v any) {

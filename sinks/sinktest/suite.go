@@ -11,19 +11,19 @@ import (
 	"github.com/apache/arrow-go/v18/arrow/memory"
 	"github.com/stretchr/testify/require"
 
-	"github.com/fhirferry/fhirferry/pipeline"
 	"github.com/fhirferry/fhirferry/schemas"
+	"github.com/fhirferry/fhirferry/sinks"
 )
 
 // Harness adapts a sink to the semantic suite.
 type Harness struct {
 	// Open returns a new sink over empty storage (e.g. under t.TempDir()).
 	// The suite closes it.
-	Open func(t *testing.T) pipeline.Sink
+	Open func(t *testing.T) sinks.Sink
 	// Rows returns every row of table, each formatted as the values of cols
 	// joined by "|" (NULL for a null, strings verbatim, integers in base
 	// 10), in any order.
-	Rows func(t *testing.T, s pipeline.Sink, table string, cols ...string) []string
+	Rows func(t *testing.T, s sinks.Sink, table string, cols ...string) []string
 	// NoJSONCheck is set by sinks that store the resource column without
 	// parsing it; the suite then injects the failing commit only through a
 	// cancelled context, not through a resource that is not JSON.
@@ -46,14 +46,14 @@ var CodeView = ViewTable("observation_code", "Observation",
 	arrow.Field{Name: "idx", Type: arrow.PrimitiveTypes.Int32, Nullable: true})
 
 // Tables returns the tables the suite prepares.
-func Tables() []*pipeline.Table {
+func Tables() []*schemas.Table {
 	return append(schemas.System(), PatientView, CodeView)
 }
 
 type env struct {
 	t   *testing.T
 	h   Harness
-	s   pipeline.Sink
+	s   sinks.Sink
 	mem *memory.CheckedAllocator
 	ctx context.Context
 	n   int
@@ -70,13 +70,13 @@ func newEnv(t *testing.T, h Harness) *env {
 }
 
 // run returns a RunInfo for export id with transaction time tt.
-func (e *env) run(exportID, tt string) pipeline.RunInfo {
+func (e *env) run(exportID, tt string) sinks.RunInfo {
 	e.n++
-	return pipeline.RunInfo{RunID: fmt.Sprintf("run-%d", e.n), Source: "test", ExportID: exportID,
+	return sinks.RunInfo{RunID: fmt.Sprintf("run-%d", e.n), Source: "test", ExportID: exportID,
 		TransactionTime: tt, Started: Base}
 }
 
-func (e *env) write(run pipeline.RunInfo, batches ...pipeline.Batch) pipeline.Txn {
+func (e *env) write(run sinks.RunInfo, batches ...schemas.Batch) sinks.Txn {
 	txn, err := e.s.Begin(e.ctx, run)
 	require.NoError(e.t, err)
 	for _, b := range batches {
@@ -86,10 +86,10 @@ func (e *env) write(run pipeline.RunInfo, batches ...pipeline.Batch) pipeline.Tx
 }
 
 // apply commits one run made of batches.
-func (e *env) apply(exportID, tt string, batches ...pipeline.Batch) {
+func (e *env) apply(exportID, tt string, batches ...schemas.Batch) {
 	e.t.Helper()
 	txn := e.write(e.run(exportID, tt), batches...)
-	require.NoError(e.t, txn.Commit(e.ctx, pipeline.RunSummary{Finished: Base, Outcome: "success", Resources: 1}))
+	require.NoError(e.t, txn.Commit(e.ctx, sinks.RunSummary{Finished: Base, Outcome: "success", Resources: 1}))
 }
 
 func (e *env) rows(table string, cols ...string) []string {
@@ -103,17 +103,17 @@ func (e *env) rows(table string, cols ...string) []string {
 }
 
 func (e *env) raw() []string   { return e.rows(schemas.RawTable, "resource_type", "id", "version_id") }
-func (e *env) names() []string { return e.rows(PatientView.Name, pipeline.ColResourceID, "name") }
-func (e *env) codes() []string { return e.rows(CodeView.Name, pipeline.ColResourceID, "code", "idx") }
+func (e *env) names() []string { return e.rows(PatientView.Name, schemas.ColResourceID, "name") }
+func (e *env) codes() []string { return e.rows(CodeView.Name, schemas.ColResourceID, "code", "idx") }
 
 func (e *env) pat(id, vid string, lu time.Time, seq int64) Raw {
 	return Raw{Type: "Patient", ID: id, VersionID: vid, LastUpdated: lu, Seq: seq}
 }
 
-func (e *env) rawB(rows ...Raw) pipeline.Batch { return RawBatch(e.mem, rows...) }
+func (e *env) rawB(rows ...Raw) schemas.Batch { return RawBatch(e.mem, rows...) }
 
 // names builds PatientView rows: id, seq, name triples.
-func (e *env) nameB(vals ...any) pipeline.Batch {
+func (e *env) nameB(vals ...any) schemas.Batch {
 	var rows [][]any
 	for i := 0; i+2 < len(vals); i += 3 {
 		rows = append(rows, []any{vals[i], vals[i+1], vals[i+2]})
@@ -122,7 +122,7 @@ func (e *env) nameB(vals ...any) pipeline.Batch {
 }
 
 // codeB builds CodeView rows: id, seq, code, idx quads.
-func (e *env) codeB(vals ...any) pipeline.Batch {
+func (e *env) codeB(vals ...any) schemas.Batch {
 	var rows [][]any
 	for i := 0; i+3 < len(vals); i += 4 {
 		rows = append(rows, []any{vals[i], vals[i+1], vals[i+2], vals[i+3]})
@@ -130,7 +130,7 @@ func (e *env) codeB(vals ...any) pipeline.Batch {
 	return Build(e.mem, CodeView, rows...)
 }
 
-func (e *env) del(ids ...string) pipeline.Batch {
+func (e *env) del(ids ...string) schemas.Batch {
 	var d []Deleted
 	for _, id := range ids {
 		d = append(d, Deleted{Type: "Patient", ID: id})
@@ -268,8 +268,8 @@ func Run(t *testing.T, h Harness) {
 			RejectBatch(e.mem, Prov{}, "bad json"))
 		require.NoError(t, txn.Rollback(e.ctx))
 		require.NoError(t, txn.Rollback(e.ctx), "a second Rollback is harmless")
-		require.ErrorIs(t, txn.Write(e.ctx, e.rawB(e.pat("p9", "1", T(1), 1))), pipeline.ErrTxnDone)
-		require.ErrorIs(t, txn.Commit(e.ctx, pipeline.RunSummary{}), pipeline.ErrTxnDone)
+		require.ErrorIs(t, txn.Write(e.ctx, e.rawB(e.pat("p9", "1", T(1), 1))), sinks.ErrTxnDone)
+		require.ErrorIs(t, txn.Commit(e.ctx, sinks.RunSummary{}), sinks.ErrTxnDone)
 		require.Equal(t, []string{}, e.raw())
 		require.Equal(t, []string{}, e.names())
 		require.Equal(t, []string{}, e.rows(schemas.RejectsTable, "reason"))
@@ -303,14 +303,14 @@ func Run(t *testing.T, h Harness) {
 			bad.Resource = `{"resourceType":"Patient",`
 			txn := e.write(e.run("e2", tt2), e.rawB(e.pat("p1", "2", T(2), 1), bad),
 				e.nameB("p1", int64(1), "b", "p2", int64(2), "x"), e.del("p1"))
-			require.Error(t, txn.Commit(e.ctx, pipeline.RunSummary{Outcome: "success"}))
+			require.Error(t, txn.Commit(e.ctx, sinks.RunSummary{Outcome: "success"}))
 			require.NoError(t, txn.Rollback(e.ctx))
 			check()
 		}
 		ctx, cancel := context.WithCancel(e.ctx)
 		txn := e.write(e.run("e2", tt2), e.rawB(e.pat("p1", "2", T(2), 1)), e.nameB("p1", int64(1), "b"))
 		cancel()
-		require.Error(t, txn.Commit(ctx, pipeline.RunSummary{Outcome: "success"}))
+		require.Error(t, txn.Commit(ctx, sinks.RunSummary{Outcome: "success"}))
 		require.NoError(t, txn.Rollback(e.ctx))
 		check()
 		e.apply("e3", tt3, e.rawB(e.pat("p1", "3", T(3), 1)), e.nameB("p1", int64(1), "c"))
@@ -320,8 +320,8 @@ func Run(t *testing.T, h Harness) {
 
 	t.Run("ReapplyIsIdempotent", func(t *testing.T) {
 		e := newEnv(t, h)
-		batches := func() []pipeline.Batch {
-			return []pipeline.Batch{
+		batches := func() []schemas.Batch {
+			return []schemas.Batch{
 				e.rawB(e.pat("p1", "1", T(1), 1), e.pat("p2", "1", T(1), 2), e.pat("p1", "0", T(0), 3)),
 				e.nameB("p1", int64(1), "a", "p2", int64(2), "b", "p1", int64(3), "old"),
 				e.del("p3"),
@@ -366,9 +366,9 @@ func Run(t *testing.T, h Harness) {
 			arrow.Field{Name: "name", Type: arrow.BinaryTypes.String, Nullable: true},
 			arrow.Field{Name: "Gender Code", Type: arrow.BinaryTypes.String, Nullable: true})
 		require.NoError(t, e.s.Prepare(e.ctx, append(schemas.System(), wider, CodeView)))
-		require.Equal(t, []string{"p1|a|NULL"}, e.rows(PatientView.Name, pipeline.ColResourceID, "name", "Gender Code"))
+		require.Equal(t, []string{"p1|a|NULL"}, e.rows(PatientView.Name, schemas.ColResourceID, "name", "Gender Code"))
 		e.apply("e2", tt2, e.rawB(e.pat("p2", "1", T(1), 1)), Build(e.mem, wider, []any{"p2", int64(1), "b", "female"}))
 		require.Equal(t, []string{"p1|a|NULL", "p2|b|female"},
-			e.rows(PatientView.Name, pipeline.ColResourceID, "name", "Gender Code"))
+			e.rows(PatientView.Name, schemas.ColResourceID, "name", "Gender Code"))
 	})
 }

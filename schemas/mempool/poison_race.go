@@ -1,6 +1,6 @@
 //go:build race
 
-package pipeline
+package mempool
 
 // poisonFreed: see PoolAllocator. Race-enabled builds are the ones CI runs
 // every test in.

@@ -1,4 +1,8 @@
-package pipeline
+// Package mempool holds the Arrow buffer allocator the transform and the
+// sinks share. It is a leaf: the process builds one pool (pipeline.Build)
+// and passes it to every component that allocates batches or pages, so a
+// buffer freed by one is reused by the other; nothing here is global.
+package mempool
 
 import (
 	"math/bits"
@@ -9,6 +13,9 @@ import (
 )
 
 var _ memory.Allocator = (*PoolAllocator)(nil)
+
+// DefaultBytes bounds the freed buffers a pool holds unless told otherwise.
+const DefaultBytes = 32 << 20
 
 const (
 	poolAlign    = 64 // Arrow's buffer alignment
@@ -49,11 +56,6 @@ type PoolAllocator struct {
 // NewPoolAllocator returns a PoolAllocator holding at most maxBytes of
 // freed buffers.
 func NewPoolAllocator(maxBytes int) *PoolAllocator { return &PoolAllocator{maxBytes: maxBytes} }
-
-// Buffers is the process's shared PoolAllocator: the transform builds its
-// batches from it and the DuckDB sink's staging writers their pages, so a
-// buffer freed by one is reused by the other.
-var Buffers = NewPoolAllocator(32 << 20)
 
 // class returns the size class of a buffer of size bytes, or -1 when such
 // buffers are not pooled.

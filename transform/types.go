@@ -1,18 +1,4 @@
-package pipeline
-
-import "context"
-
-// Transform turns spooled NDJSON files into batches (transform.Engine).
-// It is safe for concurrent use: the runner calls ProcessFile from several
-// workers, one file each.
-type Transform interface {
-	// Tables returns every table ProcessFile may emit to.
-	Tables() []*Table
-	// ProcessFile streams one file into batches passed to emit, which may
-	// block (backpressure) and takes ownership of each batch. Bad lines
-	// become reject rows; only I/O, ctx and emit errors end a file early.
-	ProcessFile(ctx context.Context, origin Origin, in Input, emit func(Batch) error) (FileStats, error)
-}
+package transform
 
 // Origin is the provenance stamped on every row of a run.
 type Origin struct {

@@ -1,4 +1,4 @@
-package pipelinetest
+package e2e
 
 import (
 	"bytes"

@@ -1,4 +1,4 @@
-package pipeline_test
+package e2e_test
 
 import (
 	"context"
@@ -8,11 +8,12 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/fhirferry/fhirferry/cmd/internal/e2e"
 	"github.com/fhirferry/fhirferry/configs"
 	"github.com/fhirferry/fhirferry/fetch"
 	"github.com/fhirferry/fhirferry/fetch/bulktest"
 	"github.com/fhirferry/fhirferry/pipeline"
-	"github.com/fhirferry/fhirferry/pipeline/pipelinetest"
+	"github.com/fhirferry/fhirferry/sinks"
 	"github.com/fhirferry/fhirferry/sinks/duckdb"
 	"github.com/fhirferry/fhirferry/transform"
 )
@@ -23,7 +24,7 @@ import (
 func benchRun(b *testing.B, client pipeline.Exporter, views bool) *pipeline.Result {
 	ctx := context.Background()
 	dir := b.TempDir()
-	sink, err := duckdb.New(configs.DuckDBSink{Path: filepath.Join(dir, "w.duckdb"), MemoryLimit: "64MB"}, "duck", nil)
+	sink, err := duckdb.New(configs.DuckDBSink{Path: filepath.Join(dir, "w.duckdb"), MemoryLimit: "64MB"}, sinks.Env{Name: "duck"})
 	require.NoError(b, err)
 	defer sink.Close()
 	var vs []transform.View
@@ -36,7 +37,7 @@ func benchRun(b *testing.B, client pipeline.Exporter, views bool) *pipeline.Resu
 	require.NoError(b, sink.Prepare(ctx, eng.Tables()))
 	r := &pipeline.Runner{
 		Source: "bench", Request: fetch.Request{Level: fetch.LevelSystem}, Client: client, Engine: eng,
-		Sinks: []pipeline.Sink{sink}, DataDir: dir, Workers: 2, QueueDepth: 4, FailOnErrorOutcomes: true,
+		Sinks: []sinks.Sink{sink}, DataDir: dir, Workers: 2, QueueDepth: 4, FailOnErrorOutcomes: true,
 	}
 	res, err := r.Run(ctx)
 	require.NoError(b, err)
@@ -57,7 +58,7 @@ func report(b *testing.B, bytes, resources int64) {
 // load` does (the comparison `fhirferry bench` makes with DuckDB's own
 // read_json), into a fresh DuckDB file per iteration.
 func BenchmarkPipelineLoad(b *testing.B) {
-	data, size := pipelinetest.BenchExport(b)
+	data, size := e2e.BenchExport(b)
 	for _, views := range []bool{false, true} {
 		b.Run(map[bool]string{false: "views=none", true: "views=default"}[views], func(b *testing.B) {
 			var bytes, resources int64
@@ -76,7 +77,7 @@ func BenchmarkPipelineLoad(b *testing.B) {
 // server over loopback: kick-off, downloads spooled gzip-compressed, the
 // transform and the DuckDB commit. The server's rendering shares the CPU.
 func BenchmarkPipelineExport(b *testing.B) {
-	srv, err := bulktest.NewServer(bulktest.Options{Patients: pipelinetest.BenchPatients(b), Seed: 1, PollsBeforeComplete: -1})
+	srv, err := bulktest.NewServer(bulktest.Options{Patients: e2e.BenchPatients(b), Seed: 1, PollsBeforeComplete: -1})
 	require.NoError(b, err)
 	defer srv.Close()
 	var bytes, resources int64

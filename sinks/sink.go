@@ -1,10 +1,56 @@
-package pipeline
+// Package sinks is the contract between the pipeline and the warehouses it
+// loads: a [Sink] stores runs, a [Txn] is one run's write, and the optional
+// [Rebuilder] and [FailureRecorder] capabilities serve `views rebuild` and
+// the runs table. One sub-package implements it per warehouse (duckdb,
+// postgres, parquet); each owns its SQL, its transaction and its
+// reading-back. This package imports only the leaves (schemas, configs).
+package sinks
 
 import (
 	"context"
+	"database/sql"
 	"errors"
+	"log/slog"
 	"time"
+
+	"github.com/apache/arrow-go/v18/arrow/memory"
+
+	"github.com/fhirferry/fhirferry/configs"
+	"github.com/fhirferry/fhirferry/schemas"
+	"github.com/fhirferry/fhirferry/schemas/mempool"
 )
+
+// Env is what every sink is built with besides its config section.
+type Env struct {
+	// Name is the sink's configured name: its metrics label and log attribute.
+	Name string
+	// Logger is tagged with the sink; nil discards.
+	Logger *slog.Logger
+	// Alloc is the process's shared Arrow buffer pool (mempool), from which
+	// sinks that write Parquet draw page buffers; nil gives the sink a
+	// private pool.
+	Alloc memory.Allocator
+}
+
+// Log returns e.Logger, or a logger that discards when it is nil.
+func (e Env) Log() *slog.Logger {
+	if e.Logger == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return e.Logger
+}
+
+// Allocator returns e.Alloc, or a fresh pool when it is nil.
+func (e Env) Allocator() memory.Allocator {
+	if e.Alloc == nil {
+		return mempool.NewPoolAllocator(mempool.DefaultBytes)
+	}
+	return e.Alloc
+}
+
+// Factory builds a sink from its config section. It validates and opens
+// what the sink needs; a returned error names the sink.
+type Factory func(ctx context.Context, cfg configs.Sink, env Env) (Sink, error)
 
 // RunInfo identifies the export a run applies. It is handed to every sink's
 // Begin and stored with the sink's checkpoint.
@@ -50,7 +96,7 @@ type Sink interface {
 	// Prepare creates the metadata tables and the given tables, adding
 	// columns a table lacks. It is called before the first Begin and again
 	// when the set of views changes.
-	Prepare(ctx context.Context, tables []*Table) error
+	Prepare(ctx context.Context, tables []*schemas.Table) error
 	// Checkpoint returns the source's checkpoint; ok is false when the sink
 	// has never committed a run of the source.
 	Checkpoint(ctx context.Context, source string) (cp Checkpoint, ok bool, err error)
@@ -64,7 +110,7 @@ type Sink interface {
 type Txn interface {
 	// Write stages a batch. It takes ownership of b and releases it, also
 	// when it returns an error.
-	Write(ctx context.Context, b Batch) error
+	Write(ctx context.Context, b schemas.Batch) error
 	// Commit applies everything staged, records the run and stores the
 	// checkpoint (run.TransactionTime, run.ExportID) in one transaction.
 	// Nothing of the run is visible before Commit returns nil.
@@ -75,7 +121,7 @@ type Txn interface {
 }
 
 // ErrTxnDone is returned by a Txn used after Commit or Rollback.
-var ErrTxnDone = errors.New("pipeline: transaction already ended")
+var ErrTxnDone = errors.New("sinks: transaction already ended")
 
 // Rebuilder is implemented by sinks that can rebuild a view table from their
 // raw landing, so a new or changed view gets rows for every stored resource
@@ -92,7 +138,37 @@ type Rebuilder interface {
 	// stored). On any error the table keeps its previous rows. ScanRaw may
 	// be called from produce, and then reads the landing as it was when
 	// ReplaceTable started: no run of this process commits in between.
-	ReplaceTable(ctx context.Context, t *Table, produce func(emit func(Batch) error) error) error
+	ReplaceTable(ctx context.Context, t *schemas.Table, produce func(emit func(schemas.Batch) error) error) error
+	// Rows counts a table's rows: 0 when the sink has no such table.
+	Rows(ctx context.Context, table string) (int64, error)
+	// HasResources reports whether the raw landing holds a resource of the type.
+	HasResources(ctx context.Context, resourceType string) (bool, error)
+	// ViewDefinitions reads the schemas.ViewDefinitions table by view name
+	// (empty when the sink has none yet). It is written with ReplaceTable.
+	ViewDefinitions(ctx context.Context) (map[string]StoredView, error)
+}
+
+// StoredView is one row of a sink's view_definitions table: the definition
+// a view table was last built from.
+type StoredView struct {
+	ResourceType string
+	Hash         string
+	UpdatedAt    time.Time
+}
+
+// TableInfo is one table a sink holds, with its row count.
+type TableInfo struct {
+	Name string
+	Rows int64
+}
+
+// Querier is implemented by sinks an analyst reads with SQL (the DuckDB
+// file, PostgreSQL): Query runs a read-only statement in the sink's own
+// dialect, with the sink's tables on the search path.
+type Querier interface {
+	Query(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+	// Tables lists the sink's tables with their row counts, by name.
+	Tables(ctx context.Context) ([]TableInfo, error)
 }
 
 // FailureRecorder is implemented by sinks that record runs which did not

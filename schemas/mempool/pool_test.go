@@ -1,4 +1,4 @@
-package pipeline
+package mempool
 
 import (
 	"testing"

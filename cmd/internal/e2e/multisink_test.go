@@ -1,4 +1,4 @@
-package pipeline_test
+package e2e_test
 
 import (
 	"context"
@@ -13,20 +13,21 @@ import (
 
 	"github.com/fhirferry/fhirferry/fetch/bulktest"
 	"github.com/fhirferry/fhirferry/pipeline"
+	"github.com/fhirferry/fhirferry/sinks"
 )
 
 // errInjectedCommit is the failure failingSink injects.
 var errInjectedCommit = errors.New("injected commit failure")
 
-// failingSink is a real sink whose next Txn.Commit fails (before the real
+// failingSink is a real sink whose next sinks.Txn.Commit fails (before the real
 // commit, which is then rolled back by the runner) while armed is set.
 type failingSink struct {
-	pipeline.Sink
+	sinks.Sink
 	armed atomic.Bool
 	fired atomic.Int32
 }
 
-func (s *failingSink) Begin(ctx context.Context, run pipeline.RunInfo) (pipeline.Txn, error) {
+func (s *failingSink) Begin(ctx context.Context, run sinks.RunInfo) (sinks.Txn, error) {
 	txn, err := s.Sink.Begin(ctx, run)
 	if err != nil {
 		return nil, err
@@ -35,11 +36,11 @@ func (s *failingSink) Begin(ctx context.Context, run pipeline.RunInfo) (pipeline
 }
 
 type failingTxn struct {
-	pipeline.Txn
+	sinks.Txn
 	s *failingSink
 }
 
-func (t *failingTxn) Commit(ctx context.Context, sum pipeline.RunSummary) error {
+func (t *failingTxn) Commit(ctx context.Context, sum sinks.RunSummary) error {
 	if t.s.armed.CompareAndSwap(true, false) {
 		t.s.fired.Add(1)
 		return errInjectedCommit
@@ -219,7 +220,7 @@ func TestMultiSinkAddedLater(t *testing.T) {
 	truth = srv.Truth("system", "", nil)
 	requireSinkMatches(t, a, views, truth)
 	requireSinkMatches(t, b, views, truth)
-	for _, s := range []pipeline.Sink{a.sink, b.sink} {
+	for _, s := range []sinks.Sink{a.sink, b.sink} {
 		require.Equal(t, res5.TransactionTime, sinkCheckpoint(t, s).TransactionTime, s.Name())
 	}
 	requireEachFileOnce(t, srv)

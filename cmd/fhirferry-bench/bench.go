@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"os"
 	"os/exec"
@@ -31,12 +32,11 @@ import (
 	"github.com/fhirferry/fhirferry/fetch"
 	"github.com/fhirferry/fhirferry/fetch/bulktest"
 	"github.com/fhirferry/fhirferry/pipeline"
+	"github.com/fhirferry/fhirferry/schemas"
+	"github.com/fhirferry/fhirferry/sinks"
+	"github.com/fhirferry/fhirferry/sinks/builtin"
+	"github.com/fhirferry/fhirferry/transform"
 )
-
-func init() {
-	register(newBenchCmd)
-	register(newBenchChildCmd)
-}
 
 // benchFlags are the flags of `fhirferry bench`; the tuning ones are passed
 // on to the child that runs the pipeline.
@@ -84,10 +84,10 @@ func (t *benchTune) register(cmd *cobra.Command) {
 	f.StringVar(&t.GoMemLimit, "go-memory-limit", "128MiB", `GOMEMLIMIT of the pipeline process ("off" for none)`)
 }
 
-func newBenchCmd(g *globals) *cobra.Command {
+func newBenchCmd() *cobra.Command {
 	f := &benchFlags{}
 	cmd := &cobra.Command{
-		Use:   "bench [--patients N | --size 500MB] [--views default|none] [--mode pipeline|onefile]",
+		Use:   "fhirferry-bench [--patients N | --size 500MB] [--views default|none] [--mode pipeline|onefile]",
 		Short: "Measure load throughput and peak memory against DuckDB's own read_json",
 		Long: `bench generates Synthea-like NDJSON with the built-in test server, writes it to
 --dir, then in the same run:
@@ -341,18 +341,18 @@ func (c *lineCounter) Write(p []byte) (int, error) {
 	return c.w.Write(p)
 }
 
-// runChild runs `fhirferry bench-child args...` and returns its report
+// runChild runs `fhirferry-bench child args...` and returns its report
 // with its peak RSS and CPU time.
 func runChild(ctx context.Context, goMemLimit string, args ...string) (benchResult, error) {
 	if goMemLimit == "off" {
 		goMemLimit = ""
 	}
 	var r benchResult
-	exe, err := os.Executable()
+	exe, err := os.Executable() // this binary: its child command is the worker
 	if err != nil {
 		return r, err
 	}
-	cmd := exec.CommandContext(ctx, exe, append([]string{"bench-child"}, args...)...)
+	cmd := exec.CommandContext(ctx, exe, append([]string{"child"}, args...)...)
 	var stdout strings.Builder
 	cmd.Stdout = &stdout
 	cmd.Stderr = os.Stderr
@@ -371,15 +371,15 @@ func runChild(ctx context.Context, goMemLimit string, args ...string) (benchResu
 	if line != "" {
 		peak, cpu := r.PeakRSS, r.CPU
 		if err := json.Unmarshal([]byte(line), &r); err != nil {
-			return r, fmt.Errorf("bench-child %s: bad report %q: %w", args[0], line, err)
+			return r, fmt.Errorf("child %s: bad report %q: %w", args[0], line, err)
 		}
 		r.PeakRSS, r.CPU = peak, cpu
 	}
 	if r.Err != "" {
-		return r, fmt.Errorf("bench-child %s: %s", args[0], r.Err)
+		return r, fmt.Errorf("child %s: %s", args[0], r.Err)
 	}
 	if runErr != nil {
-		return r, fmt.Errorf("bench-child %s: %w", args[0], runErr)
+		return r, fmt.Errorf("child %s: %w", args[0], runErr)
 	}
 	return r, nil
 }
@@ -606,14 +606,14 @@ func printResults(out io.Writer, rs []benchResult) {
 
 // newBenchChildCmd is the hidden worker of `fhirferry bench`: one
 // measured load per process, so its peak RSS is its own.
-func newBenchChildCmd(g *globals) *cobra.Command {
+func newBenchChildCmd() *cobra.Command {
 	var (
 		data, work, views, baseURL, cpuProfile string
 		tune                                   benchTune
 	)
 	cmd := &cobra.Command{
-		Use:    "bench-child load|export|read_json|read_ndjson_objects|read_json_columns|view_floor",
-		Short:  "One measured load of `fhirferry bench` (internal)",
+		Use:    "child load|export|read_json|read_ndjson_objects|read_json_columns|view_floor",
+		Short:  "One measured load of fhirferry-bench (internal)",
 		Hidden: true,
 		Args:   cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -639,13 +639,13 @@ func newBenchChildCmd(g *globals) *cobra.Command {
 			var err error
 			switch args[0] {
 			case "load", "export":
-				r, err = childPipeline(ctx, g, args[0], data, work, views, baseURL, tune)
+				r, err = childPipeline(ctx, args[0], data, work, views, baseURL, tune)
 			case "read_json", "read_ndjson_objects", "read_json_columns":
 				r, err = childDuckDB(ctx, args[0], data, work)
 			case "view_floor":
 				r, err = childViewFloor(ctx, data, work, tune)
 			default:
-				err = fmt.Errorf("unknown bench-child %q", args[0])
+				err = fmt.Errorf("unknown child %q", args[0])
 			}
 			if err != nil {
 				r.Err = err.Error()
@@ -749,11 +749,11 @@ func (s *rssSampler) close() string {
 	}
 	return "peak RSS by phase: " + strings.Join(parts, ", ")
 }
-func (*benchHooks) Committed(string, string, time.Duration)            {}
-func (*benchHooks) FileDone(string, fetch.Spooled, pipeline.FileStats) {}
-func (*benchHooks) Manifest(string, *fetch.Manifest)                   {}
+func (*benchHooks) Committed(string, string, time.Duration)             {}
+func (*benchHooks) FileDone(string, fetch.Spooled, transform.FileStats) {}
+func (*benchHooks) Manifest(string, *fetch.Manifest)                    {}
 
-func childPipeline(ctx context.Context, g *globals, what, data, work, views, baseURL string, tune benchTune) (benchResult, error) {
+func childPipeline(ctx context.Context, what, data, work, views, baseURL string, tune benchTune) (benchResult, error) {
 	r := benchResult{Name: "fhirferry " + what}
 	var src string
 	if what == "export" {
@@ -775,14 +775,14 @@ sinks:
     duckdb: {path: %q, memory_limit: %q, threads: %d}
 %s`, filepath.Join(work, "data"), views == "default", tune.Workers, tune.QueueDepth, tune.BatchRows, tune.BatchBytes,
 		filepath.Join(work, "bench.duckdb"), tune.MemoryLimit, tune.Threads, src)
-	cfg, err := configs.Parse([]byte(cfgText))
+	cfg, err := pipeline.ParseConfig([]byte(cfgText))
 	if err != nil {
 		return r, err
 	}
 	hooks := &benchHooks{phases: map[string]float64{}, rss: startRSSSampler()}
-	log := g.logger()
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	t0 := time.Now()
-	a, err := buildAppFromConfig(ctx, cfg, log, hooks, nil)
+	a, err := pipeline.Build(ctx, cfg, pipeline.Deps{Sinks: builtin.Factories(), Logger: log, Hooks: hooks})
 	if err != nil {
 		hooks.rss.close()
 		return r, err
@@ -790,29 +790,22 @@ sinks:
 	hooks.rss.cut("open")
 	var res *pipeline.Result
 	if what == "export" {
-		res, err = a.runSource(ctx, "bench")
+		res, err = a.RunSource(ctx, "bench")
 	} else {
-		runner := &pipeline.Runner{
-			Source: "bench", Client: &pipeline.LocalExport{Dir: data, TransactionTime: "2025-01-01T00:00:00Z"},
-			Engine: a.engine, Sinks: []pipeline.Sink{a.sinks["duck"]}, DataDir: cfg.DataDir, Logger: log, Hooks: hooks,
-			Workers: cfg.Transform.Workers, QueueDepth: cfg.Transform.QueueDepth,
-		}
-		res, err = runner.Run(ctx)
-	}
-	if err != nil {
-		a.close()
-		hooks.rss.close()
-		return r, err
+		res, err = a.LoadDir(ctx, pipeline.LoadOptions{Dir: data, Source: "bench", TransactionTime: "2025-01-01T00:00:00Z"})
 	}
 	var rows int64
-	if err := a.sinks["duck"].(interface{ DB() *sql.DB }).DB().QueryRowContext(ctx,
-		"SELECT count(*) FROM fhir_resources").Scan(&rows); err != nil {
-		a.close()
+	if err == nil {
+		duck, _ := a.Sink("duck")
+		rows, err = duck.(sinks.Rebuilder).Rows(ctx, schemas.RawTable)
+	}
+	if err != nil {
+		a.Close()
 		hooks.rss.close()
 		return r, err
 	}
 	tc := time.Now()
-	a.close() // checkpoints the database: part of the load
+	a.Close() // checkpoints the database: part of the load
 	hooks.rss.cut("close")
 	byPhase := hooks.rss.close()
 	r.Phases = hooks.phases
@@ -875,3 +868,5 @@ func childDuckDB(ctx context.Context, what, data, work string) (benchResult, err
 }
 
 func sqlLit(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
+
+func sqlIdent(s string) string { return `"` + strings.ReplaceAll(s, `"`, `""`) + `"` }

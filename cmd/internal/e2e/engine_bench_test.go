@@ -1,4 +1,4 @@
-package transform_test
+package e2e_test
 
 import (
 	"context"
@@ -8,8 +8,8 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/fhirferry/fhirferry/pipeline"
-	"github.com/fhirferry/fhirferry/pipeline/pipelinetest"
+	"github.com/fhirferry/fhirferry/cmd/internal/e2e"
+	"github.com/fhirferry/fhirferry/schemas"
 	"github.com/fhirferry/fhirferry/transform"
 )
 
@@ -19,7 +19,7 @@ import (
 // of the pipeline's transform.workers runs it. views=none is the raw
 // landing's share of the cost. FHIRFERRY_BENCH_PATIENTS sizes the export.
 func BenchmarkEngine(b *testing.B) {
-	data, size := pipelinetest.BenchExport(b)
+	data, size := e2e.BenchExport(b)
 	files, err := filepath.Glob(filepath.Join(data, "*.ndjson"))
 	require.NoError(b, err)
 	for _, pack := range []string{"none", "default"} {
@@ -33,11 +33,11 @@ func BenchmarkEngine(b *testing.B) {
 			require.NoError(b, err)
 			origin := transform.Origin{Source: "bench", ExportID: "e", TransactionTime: "2025-01-01T00:00:00Z"}
 			var resources, rawRows, viewRows int64
-			emit := func(bt pipeline.Batch) error {
+			emit := func(bt schemas.Batch) error {
 				switch bt.Table.Kind {
-				case pipeline.KindRaw:
+				case schemas.KindRaw:
 					rawRows += bt.Rec.NumRows()
-				case pipeline.KindView:
+				case schemas.KindView:
 					viewRows += bt.Rec.NumRows()
 				}
 				bt.Release()

@@ -1,4 +1,4 @@
-package pipeline_test
+package e2e_test
 
 import (
 	"bytes"
@@ -19,7 +19,9 @@ import (
 	"github.com/fhirferry/fhirferry/fetch"
 	"github.com/fhirferry/fhirferry/fetch/bulktest"
 	"github.com/fhirferry/fhirferry/pipeline"
+	"github.com/fhirferry/fhirferry/sinks"
 	"github.com/fhirferry/fhirferry/sinks/duckdb"
+	"github.com/fhirferry/fhirferry/transform"
 )
 
 // These tests run the Group membership pattern (C49) against the real
@@ -117,7 +119,7 @@ func bfMissing(t *testing.T, h *harness) map[string]bool {
 	return missing
 }
 
-func (h *harness) backfillCheckpoint(t *testing.T) (pipeline.Checkpoint, bool) {
+func (h *harness) backfillCheckpoint(t *testing.T) (sinks.Checkpoint, bool) {
 	cp, ok, err := h.sink.Checkpoint(context.Background(), pipeline.BackfillSource("src"))
 	require.NoError(t, err)
 	return cp, ok
@@ -298,10 +300,10 @@ type bfHooks struct {
 	onCommit string // cancel when this source commits
 }
 
-func (k *bfHooks) Phase(string, string, time.Duration)                      {}
-func (k *bfHooks) Manifest(string, *fetch.Manifest)                         {}
-func (k *bfHooks) FileDone(s string, _ fetch.Spooled, _ pipeline.FileStats) { k.fire(s, k.onFile) }
-func (k *bfHooks) Committed(s, _ string, _ time.Duration)                   { k.fire(s, k.onCommit) }
+func (k *bfHooks) Phase(string, string, time.Duration)                       {}
+func (k *bfHooks) Manifest(string, *fetch.Manifest)                          {}
+func (k *bfHooks) FileDone(s string, _ fetch.Spooled, _ transform.FileStats) { k.fire(s, k.onFile) }
+func (k *bfHooks) Committed(s, _ string, _ time.Duration)                    { k.fire(s, k.onCommit) }
 
 func (k *bfHooks) fire(source, want string) {
 	k.mu.Lock()
@@ -386,7 +388,7 @@ func TestGroupBackfillWhenASinkIsAdded(t *testing.T) {
 	bfRun(t, b)
 	mut := h.srv.Advance(24*time.Hour, bulktest.Mutation{AddGroupMembers: 2, UpdatedResources: 10})
 
-	added, err := duckdb.New(configs.DuckDBSink{Path: filepath.Join(t.TempDir(), "added.duckdb")}, "added", nil)
+	added, err := duckdb.New(configs.DuckDBSink{Path: filepath.Join(t.TempDir(), "added.duckdb")}, sinks.Env{Name: "added"})
 	require.NoError(t, err)
 	t.Cleanup(func() { added.Close() })
 	require.NoError(t, added.Prepare(context.Background(), h.runner.Engine.Tables()))

@@ -1,4 +1,4 @@
-package pipeline_test
+package e2e_test
 
 import (
 	"context"
@@ -8,11 +8,12 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/fhirferry/fhirferry/cmd/internal/e2e"
 	"github.com/fhirferry/fhirferry/configs"
 	"github.com/fhirferry/fhirferry/fetch"
 	"github.com/fhirferry/fhirferry/fetch/bulktest"
 	"github.com/fhirferry/fhirferry/pipeline"
-	"github.com/fhirferry/fhirferry/pipeline/pipelinetest"
+	"github.com/fhirferry/fhirferry/sinks"
 	"github.com/fhirferry/fhirferry/sinks/duckdb"
 	"github.com/fhirferry/fhirferry/transform"
 )
@@ -35,7 +36,7 @@ func newHarness(t *testing.T, opts bulktest.Options, level, group string) *harne
 	require.NoError(t, err)
 	t.Cleanup(srv.Close)
 	dir := t.TempDir()
-	sink, err := duckdb.New(configs.DuckDBSink{Path: filepath.Join(dir, "warehouse.duckdb")}, "duck", nil)
+	sink, err := duckdb.New(configs.DuckDBSink{Path: filepath.Join(dir, "warehouse.duckdb")}, sinks.Env{Name: "duck"})
 	require.NoError(t, err)
 	t.Cleanup(func() { sink.Close() })
 	views := testViews(t)
@@ -46,7 +47,7 @@ func newHarness(t *testing.T, opts bulktest.Options, level, group string) *harne
 	require.NoError(t, err)
 	r := &pipeline.Runner{
 		Source: "src", Request: fetch.Request{Level: level, GroupID: group},
-		Client: c, Engine: eng, Sinks: []pipeline.Sink{sink}, DataDir: dir,
+		Client: c, Engine: eng, Sinks: []sinks.Sink{sink}, DataDir: dir,
 		Workers: 2, QueueDepth: 2, DeleteAfter: true, FailOnErrorOutcomes: true,
 	}
 	return &harness{srv: srv, sink: sink, views: views, runner: r, level: level, group: group}
@@ -63,10 +64,10 @@ func (h *harness) run(t *testing.T) *pipeline.Result {
 // server's ground truth.
 func (h *harness) assertTruth(t *testing.T) {
 	t.Helper()
-	pipelinetest.RequireMatchesTruth(t, h.sink.DB(), h.views, h.srv.Truth(h.level, h.group, nil))
+	e2e.RequireMatchesTruth(t, h.sink.DB(), h.views, h.srv.Truth(h.level, h.group, nil))
 }
 
-func (h *harness) checkpoint(t *testing.T) pipeline.Checkpoint {
+func (h *harness) checkpoint(t *testing.T) sinks.Checkpoint {
 	cp, ok, err := h.sink.Checkpoint(context.Background(), "src")
 	require.NoError(t, err)
 	require.True(t, ok)

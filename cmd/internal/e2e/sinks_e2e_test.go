@@ -1,4 +1,4 @@
-package pipeline_test
+package e2e_test
 
 import (
 	"context"
@@ -10,11 +10,12 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/fhirferry/fhirferry/cmd/internal/e2e"
 	"github.com/fhirferry/fhirferry/configs"
 	"github.com/fhirferry/fhirferry/fetch"
 	"github.com/fhirferry/fhirferry/fetch/bulktest"
 	"github.com/fhirferry/fhirferry/pipeline"
-	"github.com/fhirferry/fhirferry/pipeline/pipelinetest"
+	"github.com/fhirferry/fhirferry/sinks"
 	"github.com/fhirferry/fhirferry/sinks/duckdb"
 	"github.com/fhirferry/fhirferry/sinks/parquet"
 	"github.com/fhirferry/fhirferry/sinks/postgres"
@@ -23,7 +24,7 @@ import (
 
 // e2eSink is a real sink plus a way to read its tables back through SQL.
 type e2eSink struct {
-	sink pipeline.Sink
+	sink sinks.Sink
 	// read opens a database/sql view of the sink's current tables; the
 	// returned func closes it.
 	read func(t *testing.T) (*sql.DB, func())
@@ -42,7 +43,7 @@ var sinkKinds = []struct {
 
 func openDuckSink(t *testing.T, name string) e2eSink {
 	t.Helper()
-	s, err := duckdb.New(configs.DuckDBSink{Path: filepath.Join(t.TempDir(), name+".duckdb")}, name, nil)
+	s, err := duckdb.New(configs.DuckDBSink{Path: filepath.Join(t.TempDir(), name+".duckdb")}, sinks.Env{Name: name})
 	require.NoError(t, err)
 	t.Cleanup(func() { require.NoError(t, s.Close()) })
 	return e2eSink{sink: s, read: func(*testing.T) (*sql.DB, func()) { return s.DB(), func() {} }}
@@ -50,21 +51,21 @@ func openDuckSink(t *testing.T, name string) e2eSink {
 
 func openLakeSink(t *testing.T, name string) e2eSink {
 	t.Helper()
-	s, err := parquet.New(configs.ParquetSink{Dir: filepath.Join(t.TempDir(), name), Compression: "snappy"}, name, nil)
+	s, err := parquet.New(configs.ParquetSink{Dir: filepath.Join(t.TempDir(), name), Compression: "snappy"}, sinks.Env{Name: name})
 	require.NoError(t, err)
 	t.Cleanup(func() { require.NoError(t, s.Close()) })
 	return e2eSink{sink: s, read: func(t *testing.T) (*sql.DB, func()) {
-		db := pipelinetest.OpenLake(t, s)
+		db := e2e.OpenLake(t, s)
 		return db, func() { db.Close() }
 	}}
 }
 
 func openPGSink(t *testing.T, name string) e2eSink {
 	t.Helper()
-	dsn, schema := pipelinetest.PostgresSchema(t)
-	s, err := postgres.New(context.Background(), configs.PostgresSink{DSN: dsn, Schema: schema}, name, nil)
+	dsn, schema := e2e.PostgresSchema(t)
+	s, err := postgres.New(context.Background(), configs.PostgresSink{DSN: dsn, Schema: schema}, sinks.Env{Name: name})
 	require.NoError(t, err)
-	db := pipelinetest.OpenPostgres(t, dsn, schema)
+	db := e2e.OpenPostgres(t, dsn, schema)
 	// Cleanups run last-registered first: close both before the schema drop.
 	t.Cleanup(func() { db.Close(); require.NoError(t, s.Close()) })
 	return e2eSink{sink: s, read: func(*testing.T) (*sql.DB, func()) { return db, func() {} }}
@@ -81,7 +82,7 @@ func defaultViews(t *testing.T) []transform.View {
 
 // e2eRunner wires srv, the fetch client, a transform engine with the
 // default views and sinks (each prepared) into a Runner over dataDir.
-func e2eRunner(t *testing.T, srv *bulktest.Server, views []transform.View, dataDir, level, group string, sinks ...pipeline.Sink) *pipeline.Runner {
+func e2eRunner(t *testing.T, srv *bulktest.Server, views []transform.View, dataDir, level, group string, sinks ...sinks.Sink) *pipeline.Runner {
 	t.Helper()
 	eng, err := transform.New(transform.Options{Views: views, BatchRows: 500})
 	require.NoError(t, err)
@@ -97,14 +98,14 @@ func e2eRunner(t *testing.T, srv *bulktest.Server, views []transform.View, dataD
 	}
 }
 
-func requireSinkMatches(t *testing.T, s e2eSink, views []transform.View, truth pipelinetest.Truth) {
+func requireSinkMatches(t *testing.T, s e2eSink, views []transform.View, truth e2e.Truth) {
 	t.Helper()
 	db, done := s.read(t)
 	defer done()
-	pipelinetest.RequireMatchesTruth(t, db, views, truth)
+	e2e.RequireMatchesTruth(t, db, views, truth)
 }
 
-func sinkCheckpoint(t *testing.T, s pipeline.Sink) pipeline.Checkpoint {
+func sinkCheckpoint(t *testing.T, s sinks.Sink) sinks.Checkpoint {
 	t.Helper()
 	cp, ok, err := s.Checkpoint(context.Background(), "src")
 	require.NoError(t, err)

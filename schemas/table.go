@@ -1,4 +1,4 @@
-package pipeline
+package schemas
 
 import "github.com/apache/arrow-go/v18/arrow"
 

@@ -1,4 +1,4 @@
-package pipeline_test
+package e2e_test
 
 import (
 	"fmt"
@@ -6,7 +6,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/fhirferry/fhirferry/pipeline"
+	"github.com/fhirferry/fhirferry/schemas"
 	"github.com/fhirferry/fhirferry/sinks/duckdb"
 	"github.com/fhirferry/fhirferry/transform"
 )
@@ -25,11 +25,11 @@ var oneRowPerResource = map[string]bool{"patient": true, "observation": true, "e
 
 // assertViewsFollowRaw checks that no view row outlives its resource, and
 // that one-row-per-resource views hold exactly the current resources.
-func assertViewsFollowRaw(t *testing.T, s *duckdb.Sink, tables []*pipeline.Table) {
+func assertViewsFollowRaw(t *testing.T, s *duckdb.Sink, tables []*schemas.Table) {
 	t.Helper()
 	checked := 0
 	for _, tb := range tables {
-		if tb.Kind != pipeline.KindView {
+		if tb.Kind != schemas.KindView {
 			continue
 		}
 		var orphans int

@@ -1,10 +1,11 @@
-// Package pipelinetest holds the checks the end-to-end and crash tests
-// share: a warehouse's raw landing and view tables compared with the
+// Package e2e holds the end-to-end tests, which run the stages together
+// (the bulktest server, the pipeline, the transform and every concrete
+// sink), and the checks they and the command's crash tests share: a warehouse's raw landing and view tables compared with the
 // bulktest server's ground truth, whatever engine holds them (DuckDB,
 // PostgreSQL, or a Parquet lake read through DuckDB). The checks go through
 // database/sql with SQL that DuckDB and PostgreSQL both accept, so one
 // implementation proves every sink.
-package pipelinetest
+package e2e
 
 import (
 	"bytes"
@@ -26,7 +27,6 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/fhirferry/fhirferry/fetch/bulktest"
-	"github.com/fhirferry/fhirferry/pipeline"
 	"github.com/fhirferry/fhirferry/schemas"
 	"github.com/fhirferry/fhirferry/transform"
 )
@@ -118,16 +118,16 @@ type ViewRows map[string]map[string][]string
 // ExpectedViews runs views over the current resources of truth, as the
 // pipeline would over an export holding exactly them, and returns the rows
 // every view table must hold. Arrow memory is checked for leaks.
-func ExpectedViews(t testing.TB, views []transform.View, truth Truth) (ViewRows, []*pipeline.Table) {
+func ExpectedViews(t testing.TB, views []transform.View, truth Truth) (ViewRows, []*schemas.Table) {
 	t.Helper()
 	mem := memory.NewCheckedAllocator(memory.NewGoAllocator())
 	defer mem.AssertSize(t, 0)
 	eng, err := transform.New(transform.Options{Views: views, BatchRows: 1000, Alloc: mem})
 	require.NoError(t, err)
-	var tables []*pipeline.Table
+	var tables []*schemas.Table
 	out := ViewRows{}
 	for _, tb := range eng.Tables() {
-		if tb.Kind == pipeline.KindView {
+		if tb.Kind == schemas.KindView {
 			tables = append(tables, tb)
 			out[tb.Name] = map[string][]string{}
 		}
@@ -136,16 +136,16 @@ func ExpectedViews(t testing.TB, views []transform.View, truth Truth) (ViewRows,
 	for k := range truth {
 		byType[k.Type] = append(byType[k.Type], k)
 	}
-	origin := pipeline.Origin{Source: "truth", ExportID: "truth", TransactionTime: "2000-01-01T00:00:00Z"}
+	origin := transform.Origin{Source: "truth", ExportID: "truth", TransactionTime: "2000-01-01T00:00:00Z"}
 	for i, typ := range slices.Sorted(maps.Keys(byType)) {
 		var buf bytes.Buffer
 		for _, k := range byType[typ] {
 			buf.Write(truth[k].JSON)
 			buf.WriteByte('\n')
 		}
-		emit := func(b pipeline.Batch) error {
+		emit := func(b schemas.Batch) error {
 			defer b.Release()
-			if b.Table.Kind != pipeline.KindView {
+			if b.Table.Kind != schemas.KindView {
 				return nil
 			}
 			cols := TextColumns(b.Table)
@@ -153,7 +153,7 @@ func ExpectedViews(t testing.TB, views []transform.View, truth Truth) (ViewRows,
 			for j, c := range cols {
 				idx[j] = b.Rec.Schema().FieldIndices(c)[0]
 			}
-			rid := b.Rec.Column(b.Rec.Schema().FieldIndices(pipeline.ColResourceID)[0]).(*array.String)
+			rid := b.Rec.Column(b.Rec.Schema().FieldIndices(schemas.ColResourceID)[0]).(*array.String)
 			vals := make([]string, len(cols))
 			for r := range int(b.Rec.NumRows()) {
 				for j, ci := range idx {
@@ -169,7 +169,7 @@ func ExpectedViews(t testing.TB, views []transform.View, truth Truth) (ViewRows,
 			}
 			return nil
 		}
-		st, err := eng.Process(context.Background(), origin, pipeline.Input{Name: typ + ".ndjson", Kind: "output", Type: typ, Index: i}, &buf, emit)
+		st, err := eng.Process(context.Background(), origin, transform.Input{Name: typ + ".ndjson", Kind: "output", Type: typ, Index: i}, &buf, emit)
 		require.NoError(t, err)
 		require.Zero(t, st.Rejects, "ground truth of %s has rejected lines", typ)
 	}
@@ -184,10 +184,10 @@ func ExpectedViews(t testing.TB, views []transform.View, truth Truth) (ViewRows,
 // TextColumns are the columns of a view table the comparison reads: the
 // resource id and every plain text column (no ansi/type tag, not JSON),
 // whose values every engine stores verbatim.
-func TextColumns(tb *pipeline.Table) []string {
-	cols := []string{pipeline.ColResourceID}
+func TextColumns(tb *schemas.Table) []string {
+	cols := []string{schemas.ColResourceID}
 	for _, f := range tb.StoredFields() {
-		if f.Name == pipeline.ColResourceID || !arrow.TypeEqual(f.Type, arrow.BinaryTypes.String) || schemas.IsJSON(f) {
+		if f.Name == schemas.ColResourceID || !arrow.TypeEqual(f.Type, arrow.BinaryTypes.String) || schemas.IsJSON(f) {
 			continue
 		}
 		if _, tagged := f.Metadata.GetValue("ansi/type"); tagged {
@@ -237,7 +237,7 @@ func RequireViewsMatch(t testing.TB, db *sql.DB, views []transform.View, truth T
 
 // ReadView reads a view table's TextColumns grouped by resource id, each
 // group sorted.
-func ReadView(t testing.TB, db *sql.DB, tb *pipeline.Table) map[string][]string {
+func ReadView(t testing.TB, db *sql.DB, tb *schemas.Table) map[string][]string {
 	t.Helper()
 	cols := TextColumns(tb)
 	sel := make([]string, len(cols))

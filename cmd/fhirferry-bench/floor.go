@@ -5,13 +5,13 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
-	"log/slog"
 	"path/filepath"
 	"syscall"
 	"time"
 
 	"github.com/fhirferry/fhirferry/configs"
-	"github.com/fhirferry/fhirferry/pipeline"
+	"github.com/fhirferry/fhirferry/schemas"
+	"github.com/fhirferry/fhirferry/sinks"
 	"github.com/fhirferry/fhirferry/sinks/duckdb"
 	"github.com/fhirferry/fhirferry/transform"
 )
@@ -35,9 +35,9 @@ func childViewFloor(ctx context.Context, loaded, work string, tune benchTune) (b
 	if err != nil {
 		return r, err
 	}
-	var tables []*pipeline.Table
+	var tables []*schemas.Table
 	for _, t := range eng.Tables() {
-		if t.Kind == pipeline.KindView {
+		if t.Kind == schemas.KindView {
 			tables = append(tables, t)
 		}
 	}
@@ -47,7 +47,7 @@ func childViewFloor(ctx context.Context, loaded, work string, tune benchTune) (b
 	}
 	sink, err := duckdb.New(configs.DuckDBSink{
 		Path: filepath.Join(work, "floor.duckdb"), MemoryLimit: tune.MemoryLimit, Threads: 1,
-	}, "floor", slog.New(slog.DiscardHandler))
+	}, sinks.Env{Name: "floor"})
 	if err != nil {
 		return r, err
 	}
@@ -70,7 +70,7 @@ func childViewFloor(ctx context.Context, loaded, work string, tune benchTune) (b
 
 // exportViews writes each view table of the database at loaded to
 // work/<table>.parquet and returns their rows.
-func exportViews(ctx context.Context, loaded, work string, tables []*pipeline.Table) (int64, error) {
+func exportViews(ctx context.Context, loaded, work string, tables []*schemas.Table) (int64, error) {
 	db, err := sql.Open("duckdb", loaded+"?access_mode=read_only")
 	if err != nil {
 		return 0, err
@@ -79,7 +79,7 @@ func exportViews(ctx context.Context, loaded, work string, tables []*pipeline.Ta
 	var rows int64
 	for _, t := range tables {
 		q := fmt.Sprintf("COPY %s TO %s (FORMAT parquet, COMPRESSION uncompressed)",
-			quoteIdent(t.Name), sqlLit(filepath.Join(work, t.Name+".parquet")))
+			sqlIdent(t.Name), sqlLit(filepath.Join(work, t.Name+".parquet")))
 		n, err := execRows(ctx, db, q)
 		if err != nil {
 			return 0, err
@@ -91,7 +91,7 @@ func exportViews(ctx context.Context, loaded, work string, tables []*pipeline.Ta
 
 // insertViews INSERTs every exported view file into its table in one
 // transaction.
-func insertViews(ctx context.Context, db *sql.DB, work string, tables []*pipeline.Table) (int64, error) {
+func insertViews(ctx context.Context, db *sql.DB, work string, tables []*schemas.Table) (int64, error) {
 	tx, err := db.BeginTx(ctx, nil)
 	if err != nil {
 		return 0, err
@@ -99,7 +99,7 @@ func insertViews(ctx context.Context, db *sql.DB, work string, tables []*pipelin
 	var rows int64
 	for _, t := range tables {
 		q := fmt.Sprintf("INSERT INTO %s BY NAME SELECT * FROM read_parquet(%s)",
-			quoteIdent(t.Name), sqlLit(filepath.Join(work, t.Name+".parquet")))
+			sqlIdent(t.Name), sqlLit(filepath.Join(work, t.Name+".parquet")))
 		n, err := execRows(ctx, tx, q)
 		if err != nil {
 			return 0, errors.Join(fmt.Errorf("%s: %w", t.Name, err), tx.Rollback())
