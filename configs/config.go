@@ -10,7 +10,6 @@ import (
 	"reflect"
 	"regexp"
 	"strings"
-	"time"
 
 	"gopkg.in/yaml.v3"
 )
@@ -215,7 +214,7 @@ func Parse(data []byte, checks ...Check) (*Config, error) {
 	if err := yaml.Unmarshal(data, &root); err != nil {
 		return nil, fmt.Errorf("parse config: %w", err)
 	}
-	var cfg Config
+	cfg := Default()
 	if len(root.Content) > 0 {
 		doc := root.Content[0]
 		// Unknown keys are found on the node tree, where lines are the user's;
@@ -317,82 +316,69 @@ func expandEnv(n *yaml.Node) error {
 	return nil
 }
 
+// Default is the configuration of an empty file: every top-level default
+// set, no sources and no sinks.
+func Default() Config {
+	return Config{
+		DataDir: DefaultDataDir,
+		Log:     Log{Level: DefaultLogLevel, Format: DefaultLogFormat},
+		Admin:   Admin{Listen: DefaultAdminListen},
+		Transform: TransformConfig{
+			BatchRows: DefaultBatchRows, BatchBytes: DefaultBatchBytes, Workers: DefaultWorkers,
+			QueueDepth: DefaultQueueDepth, MaxLineBytes: DefaultMaxLineBytes,
+		},
+		Daemon: Daemon{MaxConcurrentRuns: DefaultMaxConcurrentRuns, StopTimeout: Duration(DefaultStopTimeout)},
+	}
+}
+
+// DefaultSource is a source entry before its keys are decoded onto it.
+func DefaultSource() Source {
+	return Source{
+		Level: DefaultLevel, TimeZone: DefaultTimeZone,
+		Export: Export{Method: DefaultExportMethod, Timeout: Duration(DefaultExportTimeout)},
+		HTTP: HTTP{
+			Parallel: DefaultParallel, Retries: DefaultRetries, MinWait: Duration(DefaultMinWait),
+			MaxWait: Duration(DefaultMaxWait), RequestTimeout: Duration(DefaultRequestTimeout), UserAgent: DefaultUserAgent,
+		},
+		Auth: Auth{Type: AuthNone},
+	}
+}
+
+// DefaultSink is a sink entry before its keys are decoded onto it.
+func DefaultSink() Sink {
+	return Sink{
+		Postgres: PostgresSink{Schema: DefaultPostgresSchema},
+		Parquet:  ParquetSink{Compression: DefaultParquetCompression},
+	}
+}
+
+// UnmarshalYAML decodes a source onto DefaultSource, so a key the file
+// sets is kept as written (http.retries: 0 is no retries) and only absent
+// keys take their default.
+func (s *Source) UnmarshalYAML(n *yaml.Node) error {
+	*s = DefaultSource()
+	type plain Source
+	return n.Decode((*plain)(s))
+}
+
+// UnmarshalYAML decodes a sink onto DefaultSink (see Source.UnmarshalYAML).
+func (k *Sink) UnmarshalYAML(n *yaml.Node) error {
+	*k = DefaultSink()
+	type plain Sink
+	return n.Decode((*plain)(k))
+}
+
+// applyDefaults sets the defaults that depend on other keys: they are
+// applied after decoding, to what the file left empty (an empty value is
+// never a valid setting of these).
 func (c *Config) applyDefaults() {
-	if c.DataDir == "" {
-		c.DataDir = "./fhirferry-data"
-	}
-	if c.Log.Level == "" {
-		c.Log.Level = "info"
-	}
-	if c.Log.Format == "" {
-		c.Log.Format = "text"
-	}
-	if c.Admin.Listen == "" {
-		c.Admin.Listen = "127.0.0.1:9464"
-	}
-	t := &c.Transform
-	if t.BatchRows == 0 {
-		t.BatchRows = 8192
-	}
-	if t.Workers == 0 {
-		t.Workers = 2
-	}
-	if t.QueueDepth == 0 {
-		t.QueueDepth = 4
-	}
-	if t.BatchBytes == 0 {
-		t.BatchBytes = 2 << 20
-	}
-	if t.MaxLineBytes == 0 {
-		t.MaxLineBytes = 64 << 20
-	}
-	if c.Daemon.MaxConcurrentRuns == 0 {
-		c.Daemon.MaxConcurrentRuns = 1
-	}
-	if c.Daemon.StopTimeout == 0 {
-		c.Daemon.StopTimeout = Duration(30 * time.Second)
-	}
 	for i := range c.Sources {
-		s := &c.Sources[i]
-		if s.Level == "" {
-			s.Level = LevelSystem
+		a := &c.Sources[i].Auth
+		if a.Type == AuthSMART && a.Alg == "" {
+			a.Alg = DefaultSMARTAlg
 		}
-		if s.TimeZone == "" {
-			s.TimeZone = "UTC"
-		}
-		if s.Export.Method == "" {
-			s.Export.Method = "auto"
-		}
-		if s.Export.Timeout == 0 {
-			s.Export.Timeout = Duration(6 * time.Hour)
-		}
-		h := &s.HTTP
-		if h.Parallel == 0 {
-			h.Parallel = 5
-		}
-		if h.RequestTimeout == 0 {
-			h.RequestTimeout = Duration(5 * time.Minute)
-		}
-		if h.Retries == 0 {
-			h.Retries = 5
-		}
-		if h.MinWait == 0 {
-			h.MinWait = Duration(2 * time.Second)
-		}
-		if h.MaxWait == 0 {
-			h.MaxWait = Duration(15 * time.Minute)
-		}
-		if h.UserAgent == "" {
-			h.UserAgent = "fhirferry"
-		}
-		if s.Auth.Type == "" {
-			s.Auth.Type = AuthNone
-		}
-		if s.Auth.Type == AuthSMART && s.Auth.Alg == "" {
-			s.Auth.Alg = "ES384"
-		}
-		if s.Auth.Type == AuthSMART && len(s.Auth.Scopes) == 0 {
-			s.Auth.Scopes = []string{"system/*.rs"}
+		if a.Type == AuthSMART && len(a.Scopes) == 0 {
+			a.Scopes = []string{DefaultSMARTScope}
 		}
 	}
 	for i := range c.Sinks {
@@ -401,13 +387,7 @@ func (c *Config) applyDefaults() {
 			k.Name = k.Type
 		}
 		if k.Type == SinkDuckDB && k.DuckDB.Path == "" {
-			k.DuckDB.Path = c.DataDir + "/warehouse.duckdb"
-		}
-		if k.Type == SinkPostgres && k.Postgres.Schema == "" {
-			k.Postgres.Schema = "fhir"
-		}
-		if k.Type == SinkParquet && k.Parquet.Compression == "" {
-			k.Parquet.Compression = "zstd"
+			k.DuckDB.Path = c.DataDir + "/" + DefaultDuckDBFile
 		}
 	}
 }

@@ -102,3 +102,34 @@ func TestMemoryLimit(t *testing.T) {
 	_, err = Parse([]byte("memory_limit: 1MiB\n"))
 	require.ErrorContains(t, err, "memory_limit")
 }
+
+// TestExplicitValuesAreHonoured: a key the file sets keeps its value, zero
+// included where zero means something; a zero that means nothing is an
+// error, never silently replaced by the default.
+func TestExplicitValuesAreHonoured(t *testing.T) {
+	cfg, err := Parse([]byte(`
+sources:
+  - {name: a, base_url: "http://h/fhir", http: {retries: 0}}
+  - {name: b, base_url: "http://h/fhir"}
+sinks:
+  - {type: postgres, postgres: {dsn: "postgres://x"}}
+  - {name: pg2, type: postgres, postgres: {dsn: "postgres://x", schema: warehouse}}
+`))
+	require.NoError(t, err)
+	require.Equal(t, 0, cfg.Sources[0].HTTP.Retries, "retries: 0 is no retries")
+	require.Equal(t, DefaultRetries, cfg.Sources[1].HTTP.Retries)
+	require.Equal(t, DefaultParallel, cfg.Sources[0].HTTP.Parallel, "the keys the entry leaves out keep their defaults")
+	require.Equal(t, DefaultPostgresSchema, cfg.Sinks[0].Postgres.Schema)
+	require.Equal(t, "warehouse", cfg.Sinks[1].Postgres.Schema)
+
+	_, err = Parse([]byte(`
+sources:
+  - {name: a, base_url: "http://h/fhir", http: {min_wait: 0s, parallel: 0}, export: {timeout: 0s}}
+sinks:
+  - {type: postgres, postgres: {dsn: "postgres://x", schema: ""}}
+`))
+	require.ErrorContains(t, err, "http.min_wait and http.request_timeout must be positive")
+	require.ErrorContains(t, err, "http.parallel 0 is outside 1..32")
+	require.ErrorContains(t, err, "export.timeout must be positive")
+	require.ErrorContains(t, err, "postgres.schema must not be empty")
+}

@@ -62,7 +62,7 @@ with flags given on the command line overriding the config.`,
 	fl.StringVar(&f.cfgPath, "config", "", "config file to take the source from")
 	fl.StringVar(&f.source, "source", "", "source name in --config")
 	fl.StringVar(&s.BaseURL, "base-url", "", "FHIR base URL of the Bulk Data server")
-	fl.StringVar(&s.Level, "level", "system", "export level: system, patient or group")
+	fl.StringVar(&s.Level, "level", configs.DefaultLevel, "export level: system, patient or group")
 	fl.StringVar(&s.GroupID, "group", "", "Group id (with --level group)")
 	fl.StringSliceVar(&s.Export.Types, "type", nil, "resource types (_type), comma-separated or repeated")
 	fl.StringVar(&s.Export.Since, "since", "", "_since instant, sent verbatim (e.g. a previous transactionTime)")
@@ -75,17 +75,17 @@ with flags given on the command line overriding the config.`,
 	fl.BoolVar(&s.Export.Lenient, "lenient", false, "send Prefer: handling=lenient")
 	fl.BoolVar(&s.Export.AllowPartialManifests, "allow-partial-manifests", false, "ask for paged manifests (STU3)")
 	fl.StringVar(&s.Export.OrganizeOutputBy, "organize-output-by", "", "organizeOutputBy (STU3)")
-	fl.StringVar(&s.Export.Method, "method", "auto", "kick-off method: auto, get or post")
+	fl.StringVar(&s.Export.Method, "method", configs.DefaultExportMethod, "kick-off method: auto, get or post")
 	fl.StringVar(&s.Export.Compat, "compat", "", `"2018-draft" for servers on the 2018 draft`)
-	fl.DurationVar((*time.Duration)(&s.Export.Timeout), "timeout", 6*time.Hour, "overall export deadline; the job is DELETEd when it passes")
+	fl.DurationVar((*time.Duration)(&s.Export.Timeout), "timeout", configs.DefaultExportTimeout, "overall export deadline; the job is DELETEd when it passes")
 	fl.StringVar(&f.out, "out", "", "output folder (default ./export-<time>)")
 	fl.StringVar(&f.statusURL, "status-url", "", "resume polling this status URL instead of kicking off")
-	fl.IntVar(&s.HTTP.Parallel, "parallel", 5, "parallel downloads")
-	fl.IntVar(&s.HTTP.Retries, "retries", 5, "retries per request")
-	fl.DurationVar((*time.Duration)(&s.HTTP.MinWait), "min-wait", 2*time.Second, "shortest wait between polls or retries")
-	fl.DurationVar((*time.Duration)(&s.HTTP.MaxWait), "max-wait", 15*time.Minute, "longest wait between polls or retries")
-	fl.DurationVar((*time.Duration)(&s.HTTP.RequestTimeout), "request-timeout", 5*time.Minute, "per-request timeout (idle timeout for downloads)")
-	fl.Int64Var(&f.maxLine, "max-line-bytes", 64<<20, "longest accepted NDJSON line")
+	fl.IntVar(&s.HTTP.Parallel, "parallel", configs.DefaultParallel, "parallel downloads")
+	fl.IntVar(&s.HTTP.Retries, "retries", configs.DefaultRetries, "retries per request")
+	fl.DurationVar((*time.Duration)(&s.HTTP.MinWait), "min-wait", configs.DefaultMinWait, "shortest wait between polls or retries")
+	fl.DurationVar((*time.Duration)(&s.HTTP.MaxWait), "max-wait", configs.DefaultMaxWait, "longest wait between polls or retries")
+	fl.DurationVar((*time.Duration)(&s.HTTP.RequestTimeout), "request-timeout", configs.DefaultRequestTimeout, "per-request timeout (idle timeout for downloads)")
+	fl.Int64Var(&f.maxLine, "max-line-bytes", configs.DefaultMaxLineBytes, "longest accepted NDJSON line")
 	fl.BoolVar(&f.noDelete, "no-delete", false, "do not DELETE the export on the server after downloading")
 	fl.BoolVar(&f.attachments, "attachments", false, "also fetch Attachment.url contents into attachments/")
 	fl.BoolVar(&f.progressOn, "progress", true, "show progress bars (only on a terminal)")
@@ -179,7 +179,7 @@ func (f *exportFlags) resolve(cmd *cobra.Command) error {
 		}
 	}
 	if a.Type == configs.AuthSMART && a.Alg == "" {
-		a.Alg = "ES384"
+		a.Alg = configs.DefaultSMARTAlg
 	}
 	if f.out == "" {
 		f.out = "export-" + time.Now().UTC().Format("20060102T150405Z")
@@ -261,7 +261,7 @@ func (p *exportProgress) Finish() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.bar != nil {
-		p.bar.Finish()
+		_ = p.bar.Finish()
 		p.bar = nil
 	}
 }
@@ -277,7 +277,7 @@ func (p *exportProgress) Bytes(kind string, n int64) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.bar != nil && kind == "file" {
-		p.bar.Add64(n)
+		_ = p.bar.Add64(n)
 	}
 }
 
