@@ -78,7 +78,7 @@ func TestWriteErrorsReleaseBatch(t *testing.T) {
 	require.NoError(t, s.Prepare(ctx, nil))
 	txn, err := s.Begin(ctx, sinks.RunInfo{RunID: "r1", Source: "s"})
 	require.NoError(t, err)
-	defer txn.Rollback(ctx)
+	defer func() { require.NoError(t, txn.Rollback(ctx)) }()
 	err = txn.Write(ctx, sinktest.Build(mem, sinktest.PatientView, []any{"p", int64(1), "n"}))
 	require.ErrorContains(t, err, "table patient_view was not prepared")
 	wrong := sinktest.RawBatch(mem, sinktest.Raw{Type: "Patient", ID: "p"})
@@ -321,6 +321,7 @@ func TestInvalidJSONFailsCommit(t *testing.T) {
 	for _, mode := range modes {
 		t.Run(mode.String(), func(t *testing.T) {
 			mem, s, ctx := checked(t), open(t, mode), t.Context()
+			defer s.Close()
 			require.NoError(t, s.Prepare(ctx, nil))
 			run := sinks.RunInfo{RunID: "bad", Source: "s", ExportID: "e1", TransactionTime: "2025-02-01T00:00:00Z"}
 			txn, err := s.Begin(ctx, run)
@@ -422,6 +423,7 @@ func TestRawStreamFailure(t *testing.T) {
 // compressed, and one of unique values (id) still loads whole.
 func TestStringCompression(t *testing.T) {
 	mem, s, ctx := checked(t), open(t, stageParquetSnappy), t.Context()
+	defer s.Close()
 	require.NoError(t, s.Prepare(ctx, nil))
 	txn, err := s.Begin(ctx, sinks.RunInfo{RunID: "r", Source: "s", ExportID: "e", TransactionTime: "2025-02-01T00:00:00Z"})
 	require.NoError(t, err)

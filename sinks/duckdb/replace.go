@@ -7,6 +7,7 @@ import (
 
 	"github.com/fhirferry/fhirferry/schemas"
 	"github.com/fhirferry/fhirferry/sinks"
+	"github.com/fhirferry/fhirferry/sinks/internal/txnguard"
 )
 
 var _ sinks.Rebuilder = (*Sink)(nil)
@@ -22,8 +23,8 @@ var _ sinks.Rebuilder = (*Sink)(nil)
 // [Sink.ScanRaw] that produce makes and the replacement.
 func (s *Sink) ReplaceTable(ctx context.Context, t *schemas.Table,
 	produce func(emit func(schemas.Batch) error) error) (err error) {
-	if t == nil || t.Kind == schemas.KindDeleted {
-		return fmt.Errorf("duckdb sink %s: replace table: not a stored table", s.name)
+	if err := txnguard.CheckReplaceable("duckdb sink "+s.name, t); err != nil {
+		return err
 	}
 	txn, err := s.newTxn(ctx, "replace-"+t.Name)
 	if err != nil {
@@ -41,19 +42,7 @@ func (s *Sink) ReplaceTable(ctx context.Context, t *schemas.Table,
 		return err
 	}
 	txn.order = append(txn.order, st)
-	err = produce(func(b schemas.Batch) error {
-		defer b.Release()
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		if b.Table != t && (b.Table == nil || b.Table.Name != t.Name) {
-			return fmt.Errorf("batch for table %v, not %s", tableName(b.Table), t.Name)
-		}
-		if b.Rec == nil {
-			return errors.New("batch without rows")
-		}
-		return st.write(b.Rec)
-	})
+	err = produce(txnguard.ReplaceEmit(ctx, t, st.write))
 	if err != nil {
 		return err
 	}
@@ -86,17 +75,8 @@ func (s *Sink) ReplaceTable(ctx context.Context, t *schemas.Table,
 	if err := tx.Commit(); err != nil {
 		return err
 	}
-	s.mu.Lock()
-	s.tables[t.Name] = t
-	s.mu.Unlock()
+	s.tables.Put(t)
 	return nil
-}
-
-func tableName(t *schemas.Table) string {
-	if t == nil {
-		return "<nil>"
-	}
-	return t.Name
 }
 
 // ScanRaw implements [sinks.Rebuilder]: it streams the committed raw

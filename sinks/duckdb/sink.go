@@ -10,13 +10,14 @@ import (
 	"net/url"
 	"os"
 	"strconv"
-	"sync"
 
 	duckdb "github.com/duckdb/duckdb-go/v2"
 
 	"github.com/fhirferry/fhirferry/configs"
 	"github.com/fhirferry/fhirferry/schemas"
 	"github.com/fhirferry/fhirferry/sinks"
+	"github.com/fhirferry/fhirferry/sinks/internal/prepared"
+	"github.com/fhirferry/fhirferry/sinks/internal/sqlread"
 )
 
 var _ sinks.Sink = (*Sink)(nil)
@@ -24,6 +25,8 @@ var _ sinks.Sink = (*Sink)(nil)
 // Sink is a DuckDB warehouse file. It serves one writer (a Txn, Prepare or
 // ReplaceTable) at a time; read-only queries through DB may run alongside.
 type Sink struct {
+	// Reads reads the tables back for views rebuild (reader).
+	sqlread.Reads
 	name  string
 	log   *slog.Logger
 	path  string
@@ -38,8 +41,7 @@ type Sink struct {
 	// writer holds a token while a Txn, Prepare or ReplaceTable runs.
 	writer chan struct{}
 
-	mu     sync.Mutex
-	tables map[string]*schemas.Table // prepared tables by name
+	tables prepared.Tables
 }
 
 // Open is the sinks.Factory of type duckdb.
@@ -108,8 +110,9 @@ func New(cfg configs.DuckDBSink, env sinks.Env) (*Sink, error) {
 		name: name, log: log, path: cfg.Path, db: db,
 		spool: spool, stg: defaultStaging(env.Allocator()), streamThreads: max(cfg.StreamThreads, 1),
 		memoryLimited: cfg.MemoryLimit != "",
-		writer:        make(chan struct{}, 1), tables: map[string]*schemas.Table{},
+		writer:        make(chan struct{}, 1),
 	}
+	s.Reads = sqlread.Reads{Reader: s.reader}
 	return s, nil
 }
 
@@ -200,32 +203,10 @@ func (s *Sink) Prepare(ctx context.Context, tables []*schemas.Table) (err error)
 	if err := tx.Commit(); err != nil {
 		return fmt.Errorf("duckdb sink %s: prepare: %w", s.name, err)
 	}
-	s.mu.Lock()
-	for name, t := range seen {
-		s.tables[name] = t
+	for _, t := range seen {
+		s.tables.Put(t)
 	}
-	s.mu.Unlock()
 	return nil
-}
-
-// prepared returns the table prepared under name, or nil.
-func (s *Sink) prepared(name string) *schemas.Table {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.tables[name]
-}
-
-// views returns the prepared view tables.
-func (s *Sink) views() []*schemas.Table {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	var out []*schemas.Table
-	for _, t := range s.tables {
-		if t.Kind == schemas.KindView {
-			out = append(out, t)
-		}
-	}
-	return out
 }
 
 // Checkpoint implements sinks.Sink.

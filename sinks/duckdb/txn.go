@@ -82,8 +82,7 @@ func (s *Sink) newTxn(ctx context.Context, id string) (*Txn, error) {
 	t.conn = conn
 	t.dir = filepath.Join(s.spool, sanitize(id))
 	if err := os.MkdirAll(t.dir, 0o750); err != nil {
-		t.cleanup()
-		return nil, fmt.Errorf("duckdb sink %s: begin: %w", s.name, err)
+		return nil, errors.Join(fmt.Errorf("duckdb sink %s: begin: %w", s.name, err), t.cleanup())
 	}
 	return t, nil
 }
@@ -165,7 +164,7 @@ func (t *Txn) writeRaw(ctx context.Context, rec arrow.RecordBatch) error {
 		if err := t.streamThreads(tx); err != nil {
 			return err
 		}
-		if t.empty, err = emptyTables(t.ctx, tx, t.s.views()); err != nil {
+		if t.empty, err = emptyTables(t.ctx, tx, t.s.tables.Views()); err != nil {
 			return err
 		}
 		log := func(msg string, args ...any) {
@@ -287,7 +286,7 @@ func (t *Txn) stage(tbl *schemas.Table) (*stage, error) {
 	if st := t.stages[tbl.Name]; st != nil {
 		return st, nil
 	}
-	if tbl.Kind != schemas.KindDeleted && t.s.prepared(tbl.Name) == nil {
+	if tbl.Kind != schemas.KindDeleted && t.s.tables.Get(tbl.Name) == nil {
 		return nil, fmt.Errorf("duckdb sink %s: table %s was not prepared", t.s.name, tbl.Name)
 	}
 	st, err := newStage(&t.s.stg, t.dir, tbl, len(t.order))
@@ -556,7 +555,7 @@ func (t *Txn) steps(del string, sum sinks.RunSummary) []step {
 			// staged view rows must be filtered out too.
 			affected: func(n int64, ap *applied) { ap.allWon = ap.allWon && n == 0 }},
 	}
-	for _, v := range t.s.views() {
+	for _, v := range t.s.tables.Views() {
 		st := t.stages[v.Name]
 		if st != nil && len(st.streamed) > 0 {
 			steps = append(steps, t.fixup(st)...)

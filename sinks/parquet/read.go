@@ -50,33 +50,6 @@ func (s *Sink) duckDB() (*sql.DB, error) {
 	return s.duck, nil
 }
 
-// Rows implements sinks.Rebuilder: the rows of the table's live files.
-func (s *Sink) Rows(ctx context.Context, table string) (int64, error) {
-	r, err := s.reader()
-	if err != nil {
-		return 0, err
-	}
-	return r.Rows(ctx, table)
-}
-
-// HasResources implements sinks.Rebuilder.
-func (s *Sink) HasResources(ctx context.Context, resourceType string) (bool, error) {
-	r, err := s.reader()
-	if err != nil {
-		return false, err
-	}
-	return r.HasResources(ctx, resourceType)
-}
-
-// ViewDefinitions implements sinks.Rebuilder.
-func (s *Sink) ViewDefinitions(ctx context.Context) (map[string]sinks.StoredView, error) {
-	r, err := s.reader()
-	if err != nil {
-		return nil, err
-	}
-	return r.ViewDefinitions(ctx)
-}
-
 var _ sinks.Querier = (*Sink)(nil)
 
 // Query implements sinks.Querier in DuckDB's dialect, over one view per

@@ -2,7 +2,6 @@ package parquet
 
 import (
 	"context"
-	"errors"
 	"fmt"
 
 	"github.com/apache/arrow-go/v18/arrow"
@@ -10,6 +9,7 @@ import (
 
 	"github.com/fhirferry/fhirferry/schemas"
 	"github.com/fhirferry/fhirferry/sinks"
+	"github.com/fhirferry/fhirferry/sinks/internal/txnguard"
 )
 
 var _ sinks.Rebuilder = (*Sink)(nil)
@@ -20,8 +20,8 @@ var _ sinks.Rebuilder = (*Sink)(nil)
 // is unchanged. Like a Txn it marks the sink busy while it runs, so no run
 // commits between a [Sink.ScanRaw] that produce makes and the publish.
 func (s *Sink) ReplaceTable(ctx context.Context, t *schemas.Table, produce func(emit func(schemas.Batch) error) error) (err error) {
-	if t == nil || t.Kind == schemas.KindDeleted {
-		return fmt.Errorf("parquet sink %s: replace table: not a stored table", s.name)
+	if err := txnguard.CheckReplaceable("parquet sink "+s.name, t); err != nil {
+		return err
 	}
 	s.mu.Lock()
 	if s.busy {
@@ -42,24 +42,14 @@ func (s *Sink) ReplaceTable(ctx context.Context, t *schemas.Table, produce func(
 		s.busy = false
 		s.mu.Unlock()
 	}()
-	err = produce(func(b schemas.Batch) error {
-		defer b.Release()
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		if b.Table != t && (b.Table == nil || b.Table.Name != t.Name) {
-			return fmt.Errorf("batch for table %v, not %s", tableName(b.Table), t.Name)
-		}
-		if b.Rec == nil {
-			return errors.New("batch without rows")
-		}
-		c, err := conform(s.mem, b.Rec, stored)
+	err = produce(txnguard.ReplaceEmit(ctx, t, func(rec arrow.RecordBatch) error {
+		c, err := conform(s.mem, rec, stored)
 		if err != nil {
 			return err
 		}
 		defer c.Release()
 		return fs.write(c)
-	})
+	}))
 	if err != nil {
 		return err
 	}
@@ -76,16 +66,9 @@ func (s *Sink) ReplaceTable(ctx context.Context, t *schemas.Table, produce func(
 		s.deleteAll(ctx, paths(files))
 		return err
 	}
-	s.tables[t.Name] = t
+	s.tables.Put(t)
 	s.published(ctx, m, tag)
 	return nil
-}
-
-func tableName(t *schemas.Table) string {
-	if t == nil {
-		return "<nil>"
-	}
-	return t.Name
 }
 
 // ScanRaw implements [sinks.Rebuilder]: it reads the raw landing's

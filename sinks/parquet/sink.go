@@ -20,11 +20,15 @@ import (
 	"github.com/fhirferry/fhirferry/configs"
 	"github.com/fhirferry/fhirferry/schemas"
 	"github.com/fhirferry/fhirferry/sinks"
+	"github.com/fhirferry/fhirferry/sinks/internal/prepared"
+	"github.com/fhirferry/fhirferry/sinks/internal/sqlread"
 )
 
 // Sink is the Parquet lake. It serves one Txn at a time and assumes it is
 // the lake's only writer.
 type Sink struct {
+	// Reads reads the tables back for views rebuild (reader).
+	sqlread.Reads
 	name string
 	log  *slog.Logger
 	st   Store
@@ -33,7 +37,7 @@ type Sink struct {
 
 	mu     sync.Mutex
 	meta   *lakeMeta // the published state
-	tables map[string]*schemas.Table
+	tables prepared.Tables
 	busy   bool    // a Txn is open
 	duck   *sql.DB // reads the published files (reader); nil until used
 }
@@ -63,7 +67,8 @@ func New(cfg configs.ParquetSink, env sinks.Env, opts ...Option) (*Sink, error) 
 	if err != nil {
 		return nil, fmt.Errorf("parquet sink %s: %w", name, err)
 	}
-	s := &Sink{name: name, log: log, mem: memory.DefaultAllocator, comp: comp, tables: map[string]*schemas.Table{}}
+	s := &Sink{name: name, log: log, mem: memory.DefaultAllocator, comp: comp}
+	s.Reads = sqlread.Reads{Reader: s.reader}
 	for _, o := range opts {
 		o(s)
 	}
@@ -165,7 +170,7 @@ func (s *Sink) Prepare(ctx context.Context, tables []*schemas.Table) error {
 	var written []string
 	for _, t := range append(schemas.System(), tables...) {
 		if t.Kind == schemas.KindDeleted {
-			s.tables[t.Name] = t
+			s.tables.Put(t)
 			continue
 		}
 		cols := columnsOf(t)
@@ -187,7 +192,7 @@ func (s *Sink) Prepare(ctx context.Context, tables []*schemas.Table) error {
 				written = append(written, mg.out...)
 			}
 		}
-		s.tables[t.Name] = t
+		s.tables.Put(t)
 	}
 	if !changed {
 		return nil

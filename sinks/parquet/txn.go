@@ -12,6 +12,7 @@ import (
 
 	"github.com/fhirferry/fhirferry/schemas"
 	"github.com/fhirferry/fhirferry/sinks"
+	"github.com/fhirferry/fhirferry/sinks/internal/txnguard"
 )
 
 // entry is what a run knows about one resource key.
@@ -60,14 +61,12 @@ func (k keyIndex) put(rt, id string) *entry {
 // run's keys are indexed in memory. Nothing is visible before Commit renames
 // the new _lake.json into place.
 type Txn struct {
-	s      *Sink
-	run    sinks.RunInfo
-	tag    string
-	noop   bool
-	keys   keyIndex
-	stages map[string]*fileSet
-	done   bool
-	err    error
+	s              *Sink
+	run            sinks.RunInfo
+	tag            string
+	keys           keyIndex
+	stages         map[string]*fileSet
+	txnguard.Guard // Done, Noop and the first write error (Err), after which the run cannot commit
 }
 
 var _ sinks.Txn = (*Txn)(nil)
@@ -93,7 +92,7 @@ func (s *Sink) Begin(ctx context.Context, run sinks.RunInfo) (sinks.Txn, error) 
 	s.busy = true
 	t := &Txn{s: s, run: run, tag: newTag(run.RunID), keys: keyIndex{}, stages: map[string]*fileSet{}}
 	if cp, ok := s.meta.Checkpoints[run.Source]; ok && run.ExportID != "" && cp.ExportID == run.ExportID {
-		t.noop = true
+		t.Noop = true
 		s.log.Info("export already held; run is a no-op", "source", run.Source)
 	}
 	return t, nil
@@ -101,30 +100,11 @@ func (s *Sink) Begin(ctx context.Context, run sinks.RunInfo) (sinks.Txn, error) 
 
 // Write implements sinks.Txn.
 func (t *Txn) Write(ctx context.Context, b schemas.Batch) error {
-	defer b.Release()
-	if t.done {
-		return sinks.ErrTxnDone
-	}
-	if t.err != nil {
-		return t.err
-	}
-	if t.noop || b.Rec == nil || b.Rec.NumRows() == 0 {
-		return nil
-	}
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	if err := t.write(ctx, b); err != nil {
-		t.err = fmt.Errorf("parquet sink %s: write %s: %w", t.s.name, b.Table.Name, err)
-		return t.err
-	}
-	return nil
+	return t.Guard.Write(ctx, "parquet sink "+t.s.name, b, t.write)
 }
 
 func (t *Txn) write(ctx context.Context, b schemas.Batch) error {
-	t.s.mu.Lock()
-	tbl := t.s.tables[b.Table.Name]
-	t.s.mu.Unlock()
+	tbl := t.s.tables.Get(b.Table.Name)
 	if tbl == nil {
 		return fmt.Errorf("table %s was not prepared", b.Table.Name)
 	}
@@ -198,10 +178,10 @@ func (t *Txn) index(rec arrow.RecordBatch) error {
 // Commit implements sinks.Txn. On failure everything the run wrote is
 // deleted and the published state is untouched; Rollback is then a no-op.
 func (t *Txn) Commit(ctx context.Context, sum sinks.RunSummary) error {
-	if t.done {
+	if t.Done {
 		return sinks.ErrTxnDone
 	}
-	err := t.err
+	err := t.Err
 	if err == nil {
 		err = ctx.Err()
 	}
@@ -210,7 +190,7 @@ func (t *Txn) Commit(ctx context.Context, sum sinks.RunSummary) error {
 	}
 	if err != nil {
 		_ = t.Rollback(context.WithoutCancel(ctx))
-		if t.err == nil {
+		if t.Err == nil {
 			err = fmt.Errorf("parquet sink %s: commit: %w", t.s.name, err)
 		}
 		return err
@@ -237,7 +217,7 @@ func (t *Txn) commit(ctx context.Context, sum sinks.RunSummary) error {
 		s.deleteAll(ctx, written)
 		return err
 	}
-	if !t.noop {
+	if !t.Noop {
 		out, err := t.apply(ctx, m, files)
 		written = append(written, out...)
 		if err != nil {
@@ -252,14 +232,14 @@ func (t *Txn) commit(ctx context.Context, sum sinks.RunSummary) error {
 	m.Runs = append(m.Runs, runRecord{RunID: r.RunID, Source: r.Source, ExportID: r.ExportID, Since: r.Since,
 		TransactionTime: r.TransactionTime, StartedAt: r.Started, FinishedAt: finished, Outcome: sum.Outcome,
 		Files: sum.Files, Bytes: sum.Bytes, Resources: sum.Resources, Deleted: sum.Deleted, Rejects: sum.Rejects, Outcomes: sum.Outcomes})
-	if !t.noop {
+	if !t.Noop {
 		m.Checkpoints[r.Source] = checkpoint{TransactionTime: r.TransactionTime, ExportID: r.ExportID, CommittedAt: time.Now().UTC()}
 	}
 	m.Version++
 	if err := publish(ctx, s.st, m, t.tag); err != nil {
 		return fail(err)
 	}
-	t.done = true
+	t.Done = true
 	s.busy = false
 	s.published(ctx, m, t.tag)
 	return nil
@@ -270,7 +250,7 @@ func (t *Txn) commit(ctx context.Context, sum sinks.RunSummary) error {
 func (t *Txn) apply(ctx context.Context, m *lakeMeta, files map[string][]fileMeta) ([]string, error) {
 	var written []string
 	for name, f := range files {
-		tbl := t.s.tables[name]
+		tbl := t.s.tables.Get(name)
 		if tbl.Kind == schemas.KindAppend {
 			m.Tables[name].Files = append(m.Tables[name].Files, f...)
 		}
@@ -292,7 +272,7 @@ func (t *Txn) apply(ctx context.Context, m *lakeMeta, files map[string][]fileMet
 		written = append(written, mg.out...)
 		return err
 	}
-	rawT := t.s.tables[schemas.RawTable]
+	rawT := t.s.tables.Get(schemas.RawTable)
 	if err := merge(rawT, &merger{
 		keyCols: []string{"resource_type", "id"},
 		affected: func(rec arrow.RecordBatch) func(int) bool {
@@ -307,7 +287,7 @@ func (t *Txn) apply(ctx context.Context, m *lakeMeta, files map[string][]fileMet
 	}); err != nil {
 		return written, err
 	}
-	for _, v := range t.s.tables {
+	for _, v := range t.s.tables.All() {
 		if v.Kind != schemas.KindView {
 			continue
 		}
@@ -421,10 +401,10 @@ func (t *Txn) resolve(ctx context.Context, raw *tableMeta) error {
 
 // Rollback implements sinks.Txn: the run's files are deleted.
 func (t *Txn) Rollback(ctx context.Context) error {
-	if t.done {
+	if t.Done {
 		return nil
 	}
-	t.done = true
+	t.Done = true
 	for _, fs := range t.stages {
 		t.s.deleteAll(ctx, paths(fs.abort()))
 	}

@@ -26,29 +26,14 @@ func (s *Sink) sqlDB() *sql.DB {
 	return s.sql.db
 }
 
-func (s *Sink) reader() sqlread.Reader {
+func (s *Sink) reader() (sqlread.Reader, error) {
 	db := s.sqlDB()
 	return sqlread.Reader{DB: db, Rel: func(ctx context.Context, table string) (string, bool, error) {
 		var n int
 		err := db.QueryRowContext(ctx, `SELECT count(*) FROM information_schema.tables
 			WHERE table_schema = $1 AND table_name = $2`, s.schema, table).Scan(&n)
 		return s.ident(table), n > 0, err
-	}}
-}
-
-// Rows implements sinks.Rebuilder.
-func (s *Sink) Rows(ctx context.Context, table string) (int64, error) {
-	return s.reader().Rows(ctx, table)
-}
-
-// HasResources implements sinks.Rebuilder.
-func (s *Sink) HasResources(ctx context.Context, resourceType string) (bool, error) {
-	return s.reader().HasResources(ctx, resourceType)
-}
-
-// ViewDefinitions implements sinks.Rebuilder.
-func (s *Sink) ViewDefinitions(ctx context.Context) (map[string]sinks.StoredView, error) {
-	return s.reader().ViewDefinitions(ctx)
+	}}, nil
 }
 
 // Query implements sinks.Querier. Unqualified names resolve to the sink's
@@ -60,23 +45,11 @@ func (s *Sink) Query(ctx context.Context, query string, args ...any) (*sql.Rows,
 // Tables implements sinks.Querier: the schema's tables with their row
 // counts, by name.
 func (s *Sink) Tables(ctx context.Context) ([]sinks.TableInfo, error) {
-	rows, err := s.sqlDB().QueryContext(ctx, `SELECT table_name FROM information_schema.tables
+	rd, _ := s.reader()
+	out, err := rd.TablesListed(ctx, `SELECT table_name FROM information_schema.tables
 		WHERE table_schema = $1 AND table_type = 'BASE TABLE' ORDER BY table_name`, s.schema)
 	if err != nil {
-		return nil, fmt.Errorf("postgres sink %s: list tables: %w", s.name, err)
+		return nil, fmt.Errorf("postgres sink %s: %w", s.name, err)
 	}
-	var names []string
-	for rows.Next() {
-		var n string
-		if err := rows.Scan(&n); err != nil {
-			rows.Close()
-			return nil, err
-		}
-		names = append(names, n)
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
-		return nil, err
-	}
-	return s.reader().Tables(ctx, names)
+	return out, nil
 }

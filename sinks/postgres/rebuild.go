@@ -2,13 +2,14 @@ package postgres
 
 import (
 	"context"
-	"errors"
 	"fmt"
 
+	"github.com/apache/arrow-go/v18/arrow"
 	"github.com/jackc/pgx/v5"
 
 	"github.com/fhirferry/fhirferry/schemas"
 	"github.com/fhirferry/fhirferry/sinks"
+	"github.com/fhirferry/fhirferry/sinks/internal/txnguard"
 )
 
 var _ sinks.Rebuilder = (*Sink)(nil)
@@ -71,18 +72,11 @@ func (s *Sink) ReplaceTable(ctx context.Context, t *schemas.Table, produce func(
 		}
 	}
 	var rows int64
-	err = produce(func(b schemas.Batch) error {
-		defer b.Release()
-		if b.Table != t && (b.Table == nil || b.Table.Name != t.Name) {
-			return fmt.Errorf("batch for table %v, not %s", tableName(b.Table), t.Name)
-		}
-		if b.Rec == nil {
-			return errors.New("batch without rows")
-		}
-		n, err := copyRecord(ctx, tx, target, names, b.Rec, cols)
+	err = produce(txnguard.ReplaceEmit(ctx, t, func(rec arrow.RecordBatch) error {
+		n, err := copyRecord(ctx, tx, target, names, rec, cols)
 		rows += n
 		return err
-	})
+	}))
 	if err != nil {
 		return err
 	}
@@ -95,18 +89,9 @@ func (s *Sink) ReplaceTable(ctx context.Context, t *schemas.Table, produce func(
 	if err = tx.Commit(ctx); err != nil {
 		return err
 	}
-	s.mu.Lock()
-	s.tables[t.Name] = t
-	s.mu.Unlock()
+	s.tables.Put(t)
 	s.log.Debug("replaced table", "table", t.Name, "rows", rows)
 	return nil
-}
-
-func tableName(t *schemas.Table) string {
-	if t == nil {
-		return "<nil>"
-	}
-	return t.Name
 }
 
 // ScanRaw implements [sinks.Rebuilder]: it streams the committed raw

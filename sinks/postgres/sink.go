@@ -16,6 +16,8 @@ import (
 	"github.com/fhirferry/fhirferry/configs"
 	"github.com/fhirferry/fhirferry/schemas"
 	"github.com/fhirferry/fhirferry/sinks"
+	"github.com/fhirferry/fhirferry/sinks/internal/prepared"
+	"github.com/fhirferry/fhirferry/sinks/internal/sqlread"
 )
 
 // tempBuffers is the session's temp_buffers unless the DSN sets it.
@@ -23,15 +25,17 @@ const tempBuffers = "64MB"
 
 // Sink is the PostgreSQL warehouse. It serves one Txn at a time.
 type Sink struct {
+	// Reads reads the tables back for views rebuild (reader).
+	sqlread.Reads
 	name   string
 	schema string
 	pool   *pgxpool.Pool
 	sql    sqlDB
 	log    *slog.Logger
 
+	tables prepared.Tables
 	mu     sync.Mutex
-	tables map[string]*schemas.Table // prepared tables by name
-	open   map[*Txn]bool             // runs not yet ended, rolled back by Close
+	open   map[*Txn]bool // runs not yet ended, rolled back by Close
 }
 
 var _ sinks.Sink = (*Sink)(nil)
@@ -72,7 +76,9 @@ func New(ctx context.Context, cfg configs.PostgresSink, env sinks.Env) (*Sink, e
 		pool.Close()
 		return nil, fmt.Errorf("postgres sink %s: connect: %w", name, err)
 	}
-	return &Sink{name: name, schema: cfg.Schema, pool: pool, log: log, tables: map[string]*schemas.Table{}, open: map[*Txn]bool{}}, nil
+	s := &Sink{name: name, schema: cfg.Schema, pool: pool, log: log, open: map[*Txn]bool{}}
+	s.Reads = sqlread.Reads{Reader: s.reader}
+	return s, nil
 }
 
 // Name implements sinks.Sink.
@@ -163,10 +169,8 @@ func (s *Sink) Prepare(ctx context.Context, tables []*schemas.Table) error {
 	if err := tx.Commit(ctx); err != nil {
 		return fmt.Errorf("postgres sink %s: prepare: %w", s.name, err)
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for n, t := range seen {
-		s.tables[n] = t
+	for _, t := range seen {
+		s.tables.Put(t)
 	}
 	return nil
 }
@@ -257,25 +261,6 @@ func (s *Sink) Checkpoint(ctx context.Context, source string) (sinks.Checkpoint,
 	}
 	cp.CommittedAt = cp.CommittedAt.UTC()
 	return cp, true, nil
-}
-
-func (s *Sink) table(name string) *schemas.Table {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.tables[name]
-}
-
-func (s *Sink) views() []*schemas.Table {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	var out []*schemas.Table
-	for _, t := range s.tables {
-		if t.Kind == schemas.KindView {
-			out = append(out, t)
-		}
-	}
-	slices.SortFunc(out, func(a, b *schemas.Table) int { return strings.Compare(a.Name, b.Name) })
-	return out
 }
 
 // copyRecord streams rec into table with binary COPY in the staged types.

@@ -12,20 +12,20 @@ import (
 
 	"github.com/fhirferry/fhirferry/schemas"
 	"github.com/fhirferry/fhirferry/sinks"
+	"github.com/fhirferry/fhirferry/sinks/internal/txnguard"
 )
 
 // Txn is one run's PostgreSQL transaction.
 type Txn struct {
-	s    *Sink
-	run  sinks.RunInfo
-	conn *pgxpool.Conn
-	tx   pgx.Tx
-	// noop is set when the sink already holds the run's export: writes are
-	// discarded and Commit only records the run.
-	noop   bool
+	s      *Sink
+	run    sinks.RunInfo
+	conn   *pgxpool.Conn
+	tx     pgx.Tx
 	stages map[string]*stage
-	done   bool
-	err    error // first failure; the PostgreSQL transaction is then aborted
+	// Noop is set when the sink already holds the run's export: writes are
+	// discarded and Commit only records the run. After a write error (Err)
+	// the PostgreSQL transaction is aborted and the run cannot commit.
+	txnguard.Guard
 }
 
 // stage is a TEMP staging table of one target table.
@@ -43,7 +43,7 @@ var _ sinks.Txn = (*Txn)(nil)
 // per-source advisory lock, so two processes cannot apply runs of one source
 // to the same schema at once.
 func (s *Sink) Begin(ctx context.Context, run sinks.RunInfo) (sinks.Txn, error) {
-	if s.table(schemas.RawTable) == nil {
+	if s.tables.Get(schemas.RawTable) == nil {
 		if err := s.Prepare(ctx, nil); err != nil {
 			return nil, err
 		}
@@ -83,9 +83,9 @@ func (s *Sink) Begin(ctx context.Context, run sinks.RunInfo) (sinks.Txn, error) 
 	case err != nil:
 		return fail(err)
 	default:
-		t.noop = run.ExportID != "" && exportID == run.ExportID
+		t.Noop = run.ExportID != "" && exportID == run.ExportID
 	}
-	if t.noop {
+	if t.Noop {
 		s.log.Info("export already held; run is a no-op", "source", run.Source)
 	}
 	s.mu.Lock()
@@ -97,27 +97,13 @@ func (s *Sink) Begin(ctx context.Context, run sinks.RunInfo) (sinks.Txn, error) 
 // Write implements sinks.Txn: rows are COPYed into the table's staging
 // table (or straight into an append table, invisible until commit).
 func (t *Txn) Write(ctx context.Context, b schemas.Batch) error {
-	defer b.Release()
-	if t.done {
-		return sinks.ErrTxnDone
-	}
-	if t.err != nil {
-		return t.err
-	}
-	if t.noop || b.Rec == nil || b.Rec.NumRows() == 0 {
-		return nil
-	}
-	if err := t.write(ctx, b); err != nil {
-		t.err = fmt.Errorf("postgres sink %s: write %s: %w", t.s.name, b.Table.Name, err)
-		return t.err
-	}
-	return nil
+	return t.Guard.Write(ctx, "postgres sink "+t.s.name, b, t.write)
 }
 
 func (t *Txn) write(ctx context.Context, b schemas.Batch) error {
 	st, ok := t.stages[b.Table.Name]
 	if !ok {
-		tbl := t.s.table(b.Table.Name)
+		tbl := t.s.tables.Get(b.Table.Name)
 		if tbl == nil {
 			return fmt.Errorf("table %s was not prepared", b.Table.Name)
 		}
@@ -154,11 +140,11 @@ func (t *Txn) write(ctx context.Context, b schemas.Batch) error {
 // Commit implements sinks.Txn. On failure the transaction is rolled back
 // at once; a later Rollback is a no-op.
 func (t *Txn) Commit(ctx context.Context, sum sinks.RunSummary) error {
-	if t.done {
+	if t.Done {
 		return sinks.ErrTxnDone
 	}
-	err := t.err
-	if err == nil && !t.noop {
+	err := t.Err
+	if err == nil && !t.Noop {
 		err = t.apply(ctx)
 	}
 	if err == nil {
@@ -169,7 +155,7 @@ func (t *Txn) Commit(ctx context.Context, sum sinks.RunSummary) error {
 	}
 	if err != nil {
 		_ = t.Rollback(context.WithoutCancel(ctx))
-		if t.err == nil {
+		if t.Err == nil {
 			err = fmt.Errorf("postgres sink %s: commit: %w", t.s.name, err)
 		}
 		return err
@@ -180,7 +166,7 @@ func (t *Txn) Commit(ctx context.Context, sum sinks.RunSummary) error {
 
 // end marks the run ended and returns its connection to the pool.
 func (t *Txn) end() {
-	t.done = true
+	t.Done = true
 	t.conn.Release()
 	t.s.mu.Lock()
 	delete(t.s.open, t)
@@ -189,7 +175,7 @@ func (t *Txn) end() {
 
 // Rollback implements sinks.Txn.
 func (t *Txn) Rollback(ctx context.Context) error {
-	if t.done {
+	if t.Done {
 		return nil
 	}
 	err := t.tx.Rollback(ctx)
@@ -213,83 +199,105 @@ func (t *Txn) exec(ctx context.Context, step, q string, args ...any) error {
 
 // apply runs the contract's steps 1-3 set-based over the staging tables.
 func (t *Txn) apply(ctx context.Context) error {
-	raw := t.s.ident(schemas.RawTable)
 	rawSt := t.stages[schemas.RawTable]
 	if rawSt != nil {
-		// 1. Per key, the run's latest row (NULL last_updated lowest, then _seq).
-		if err := t.exec(ctx, "pick winners", fmt.Sprintf(`CREATE TEMP TABLE _ff_pick ON COMMIT DROP AS
-			SELECT DISTINCT ON (resource_type, id) resource_type, id, _seq FROM %s
-			ORDER BY resource_type, id, last_updated DESC NULLS LAST, _seq DESC`, rawSt.temp)); err != nil {
-			return err
-		}
-		if err := t.exec(ctx, "analyze", "ANALYZE _ff_pick"); err != nil {
-			return err
-		}
-		cols, err := tableColumns(rawSt.t, true)
-		if err != nil {
-			return err
-		}
-		sets := make([]string, 0, len(cols))
-		for _, c := range cols {
-			sets = append(sets, fmt.Sprintf("%s = EXCLUDED.%s", c.quoted(), c.quoted()))
-		}
-		// Against the stored row: an older lastUpdated never overwrites a
-		// newer one, and SUBSETTED never overwrites a full resource. The keys
-		// actually written are the run's winners.
-		q := fmt.Sprintf(`CREATE TEMP TABLE _ff_won (resource_type text, id text, _seq bigint) ON COMMIT DROP;
-			WITH up AS (
-				INSERT INTO %[1]s AS r (%[2]s)
-				SELECT %[3]s FROM %[4]s s JOIN _ff_pick p USING (resource_type, id, _seq)
-				ON CONFLICT (resource_type, id) DO UPDATE SET %[5]s
-				WHERE NOT coalesce(r.last_updated > EXCLUDED.last_updated, false)
-				  AND (r.subsetted OR NOT EXCLUDED.subsetted)
-				RETURNING r.resource_type, r.id)
-			INSERT INTO _ff_won SELECT p.resource_type, p.id, p._seq FROM up JOIN _ff_pick p USING (resource_type, id)`,
-			raw, colList(cols, ""), colList(cols, "s"), rawSt.temp, strings.Join(sets, ", "))
-		if err := t.exec(ctx, "upsert "+schemas.RawTable, q); err != nil {
-			return err
-		}
-		if err := t.exec(ctx, "analyze", "ANALYZE _ff_won"); err != nil {
+		if err := t.upsertRaw(ctx, rawSt); err != nil {
 			return err
 		}
 	}
-	views := t.s.views()
 	if delSt := t.stages[schemas.DeletedTable]; delSt != nil {
-		// 2. Deletes, unless a version newer than the export is stored.
-		tt, err := time.Parse(time.RFC3339Nano, t.run.TransactionTime)
-		if err != nil {
-			return fmt.Errorf("deletes: run transaction_time %q is not an instant: %w", t.run.TransactionTime, err)
-		}
-		q := fmt.Sprintf(`CREATE TEMP TABLE _ff_del ON COMMIT DROP AS
-			SELECT DISTINCT d.resource_type, d.id FROM %[1]s d
-			WHERE NOT EXISTS (SELECT 1 FROM %[2]s r WHERE r.resource_type = d.resource_type AND r.id = d.id
-				AND r.last_updated > $1)`, delSt.temp, raw)
-		if err := t.exec(ctx, "stage deletes", q, tt); err != nil {
+		if err := t.applyDeletes(ctx, delSt, rawSt != nil); err != nil {
 			return err
-		}
-		if err := t.exec(ctx, "delete "+schemas.RawTable, fmt.Sprintf(`DELETE FROM %s r USING _ff_del d
-			WHERE r.resource_type = d.resource_type AND r.id = d.id`, raw)); err != nil {
-			return err
-		}
-		if rawSt != nil {
-			if err := t.exec(ctx, "delete winners", `DELETE FROM _ff_won w USING _ff_del d
-				WHERE w.resource_type = d.resource_type AND w.id = d.id`); err != nil {
-				return err
-			}
-		}
-		for _, v := range views {
-			if err := t.exec(ctx, "delete "+v.Name, fmt.Sprintf(`DELETE FROM %s v USING _ff_del d
-				WHERE d.resource_type = $1 AND v.%s = d.id`, t.s.ident(v.Name), pgx.Identifier{schemas.ColResourceID}.Sanitize()), v.ResourceType); err != nil {
-				return err
-			}
 		}
 	}
 	if rawSt == nil {
 		return nil
 	}
-	// 3. A winner's view rows are replaced by the rows of its winning line.
+	return t.replaceViewRows(ctx)
+}
+
+// upsertRaw is step 1: the run's winning line per key goes into the raw
+// landing, and the keys it wrote are kept in _ff_won.
+func (t *Txn) upsertRaw(ctx context.Context, rawSt *stage) error {
+	raw := t.s.ident(schemas.RawTable)
+	// Per key, the run's latest row (NULL last_updated lowest, then _seq).
+	if err := t.exec(ctx, "pick winners", fmt.Sprintf(`CREATE TEMP TABLE _ff_pick ON COMMIT DROP AS
+		SELECT DISTINCT ON (resource_type, id) resource_type, id, _seq FROM %s
+		ORDER BY resource_type, id, last_updated DESC NULLS LAST, _seq DESC`, rawSt.temp)); err != nil {
+		return err
+	}
+	if err := t.exec(ctx, "analyze", "ANALYZE _ff_pick"); err != nil {
+		return err
+	}
+	cols, err := tableColumns(rawSt.t, true)
+	if err != nil {
+		return err
+	}
+	sets := make([]string, 0, len(cols))
+	for _, c := range cols {
+		sets = append(sets, fmt.Sprintf("%s = EXCLUDED.%s", c.quoted(), c.quoted()))
+	}
+	// Against the stored row: an older lastUpdated never overwrites a
+	// newer one, and SUBSETTED never overwrites a full resource. The keys
+	// actually written are the run's winners.
+	q := fmt.Sprintf(`CREATE TEMP TABLE _ff_won (resource_type text, id text, _seq bigint) ON COMMIT DROP;
+		WITH up AS (
+			INSERT INTO %[1]s AS r (%[2]s)
+			SELECT %[3]s FROM %[4]s s JOIN _ff_pick p USING (resource_type, id, _seq)
+			ON CONFLICT (resource_type, id) DO UPDATE SET %[5]s
+			WHERE NOT coalesce(r.last_updated > EXCLUDED.last_updated, false)
+			  AND (r.subsetted OR NOT EXCLUDED.subsetted)
+			RETURNING r.resource_type, r.id)
+		INSERT INTO _ff_won SELECT p.resource_type, p.id, p._seq FROM up JOIN _ff_pick p USING (resource_type, id)`,
+		raw, colList(cols, ""), colList(cols, "s"), rawSt.temp, strings.Join(sets, ", "))
+	if err := t.exec(ctx, "upsert "+schemas.RawTable, q); err != nil {
+		return err
+	}
+	if err := t.exec(ctx, "analyze", "ANALYZE _ff_won"); err != nil {
+		return err
+	}
+	return nil
+}
+
+// applyDeletes is step 2: deletes, unless a version newer than the export
+// is stored; a deleted key is no winner (hasWinners: _ff_won exists).
+func (t *Txn) applyDeletes(ctx context.Context, delSt *stage, hasWinners bool) error {
+	raw := t.s.ident(schemas.RawTable)
+	tt, err := time.Parse(time.RFC3339Nano, t.run.TransactionTime)
+	if err != nil {
+		return fmt.Errorf("deletes: run transaction_time %q is not an instant: %w", t.run.TransactionTime, err)
+	}
+	q := fmt.Sprintf(`CREATE TEMP TABLE _ff_del ON COMMIT DROP AS
+		SELECT DISTINCT d.resource_type, d.id FROM %[1]s d
+		WHERE NOT EXISTS (SELECT 1 FROM %[2]s r WHERE r.resource_type = d.resource_type AND r.id = d.id
+			AND r.last_updated > $1)`, delSt.temp, raw)
+	if err := t.exec(ctx, "stage deletes", q, tt); err != nil {
+		return err
+	}
+	if err := t.exec(ctx, "delete "+schemas.RawTable, fmt.Sprintf(`DELETE FROM %s r USING _ff_del d
+		WHERE r.resource_type = d.resource_type AND r.id = d.id`, raw)); err != nil {
+		return err
+	}
+	if hasWinners {
+		if err := t.exec(ctx, "delete winners", `DELETE FROM _ff_won w USING _ff_del d
+			WHERE w.resource_type = d.resource_type AND w.id = d.id`); err != nil {
+			return err
+		}
+	}
+	for _, v := range t.s.tables.Views() {
+		if err := t.exec(ctx, "delete "+v.Name, fmt.Sprintf(`DELETE FROM %s v USING _ff_del d
+			WHERE d.resource_type = $1 AND v.%s = d.id`, t.s.ident(v.Name), pgx.Identifier{schemas.ColResourceID}.Sanitize()), v.ResourceType); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// replaceViewRows is step 3: a winner's view rows are replaced by the rows
+// of its winning line.
+func (t *Txn) replaceViewRows(ctx context.Context) error {
 	rid := pgx.Identifier{schemas.ColResourceID}.Sanitize()
-	for _, v := range views {
+	for _, v := range t.s.tables.Views() {
 		if err := t.exec(ctx, "replace "+v.Name, fmt.Sprintf(`DELETE FROM %s v USING _ff_won w
 			WHERE w.resource_type = $1 AND v.%s = w.id`, t.s.ident(v.Name), rid), v.ResourceType); err != nil {
 			return err
@@ -332,7 +340,7 @@ func (t *Txn) record(ctx context.Context, sum sinks.RunSummary) error {
 		sum.Files, sum.Bytes, sum.Resources, sum.Deleted, sum.Rejects, sum.Outcomes); err != nil {
 		return err
 	}
-	if t.noop {
+	if t.Noop {
 		return nil
 	}
 	return t.exec(ctx, "checkpoint", fmt.Sprintf(`INSERT INTO %s (source, transaction_time, export_id, committed_at)

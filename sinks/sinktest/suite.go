@@ -140,235 +140,244 @@ func (e *env) del(ids ...string) schemas.Batch {
 
 const tt1, tt2, tt3 = "2025-01-10T12:00:00Z", "2025-01-11T12:00:00Z", "2025-01-12T12:00:00Z"
 
-// Run checks the sink semantics every fhirferry sink implements.
+// Run checks the sink semantics every fhirferry sink implements: each
+// case on a fresh sink from h.
 func Run(t *testing.T, h Harness) {
-	t.Run("UpsertByLastUpdated", func(t *testing.T) {
-		e := newEnv(t, h)
-		e.apply("e1", tt1,
-			e.rawB(e.pat("newer", "1", T(1), 1), e.pat("older", "1", T(1), 2), e.pat("equal", "1", T(1), 3),
-				e.pat("nullin", "1", T(1), 4), e.pat("nullstored", "1", time.Time{}, 5)),
-			e.nameB("newer", int64(1), "n1", "older", int64(2), "o1", "equal", int64(3), "e1",
-				"nullin", int64(4), "u1", "nullstored", int64(5), "s1"))
-		e.apply("e2", tt2,
-			e.rawB(e.pat("newer", "2", T(2), 1), e.pat("older", "0", T(0), 2), e.pat("equal", "1b", T(1), 3),
-				e.pat("nullin", "2", time.Time{}, 4), e.pat("nullstored", "2", T(0), 5)),
-			e.nameB("newer", int64(1), "n2", "older", int64(2), "o0", "equal", int64(3), "e1b",
-				"nullin", int64(4), "u2", "nullstored", int64(5), "s2"))
-		require.Equal(t, []string{"Patient|equal|1b", "Patient|newer|2", "Patient|nullin|2",
-			"Patient|nullstored|2", "Patient|older|1"}, e.raw())
-		require.Equal(t, []string{"equal|e1b", "newer|n2", "nullin|u2", "nullstored|s2", "older|o1"}, e.names())
-	})
+	for _, c := range []struct {
+		name string
+		run  func(*testing.T, *env, Harness)
+	}{
+		{"UpsertByLastUpdated", caseUpsertByLastUpdated},
+		{"DuplicatesWithinRun", caseDuplicatesWithinRun},
+		{"SubsettedGuard", caseSubsettedGuard},
+		{"Delete", caseDelete},
+		{"DeleteWithinRun", caseDeleteWithinRun},
+		{"FirstLoadWithLosers", caseFirstLoadWithLosers},
+		{"MultiRowViewReplaced", caseMultiRowViewReplaced},
+		{"RollbackLeavesNothing", caseRollbackLeavesNothing},
+		{"FailedCommitKeepsPreviousState", caseFailedCommitKeepsPreviousState},
+		{"ReapplyIsIdempotent", caseReapplyIsIdempotent},
+		{"CheckpointVerbatim", caseCheckpointVerbatim},
+		{"PrepareAddsColumn", casePrepareAddsColumn},
+	} {
+		t.Run(c.name, func(t *testing.T) { c.run(t, newEnv(t, h), h) })
+	}
+}
 
-	t.Run("DuplicatesWithinRun", func(t *testing.T) {
-		e := newEnv(t, h)
-		// p1: two files, the later lastUpdated wins; on a tie the greater _seq.
-		// p2: a NULL lastUpdated loses to any instant within a run.
-		e.apply("e1", tt1,
-			e.rawB(e.pat("p1", "1", T(1), Seq(0, 1)), e.pat("p2", "b", T(1), Seq(0, 2))),
-			e.nameB("p1", Seq(0, 1), "v1", "p2", Seq(0, 2), "b"),
-			e.rawB(e.pat("p1", "3", T(2), Seq(1, 9)), e.pat("p1", "2", T(2), Seq(1, 5)),
-				e.pat("p2", "a", time.Time{}, Seq(1, 1))),
-			e.nameB("p1", Seq(1, 9), "v3", "p1", Seq(1, 5), "v2", "p2", Seq(1, 1), "a"),
-			e.codeB("o1", Seq(2, 1), "x", int32(0)))
-		require.Equal(t, []string{"Patient|p1|3", "Patient|p2|b"}, e.raw())
-		require.Equal(t, []string{"p1|v3", "p2|b"}, e.names())
-		// A view row whose resource has no raw row in the run is dropped.
-		require.Equal(t, []string{}, e.codes())
-	})
+func caseUpsertByLastUpdated(t *testing.T, e *env, h Harness) {
+	e.apply("e1", tt1,
+		e.rawB(e.pat("newer", "1", T(1), 1), e.pat("older", "1", T(1), 2), e.pat("equal", "1", T(1), 3),
+			e.pat("nullin", "1", T(1), 4), e.pat("nullstored", "1", time.Time{}, 5)),
+		e.nameB("newer", int64(1), "n1", "older", int64(2), "o1", "equal", int64(3), "e1",
+			"nullin", int64(4), "u1", "nullstored", int64(5), "s1"))
+	e.apply("e2", tt2,
+		e.rawB(e.pat("newer", "2", T(2), 1), e.pat("older", "0", T(0), 2), e.pat("equal", "1b", T(1), 3),
+			e.pat("nullin", "2", time.Time{}, 4), e.pat("nullstored", "2", T(0), 5)),
+		e.nameB("newer", int64(1), "n2", "older", int64(2), "o0", "equal", int64(3), "e1b",
+			"nullin", int64(4), "u2", "nullstored", int64(5), "s2"))
+	require.Equal(t, []string{"Patient|equal|1b", "Patient|newer|2", "Patient|nullin|2",
+		"Patient|nullstored|2", "Patient|older|1"}, e.raw())
+	require.Equal(t, []string{"equal|e1b", "newer|n2", "nullin|u2", "nullstored|s2", "older|o1"}, e.names())
+}
 
-	t.Run("SubsettedGuard", func(t *testing.T) {
-		e := newEnv(t, h)
-		sub := func(id, vid string, lu time.Time, seq int64) Raw {
-			r := e.pat(id, vid, lu, seq)
-			r.Subsetted = true
-			return r
-		}
-		e.apply("e1", tt1, e.rawB(e.pat("full", "1", T(1), 1), sub("sub", "1", T(1), 2)),
-			e.nameB("full", int64(1), "f1", "sub", int64(2), "s1"))
-		e.apply("e2", tt2, e.rawB(sub("full", "2", T(2), 1), sub("sub", "2", T(2), 2)),
-			e.nameB("full", int64(1), "f2", "sub", int64(2), "s2"))
-		require.Equal(t, []string{"Patient|full|1", "Patient|sub|2"}, e.raw())
-		require.Equal(t, []string{"full|f1", "sub|s2"}, e.names())
-		require.Equal(t, []string{"Patient|full|false", "Patient|sub|true"},
-			e.rows(schemas.RawTable, "resource_type", "id", "subsetted"))
-		e.apply("e3", tt3, e.rawB(e.pat("sub", "3", T(3), 1)), e.nameB("sub", int64(1), "s3"))
-		require.Equal(t, []string{"Patient|full|1", "Patient|sub|3"}, e.raw())
-		require.Equal(t, []string{"full|f1", "sub|s3"}, e.names())
-	})
+func caseDuplicatesWithinRun(t *testing.T, e *env, h Harness) {
+	// p1: two files, the later lastUpdated wins; on a tie the greater _seq.
+	// p2: a NULL lastUpdated loses to any instant within a run.
+	e.apply("e1", tt1,
+		e.rawB(e.pat("p1", "1", T(1), Seq(0, 1)), e.pat("p2", "b", T(1), Seq(0, 2))),
+		e.nameB("p1", Seq(0, 1), "v1", "p2", Seq(0, 2), "b"),
+		e.rawB(e.pat("p1", "3", T(2), Seq(1, 9)), e.pat("p1", "2", T(2), Seq(1, 5)),
+			e.pat("p2", "a", time.Time{}, Seq(1, 1))),
+		e.nameB("p1", Seq(1, 9), "v3", "p1", Seq(1, 5), "v2", "p2", Seq(1, 1), "a"),
+		e.codeB("o1", Seq(2, 1), "x", int32(0)))
+	require.Equal(t, []string{"Patient|p1|3", "Patient|p2|b"}, e.raw())
+	require.Equal(t, []string{"p1|v3", "p2|b"}, e.names())
+	// A view row whose resource has no raw row in the run is dropped.
+	require.Equal(t, []string{}, e.codes())
+}
 
-	t.Run("Delete", func(t *testing.T) {
-		e := newEnv(t, h)
-		// "later" was updated after run 2's transaction time: its delete is stale.
-		e.apply("e1", tt1,
-			e.rawB(e.pat("p1", "1", T(1), 1), e.pat("p2", "1", T(1), 2), e.pat("later", "1", T(100), 3),
-				Raw{Type: "Observation", ID: "p1", VersionID: "1", LastUpdated: T(1), Seq: 4}),
-			e.nameB("p1", int64(1), "a", "p1", int64(1), "b", "p2", int64(2), "c", "later", int64(3), "l"),
-			e.codeB("p1", int64(4), "obs-of-same-id", int32(0)))
-		e.apply("e2", tt2, e.del("p1", "missing", "later"))
-		require.Equal(t, []string{"Observation|p1|1", "Patient|later|1", "Patient|p2|1"}, e.raw())
-		require.Equal(t, []string{"later|l", "p2|c"}, e.names())
-		require.Equal(t, []string{"p1|obs-of-same-id|0"}, e.codes(), "other types' rows are kept")
-		e.apply("e3", tt3, e.rawB(e.pat("p1", "2", T(30), 1)), e.nameB("p1", int64(1), "again"))
-		require.Equal(t, []string{"Observation|p1|1", "Patient|later|1", "Patient|p1|2", "Patient|p2|1"}, e.raw())
-		require.Equal(t, []string{"later|l", "p1|again", "p2|c"}, e.names())
-	})
+func caseSubsettedGuard(t *testing.T, e *env, h Harness) {
+	sub := func(id, vid string, lu time.Time, seq int64) Raw {
+		r := e.pat(id, vid, lu, seq)
+		r.Subsetted = true
+		return r
+	}
+	e.apply("e1", tt1, e.rawB(e.pat("full", "1", T(1), 1), sub("sub", "1", T(1), 2)),
+		e.nameB("full", int64(1), "f1", "sub", int64(2), "s1"))
+	e.apply("e2", tt2, e.rawB(sub("full", "2", T(2), 1), sub("sub", "2", T(2), 2)),
+		e.nameB("full", int64(1), "f2", "sub", int64(2), "s2"))
+	require.Equal(t, []string{"Patient|full|1", "Patient|sub|2"}, e.raw())
+	require.Equal(t, []string{"full|f1", "sub|s2"}, e.names())
+	require.Equal(t, []string{"Patient|full|false", "Patient|sub|true"},
+		e.rows(schemas.RawTable, "resource_type", "id", "subsetted"))
+	e.apply("e3", tt3, e.rawB(e.pat("sub", "3", T(3), 1)), e.nameB("sub", int64(1), "s3"))
+	require.Equal(t, []string{"Patient|full|1", "Patient|sub|3"}, e.raw())
+	require.Equal(t, []string{"full|f1", "sub|s3"}, e.names())
+}
 
-	t.Run("DeleteWithinRun", func(t *testing.T) {
-		e := newEnv(t, h)
-		// A run that sends a resource and also deletes it (updated, then
-		// deleted, within the export's window) ends without it, in the
-		// views too; every raw row of the run still wins.
-		e.apply("e1", tt1,
-			e.rawB(e.pat("p1", "1", T(1), 1), e.pat("p2", "1", T(1), 2)),
-			e.nameB("p1", int64(1), "a", "p2", int64(2), "b"),
-			e.del("p1"))
-		require.Equal(t, []string{"Patient|p2|1"}, e.raw())
-		require.Equal(t, []string{"p2|b"}, e.names())
-	})
+func caseDelete(t *testing.T, e *env, h Harness) {
+	// "later" was updated after run 2's transaction time: its delete is stale.
+	e.apply("e1", tt1,
+		e.rawB(e.pat("p1", "1", T(1), 1), e.pat("p2", "1", T(1), 2), e.pat("later", "1", T(100), 3),
+			Raw{Type: "Observation", ID: "p1", VersionID: "1", LastUpdated: T(1), Seq: 4}),
+		e.nameB("p1", int64(1), "a", "p1", int64(1), "b", "p2", int64(2), "c", "later", int64(3), "l"),
+		e.codeB("p1", int64(4), "obs-of-same-id", int32(0)))
+	e.apply("e2", tt2, e.del("p1", "missing", "later"))
+	require.Equal(t, []string{"Observation|p1|1", "Patient|later|1", "Patient|p2|1"}, e.raw())
+	require.Equal(t, []string{"later|l", "p2|c"}, e.names())
+	require.Equal(t, []string{"p1|obs-of-same-id|0"}, e.codes(), "other types' rows are kept")
+	e.apply("e3", tt3, e.rawB(e.pat("p1", "2", T(30), 1)), e.nameB("p1", int64(1), "again"))
+	require.Equal(t, []string{"Observation|p1|1", "Patient|later|1", "Patient|p1|2", "Patient|p2|1"}, e.raw())
+	require.Equal(t, []string{"later|l", "p1|again", "p2|c"}, e.names())
+}
 
-	t.Run("FirstLoadWithLosers", func(t *testing.T) {
-		e := newEnv(t, h)
-		// The view table is empty when run 2 begins (run 1 gave "stored"
-		// no view rows): run 2's rows for a version that loses to the
-		// stored one, for the older of two duplicates, and for a resource
-		// it deletes must not be left behind, whichever batch they came in.
-		e.apply("e1", tt1, e.rawB(e.pat("stored", "5", T(5), 1)))
-		e.apply("e2", tt2,
-			e.rawB(e.pat("stored", "1", T(1), Seq(0, 1)), e.pat("dup", "1", T(1), Seq(0, 2)),
-				e.pat("gone", "1", T(1), Seq(0, 3)), e.pat("kept", "1", T(1), Seq(0, 4))),
-			e.nameB("stored", Seq(0, 1), "old", "dup", Seq(0, 2), "d1", "gone", Seq(0, 3), "g",
-				"kept", Seq(0, 4), "k1"),
-			e.nameB("kept", Seq(0, 4), "k2"),
-			e.rawB(e.pat("dup", "2", T(2), Seq(1, 1))),
-			e.nameB("dup", Seq(1, 1), "d2a", "dup", Seq(1, 1), "d2b"),
-			e.del("gone"))
-		require.Equal(t, []string{"Patient|dup|2", "Patient|kept|1", "Patient|stored|5"}, e.raw())
-		require.Equal(t, []string{"dup|d2a", "dup|d2b", "kept|k1", "kept|k2"}, e.names())
-	})
+func caseDeleteWithinRun(t *testing.T, e *env, h Harness) {
+	// A run that sends a resource and also deletes it (updated, then
+	// deleted, within the export's window) ends without it, in the
+	// views too; every raw row of the run still wins.
+	e.apply("e1", tt1,
+		e.rawB(e.pat("p1", "1", T(1), 1), e.pat("p2", "1", T(1), 2)),
+		e.nameB("p1", int64(1), "a", "p2", int64(2), "b"),
+		e.del("p1"))
+	require.Equal(t, []string{"Patient|p2|1"}, e.raw())
+	require.Equal(t, []string{"p2|b"}, e.names())
+}
 
-	t.Run("MultiRowViewReplaced", func(t *testing.T) {
-		e := newEnv(t, h)
-		obs := func(id, vid string, lu time.Time, seq int64) Raw {
-			return Raw{Type: "Observation", ID: id, VersionID: vid, LastUpdated: lu, Seq: seq}
-		}
-		e.apply("e1", tt1, e.rawB(obs("o1", "1", T(1), 1), obs("o2", "1", T(1), 2)),
-			e.codeB("o1", int64(1), "a", int32(0), "o1", int64(1), "b", int32(1), "o1", int64(1), "c", int32(2),
-				"o2", int64(2), "z", int32(0)))
-		e.apply("e2", tt2, e.rawB(obs("o1", "2", T(2), 7)),
-			e.codeB("o1", int64(7), "b", int32(0), "o1", int64(7), "d", int32(1)))
-		require.Equal(t, []string{"o1|b|0", "o1|d|1", "o2|z|0"}, e.codes())
-		e.apply("e3", tt3, e.rawB(obs("o1", "3", T(3), 1)))
-		require.Equal(t, []string{"o2|z|0"}, e.codes(), "a winner without view rows has none")
-		require.Equal(t, []string{"Observation|o1|3", "Observation|o2|1"}, e.raw())
-	})
+func caseFirstLoadWithLosers(t *testing.T, e *env, h Harness) {
+	// The view table is empty when run 2 begins (run 1 gave "stored"
+	// no view rows): run 2's rows for a version that loses to the
+	// stored one, for the older of two duplicates, and for a resource
+	// it deletes must not be left behind, whichever batch they came in.
+	e.apply("e1", tt1, e.rawB(e.pat("stored", "5", T(5), 1)))
+	e.apply("e2", tt2,
+		e.rawB(e.pat("stored", "1", T(1), Seq(0, 1)), e.pat("dup", "1", T(1), Seq(0, 2)),
+			e.pat("gone", "1", T(1), Seq(0, 3)), e.pat("kept", "1", T(1), Seq(0, 4))),
+		e.nameB("stored", Seq(0, 1), "old", "dup", Seq(0, 2), "d1", "gone", Seq(0, 3), "g",
+			"kept", Seq(0, 4), "k1"),
+		e.nameB("kept", Seq(0, 4), "k2"),
+		e.rawB(e.pat("dup", "2", T(2), Seq(1, 1))),
+		e.nameB("dup", Seq(1, 1), "d2a", "dup", Seq(1, 1), "d2b"),
+		e.del("gone"))
+	require.Equal(t, []string{"Patient|dup|2", "Patient|kept|1", "Patient|stored|5"}, e.raw())
+	require.Equal(t, []string{"dup|d2a", "dup|d2b", "kept|k1", "kept|k2"}, e.names())
+}
 
-	t.Run("RollbackLeavesNothing", func(t *testing.T) {
-		e := newEnv(t, h)
-		txn := e.write(e.run("e1", tt1), e.rawB(e.pat("p1", "1", T(1), 1)), e.nameB("p1", int64(1), "a"),
-			RejectBatch(e.mem, Prov{}, "bad json"))
-		require.NoError(t, txn.Rollback(e.ctx))
-		require.NoError(t, txn.Rollback(e.ctx), "a second Rollback is harmless")
-		require.ErrorIs(t, txn.Write(e.ctx, e.rawB(e.pat("p9", "1", T(1), 1))), sinks.ErrTxnDone)
-		require.ErrorIs(t, txn.Commit(e.ctx, sinks.RunSummary{}), sinks.ErrTxnDone)
-		require.Equal(t, []string{}, e.raw())
-		require.Equal(t, []string{}, e.names())
-		require.Equal(t, []string{}, e.rows(schemas.RejectsTable, "reason"))
-		require.Equal(t, []string{}, e.rows(schemas.RunsTable, "run_id"))
-		_, ok, err := e.s.Checkpoint(e.ctx, "test")
-		require.NoError(t, err)
-		require.False(t, ok)
-		e.apply("e2", tt2, e.rawB(e.pat("p2", "1", T(1), 1)), e.nameB("p2", int64(1), "b"))
-		require.Equal(t, []string{"Patient|p2|1"}, e.raw())
-		require.Equal(t, []string{"p2|b"}, e.names())
-	})
+func caseMultiRowViewReplaced(t *testing.T, e *env, h Harness) {
+	obs := func(id, vid string, lu time.Time, seq int64) Raw {
+		return Raw{Type: "Observation", ID: id, VersionID: vid, LastUpdated: lu, Seq: seq}
+	}
+	e.apply("e1", tt1, e.rawB(obs("o1", "1", T(1), 1), obs("o2", "1", T(1), 2)),
+		e.codeB("o1", int64(1), "a", int32(0), "o1", int64(1), "b", int32(1), "o1", int64(1), "c", int32(2),
+			"o2", int64(2), "z", int32(0)))
+	e.apply("e2", tt2, e.rawB(obs("o1", "2", T(2), 7)),
+		e.codeB("o1", int64(7), "b", int32(0), "o1", int64(7), "d", int32(1)))
+	require.Equal(t, []string{"o1|b|0", "o1|d|1", "o2|z|0"}, e.codes())
+	e.apply("e3", tt3, e.rawB(obs("o1", "3", T(3), 1)))
+	require.Equal(t, []string{"o2|z|0"}, e.codes(), "a winner without view rows has none")
+	require.Equal(t, []string{"Observation|o1|3", "Observation|o2|1"}, e.raw())
+}
 
-	t.Run("FailedCommitKeepsPreviousState", func(t *testing.T) {
-		e := newEnv(t, h)
-		e.apply("e1", tt1, e.rawB(e.pat("p1", "1", T(1), 1)), e.nameB("p1", int64(1), "a"))
-		check := func() {
-			t.Helper()
-			require.Equal(t, []string{"Patient|p1|1"}, e.raw())
-			require.Equal(t, []string{"p1|a"}, e.names())
-			require.Equal(t, []string{"run-1"}, e.rows(schemas.RunsTable, "run_id"))
-			cp, ok, err := e.s.Checkpoint(e.ctx, "test")
-			require.NoError(t, err)
-			require.True(t, ok)
-			require.Equal(t, tt1, cp.TransactionTime)
-			require.Equal(t, "e1", cp.ExportID)
-		}
-		if !h.NoJSONCheck {
-			// p1's update is valid, p2's resource is not JSON: the commit
-			// fails part way through and must leave run 1's state.
-			bad := e.pat("p2", "1", T(2), 2)
-			bad.Resource = `{"resourceType":"Patient",`
-			txn := e.write(e.run("e2", tt2), e.rawB(e.pat("p1", "2", T(2), 1), bad),
-				e.nameB("p1", int64(1), "b", "p2", int64(2), "x"), e.del("p1"))
-			require.Error(t, txn.Commit(e.ctx, sinks.RunSummary{Outcome: "success"}))
-			require.NoError(t, txn.Rollback(e.ctx))
-			check()
-		}
-		ctx, cancel := context.WithCancel(e.ctx)
-		txn := e.write(e.run("e2", tt2), e.rawB(e.pat("p1", "2", T(2), 1)), e.nameB("p1", int64(1), "b"))
-		cancel()
-		require.Error(t, txn.Commit(ctx, sinks.RunSummary{Outcome: "success"}))
-		require.NoError(t, txn.Rollback(e.ctx))
-		check()
-		e.apply("e3", tt3, e.rawB(e.pat("p1", "3", T(3), 1)), e.nameB("p1", int64(1), "c"))
-		require.Equal(t, []string{"Patient|p1|3"}, e.raw())
-		require.Equal(t, []string{"p1|c"}, e.names())
-	})
+func caseRollbackLeavesNothing(t *testing.T, e *env, h Harness) {
+	txn := e.write(e.run("e1", tt1), e.rawB(e.pat("p1", "1", T(1), 1)), e.nameB("p1", int64(1), "a"),
+		RejectBatch(e.mem, Prov{}, "bad json"))
+	require.NoError(t, txn.Rollback(e.ctx))
+	require.NoError(t, txn.Rollback(e.ctx), "a second Rollback is harmless")
+	require.ErrorIs(t, txn.Write(e.ctx, e.rawB(e.pat("p9", "1", T(1), 1))), sinks.ErrTxnDone)
+	require.ErrorIs(t, txn.Commit(e.ctx, sinks.RunSummary{}), sinks.ErrTxnDone)
+	require.Equal(t, []string{}, e.raw())
+	require.Equal(t, []string{}, e.names())
+	require.Equal(t, []string{}, e.rows(schemas.RejectsTable, "reason"))
+	require.Equal(t, []string{}, e.rows(schemas.RunsTable, "run_id"))
+	_, ok, err := e.s.Checkpoint(e.ctx, "test")
+	require.NoError(t, err)
+	require.False(t, ok)
+	e.apply("e2", tt2, e.rawB(e.pat("p2", "1", T(1), 1)), e.nameB("p2", int64(1), "b"))
+	require.Equal(t, []string{"Patient|p2|1"}, e.raw())
+	require.Equal(t, []string{"p2|b"}, e.names())
+}
 
-	t.Run("ReapplyIsIdempotent", func(t *testing.T) {
-		e := newEnv(t, h)
-		batches := func() []schemas.Batch {
-			return []schemas.Batch{
-				e.rawB(e.pat("p1", "1", T(1), 1), e.pat("p2", "1", T(1), 2), e.pat("p1", "0", T(0), 3)),
-				e.nameB("p1", int64(1), "a", "p2", int64(2), "b", "p1", int64(3), "old"),
-				e.del("p3"),
-			}
-		}
-		e.apply("e1", tt1, batches()...)
-		raw, names := e.rows(schemas.RawTable, "resource_type", "id", "version_id", "resource", "line"), e.names()
-		e.apply("e1", tt1, batches()...)
-		require.Equal(t, raw, e.rows(schemas.RawTable, "resource_type", "id", "version_id", "resource", "line"))
-		require.Equal(t, names, e.names())
-		require.Equal(t, []string{"p1|a", "p2|b"}, names)
-	})
-
-	t.Run("CheckpointVerbatim", func(t *testing.T) {
-		e := newEnv(t, h)
-		_, ok, err := e.s.Checkpoint(e.ctx, "test")
-		require.NoError(t, err)
-		require.False(t, ok)
-		const tt = "2025-01-20T10:11:12-05:00"
-		e.apply("e1", tt, e.rawB(e.pat("p1", "1", T(1), 1)), RejectBatch(e.mem, Prov{Line: 7}, "not json"))
+func caseFailedCommitKeepsPreviousState(t *testing.T, e *env, h Harness) {
+	e.apply("e1", tt1, e.rawB(e.pat("p1", "1", T(1), 1)), e.nameB("p1", int64(1), "a"))
+	check := func() {
+		t.Helper()
+		require.Equal(t, []string{"Patient|p1|1"}, e.raw())
+		require.Equal(t, []string{"p1|a"}, e.names())
+		require.Equal(t, []string{"run-1"}, e.rows(schemas.RunsTable, "run_id"))
 		cp, ok, err := e.s.Checkpoint(e.ctx, "test")
 		require.NoError(t, err)
 		require.True(t, ok)
-		require.Equal(t, tt, cp.TransactionTime)
+		require.Equal(t, tt1, cp.TransactionTime)
 		require.Equal(t, "e1", cp.ExportID)
-		require.Equal(t, "test", cp.Source)
-		require.False(t, cp.CommittedAt.IsZero())
-		require.Equal(t, []string{"run-1|test|e1|" + tt + "|success|1"},
-			e.rows(schemas.RunsTable, "run_id", "source", "export_id", "transaction_time", "outcome", "resources"))
-		require.Equal(t, []string{"not json|7"}, e.rows(schemas.RejectsTable, "reason", "line"))
-		e.apply("e2", tt2)
-		cp, _, err = e.s.Checkpoint(e.ctx, "test")
-		require.NoError(t, err)
-		require.Equal(t, tt2, cp.TransactionTime)
-		require.Len(t, e.rows(schemas.CheckTable, "source"), 1)
-	})
+	}
+	if !h.NoJSONCheck {
+		// p1's update is valid, p2's resource is not JSON: the commit
+		// fails part way through and must leave run 1's state.
+		bad := e.pat("p2", "1", T(2), 2)
+		bad.Resource = `{"resourceType":"Patient",`
+		txn := e.write(e.run("e2", tt2), e.rawB(e.pat("p1", "2", T(2), 1), bad),
+			e.nameB("p1", int64(1), "b", "p2", int64(2), "x"), e.del("p1"))
+		require.Error(t, txn.Commit(e.ctx, sinks.RunSummary{Outcome: "success"}))
+		require.NoError(t, txn.Rollback(e.ctx))
+		check()
+	}
+	ctx, cancel := context.WithCancel(e.ctx)
+	txn := e.write(e.run("e2", tt2), e.rawB(e.pat("p1", "2", T(2), 1)), e.nameB("p1", int64(1), "b"))
+	cancel()
+	require.Error(t, txn.Commit(ctx, sinks.RunSummary{Outcome: "success"}))
+	require.NoError(t, txn.Rollback(e.ctx))
+	check()
+	e.apply("e3", tt3, e.rawB(e.pat("p1", "3", T(3), 1)), e.nameB("p1", int64(1), "c"))
+	require.Equal(t, []string{"Patient|p1|3"}, e.raw())
+	require.Equal(t, []string{"p1|c"}, e.names())
+}
 
-	t.Run("PrepareAddsColumn", func(t *testing.T) {
-		e := newEnv(t, h)
-		e.apply("e1", tt1, e.rawB(e.pat("p1", "1", T(1), 1)), e.nameB("p1", int64(1), "a"))
-		wider := ViewTable(PatientView.Name, "Patient",
-			arrow.Field{Name: "name", Type: arrow.BinaryTypes.String, Nullable: true},
-			arrow.Field{Name: "Gender Code", Type: arrow.BinaryTypes.String, Nullable: true})
-		require.NoError(t, e.s.Prepare(e.ctx, append(schemas.System(), wider, CodeView)))
-		require.Equal(t, []string{"p1|a|NULL"}, e.rows(PatientView.Name, schemas.ColResourceID, "name", "Gender Code"))
-		e.apply("e2", tt2, e.rawB(e.pat("p2", "1", T(1), 1)), Build(e.mem, wider, []any{"p2", int64(1), "b", "female"}))
-		require.Equal(t, []string{"p1|a|NULL", "p2|b|female"},
-			e.rows(PatientView.Name, schemas.ColResourceID, "name", "Gender Code"))
-	})
+func caseReapplyIsIdempotent(t *testing.T, e *env, h Harness) {
+	batches := func() []schemas.Batch {
+		return []schemas.Batch{
+			e.rawB(e.pat("p1", "1", T(1), 1), e.pat("p2", "1", T(1), 2), e.pat("p1", "0", T(0), 3)),
+			e.nameB("p1", int64(1), "a", "p2", int64(2), "b", "p1", int64(3), "old"),
+			e.del("p3"),
+		}
+	}
+	e.apply("e1", tt1, batches()...)
+	raw, names := e.rows(schemas.RawTable, "resource_type", "id", "version_id", "resource", "line"), e.names()
+	e.apply("e1", tt1, batches()...)
+	require.Equal(t, raw, e.rows(schemas.RawTable, "resource_type", "id", "version_id", "resource", "line"))
+	require.Equal(t, names, e.names())
+	require.Equal(t, []string{"p1|a", "p2|b"}, names)
+}
+
+func caseCheckpointVerbatim(t *testing.T, e *env, h Harness) {
+	_, ok, err := e.s.Checkpoint(e.ctx, "test")
+	require.NoError(t, err)
+	require.False(t, ok)
+	const tt = "2025-01-20T10:11:12-05:00"
+	e.apply("e1", tt, e.rawB(e.pat("p1", "1", T(1), 1)), RejectBatch(e.mem, Prov{Line: 7}, "not json"))
+	cp, ok, err := e.s.Checkpoint(e.ctx, "test")
+	require.NoError(t, err)
+	require.True(t, ok)
+	require.Equal(t, tt, cp.TransactionTime)
+	require.Equal(t, "e1", cp.ExportID)
+	require.Equal(t, "test", cp.Source)
+	require.False(t, cp.CommittedAt.IsZero())
+	require.Equal(t, []string{"run-1|test|e1|" + tt + "|success|1"},
+		e.rows(schemas.RunsTable, "run_id", "source", "export_id", "transaction_time", "outcome", "resources"))
+	require.Equal(t, []string{"not json|7"}, e.rows(schemas.RejectsTable, "reason", "line"))
+	e.apply("e2", tt2)
+	cp, _, err = e.s.Checkpoint(e.ctx, "test")
+	require.NoError(t, err)
+	require.Equal(t, tt2, cp.TransactionTime)
+	require.Len(t, e.rows(schemas.CheckTable, "source"), 1)
+}
+
+func casePrepareAddsColumn(t *testing.T, e *env, h Harness) {
+	e.apply("e1", tt1, e.rawB(e.pat("p1", "1", T(1), 1)), e.nameB("p1", int64(1), "a"))
+	wider := ViewTable(PatientView.Name, "Patient",
+		arrow.Field{Name: "name", Type: arrow.BinaryTypes.String, Nullable: true},
+		arrow.Field{Name: "Gender Code", Type: arrow.BinaryTypes.String, Nullable: true})
+	require.NoError(t, e.s.Prepare(e.ctx, append(schemas.System(), wider, CodeView)))
+	require.Equal(t, []string{"p1|a|NULL"}, e.rows(PatientView.Name, schemas.ColResourceID, "name", "Gender Code"))
+	e.apply("e2", tt2, e.rawB(e.pat("p2", "1", T(1), 1)), Build(e.mem, wider, []any{"p2", int64(1), "b", "female"}))
+	require.Equal(t, []string{"p1|a|NULL", "p2|b|female"},
+		e.rows(PatientView.Name, schemas.ColResourceID, "name", "Gender Code"))
 }

@@ -93,3 +93,59 @@ func (r Reader) Tables(ctx context.Context, names []string) ([]sinks.TableInfo, 
 	}
 	return out, nil
 }
+
+// Reads gives a sink the reads of sinks.Rebuilder (Rows, HasResources,
+// ViewDefinitions) when embedded with its Reader set.
+type Reads struct {
+	// Reader opens (or returns) the sink's Reader.
+	Reader func() (Reader, error)
+}
+
+// Rows implements sinks.Rebuilder.
+func (r Reads) Rows(ctx context.Context, table string) (int64, error) {
+	rd, err := r.Reader()
+	if err != nil {
+		return 0, err
+	}
+	return rd.Rows(ctx, table)
+}
+
+// HasResources implements sinks.Rebuilder.
+func (r Reads) HasResources(ctx context.Context, resourceType string) (bool, error) {
+	rd, err := r.Reader()
+	if err != nil {
+		return false, err
+	}
+	return rd.HasResources(ctx, resourceType)
+}
+
+// ViewDefinitions implements sinks.Rebuilder.
+func (r Reads) ViewDefinitions(ctx context.Context) (map[string]sinks.StoredView, error) {
+	rd, err := r.Reader()
+	if err != nil {
+		return nil, err
+	}
+	return rd.ViewDefinitions(ctx)
+}
+
+// TablesListed is Tables of the table names query lists (one text column).
+func (r Reader) TablesListed(ctx context.Context, query string, args ...any) ([]sinks.TableInfo, error) {
+	rows, err := r.DB.QueryContext(ctx, query, args...)
+	if err != nil {
+		return nil, fmt.Errorf("list tables: %w", err)
+	}
+	defer rows.Close()
+	var names []string
+	for rows.Next() {
+		var n string
+		if err := rows.Scan(&n); err != nil {
+			return nil, err
+		}
+		names = append(names, n)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	rows.Close() // before counting: a reader may have one connection
+	return r.Tables(ctx, names)
+}
