@@ -93,7 +93,7 @@ func (c *Client) findAttachments(path string) ([]attachRef, error) {
 	lr := newLineReader(zr, c.o.MaxLineBytes)
 	for {
 		line, err := lr.next()
-		if err == io.EOF {
+		if errors.Is(err, io.EOF) {
 			return out, nil
 		}
 		if err != nil {
@@ -202,7 +202,8 @@ func (c *Client) storeAttachment(resp *http.Response, r attachRef, path string) 
 			tmp.Close()
 			return Attachment{}, classFatal, fmt.Errorf("GET %s: Binary data: %w", redact(r.url), err)
 		} else if ok {
-			if err := tmp.Truncate(0); err == nil {
+			err := tmp.Truncate(0)
+			if err == nil {
 				_, err = tmp.WriteAt(b, 0)
 			}
 			if err != nil {

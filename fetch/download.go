@@ -150,24 +150,7 @@ func (c *Client) fetchFile(ctx context.Context, m *Manifest, f File, u, path str
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
-		he := httpError("file", u, resp, body)
-		code := resp.StatusCode
-		switch {
-		case code == http.StatusUnauthorized && tok != "":
-			return sp, "", &dlError{class: classAuth, token: tok, err: he}
-		case code == http.StatusUnauthorized:
-			return sp, "", fmt.Errorf("%w (no token was sent: the manifest says requiresAccessToken=%v)", he, m.RequiresAccessToken)
-		case code == http.StatusNotFound || code == http.StatusGone:
-			return sp, "", &dlError{class: classExpired, err: he}
-		case code == http.StatusForbidden && (m.Expires.IsZero() || m.Expired(time.Now())):
-			return sp, "", &dlError{class: classExpired, err: he}
-		case code == http.StatusTooManyRequests:
-			return sp, "", &dlError{class: classRetry, reason: "429", resp: resp, err: he}
-		case code >= 500:
-			return sp, "", &dlError{class: classRetry, reason: "5xx", resp: resp, err: he}
-		}
-		return sp, "", he
+		return sp, "", fileStatusError(m, u, tok, resp)
 	}
 	if ct := resp.Header.Get("Content-Type"); ct != "" && !strings.Contains(ct, "ndjson") {
 		c.log.Warn("file has an unexpected Content-Type; parsing it as NDJSON anyway", "kind", f.Kind, "index", f.Index, "content_type", ct)
@@ -184,29 +167,11 @@ func (c *Client) fetchFile(ctx context.Context, m *Manifest, f File, u, path str
 	}()
 	wire := &meter{r: resp.Body, idle: idle, timeout: c.o.RequestTimeout, obs: c.obs}
 	bw := bufio.NewWriterSize(tmp, 256<<10)
-	var decoded io.Reader
-	var gzw *gzip.Writer
-	enc := strings.ToLower(strings.TrimSpace(resp.Header.Get("Content-Encoding")))
-	switch enc {
-	case "gzip", "x-gzip":
-		// A large buffer keeps socket reads big; gzip would add a 4 KiB one.
-		zr, zerr := gzip.NewReader(bufio.NewReaderSize(io.TeeReader(wire, bw), 128<<10))
-		if zerr != nil {
-			return sp, "", c.readError(ctx, u, zerr)
-		}
-		defer zr.Close()
-		decoded = zr
-	case "", "identity", "deflate":
-		gzw, _ = gzip.NewWriterLevel(bw, gzip.BestSpeed)
-		decoded = io.TeeReader(wire, gzw)
-		if enc == "deflate" {
-			fr := flate.NewReader(wire)
-			defer fr.Close()
-			decoded = io.TeeReader(fr, gzw)
-		}
-	default:
-		return sp, "", fmt.Errorf("fetch: file %s: unsupported Content-Encoding %q", redact(u), enc)
+	decoded, gzw, closeDecoder, err := c.decoder(ctx, resp, wire, bw, u)
+	if err != nil {
+		return sp, "", err
 	}
+	defer closeDecoder()
 	plain := &meter{r: decoded}
 	sp, err = c.scan(ctx, f, u, plain)
 	wire.flush()
@@ -235,6 +200,55 @@ func (c *Client) fetchFile(ctx context.Context, m *Manifest, f File, u, path str
 	return sp, tmp.Name(), nil
 }
 
+// fileStatusError classifies a file download's error status: a 401 with
+// a token is renewed, an expired link refreshed, a throttled or failing
+// server retried; anything else fails the download.
+func fileStatusError(m *Manifest, u, tok string, resp *http.Response) error {
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	he := httpError("file", u, resp, body)
+	code := resp.StatusCode
+	switch {
+	case code == http.StatusUnauthorized && tok != "":
+		return &dlError{class: classAuth, token: tok, err: he}
+	case code == http.StatusUnauthorized:
+		return fmt.Errorf("%w (no token was sent: the manifest says requiresAccessToken=%v)", he, m.RequiresAccessToken)
+	case code == http.StatusNotFound || code == http.StatusGone:
+		return &dlError{class: classExpired, err: he}
+	case code == http.StatusForbidden && (m.Expires.IsZero() || m.Expired(time.Now())):
+		return &dlError{class: classExpired, err: he}
+	case code == http.StatusTooManyRequests:
+		return &dlError{class: classRetry, reason: "429", resp: resp, err: he}
+	case code >= 500:
+		return &dlError{class: classRetry, reason: "5xx", resp: resp, err: he}
+	}
+	return he
+}
+
+// decoder returns the plain NDJSON of a download. The spool always holds
+// gzip: a gzip body is teed to bw as received, any other is compressed
+// into bw through gzw (nil for a gzip body), which the caller closes to
+// finish the spool. closeDecoder releases the decompressor.
+func (c *Client) decoder(ctx context.Context, resp *http.Response, wire io.Reader, bw io.Writer, u string) (decoded io.Reader, gzw *gzip.Writer, closeDecoder func(), err error) {
+	enc := strings.ToLower(strings.TrimSpace(resp.Header.Get("Content-Encoding")))
+	switch enc {
+	case "gzip", "x-gzip":
+		// A large buffer keeps socket reads big; gzip would add a 4 KiB one.
+		zr, zerr := gzip.NewReader(bufio.NewReaderSize(io.TeeReader(wire, bw), 128<<10))
+		if zerr != nil {
+			return nil, nil, nil, c.readError(ctx, u, zerr)
+		}
+		return zr, nil, func() { _ = zr.Close() }, nil
+	case "", "identity":
+		gzw, _ = gzip.NewWriterLevel(bw, gzip.BestSpeed)
+		return io.TeeReader(wire, gzw), gzw, func() {}, nil
+	case "deflate":
+		gzw, _ = gzip.NewWriterLevel(bw, gzip.BestSpeed)
+		fr := flate.NewReader(wire)
+		return io.TeeReader(fr, gzw), gzw, func() { _ = fr.Close() }, nil
+	}
+	return nil, nil, nil, fmt.Errorf("fetch: file %s: unsupported Content-Encoding %q", redact(u), enc)
+}
+
 // scan reads every line: counts, checks resourceType against the file's
 // expected type, and validates the last line (truncation, C40).
 func (c *Client) scan(ctx context.Context, f File, u string, r io.Reader) (Spooled, error) {
@@ -248,7 +262,7 @@ func (c *Client) scan(ctx context.Context, f File, u string, r io.Reader) (Spool
 	lr := newLineReader(r, c.o.MaxLineBytes)
 	for {
 		line, err := lr.next()
-		if err == io.EOF {
+		if errors.Is(err, io.EOF) {
 			break
 		}
 		if err != nil {

@@ -46,7 +46,7 @@ func (c *Client) KickOff(ctx context.Context, r Request) (string, error) {
 func (c *Client) exchangeRetrying(ctx context.Context, x exchange, limit int64, what string, final func(*http.Response, []byte) error) error {
 	authRetried := false
 	for attempt := 0; ; attempt++ {
-		resp, body, tok, err := c.timed(ctx, x, limit)
+		resp, body, tok, err := c.timed(ctx, x, limit) //nolint:bodyclose // timed reads and closes the body
 		var wait error
 		switch {
 		case err != nil:
@@ -89,40 +89,18 @@ func (c *Client) retryOrFail(ctx context.Context, attempt int, resp *http.Respon
 
 // kickOffExchange builds the kick-off request (C12-C20).
 func (c *Client) kickOffExchange(r Request) (exchange, error) {
-	var path string
-	switch r.Level {
-	case LevelSystem, "":
-		if len(r.Patients) > 0 {
-			return exchange{}, errors.New("fetch: the patient parameter is not valid for a system-level export")
-		}
-		path = "/$export"
-	case LevelPatient:
-		path = "/Patient/$export"
-	case LevelGroup:
-		if r.GroupID == "" {
-			return exchange{}, errors.New("fetch: a group-level export needs a group id")
-		}
-		path = "/Group/" + url.PathEscape(r.GroupID) + "/$export"
-	default:
-		return exchange{}, fmt.Errorf("fetch: unknown export level %q (want system, patient or group)", r.Level)
+	path, err := kickOffPath(r)
+	if err != nil {
+		return exchange{}, err
 	}
 	for _, f := range r.TypeFilters {
 		if err := checkTypeFilter(f); err != nil {
 			return exchange{}, err
 		}
 	}
-	post := false
-	switch strings.ToLower(r.Method) {
-	case "", "auto":
-		post = len(r.Patients) > 0
-	case "get":
-		if len(r.Patients) > 0 {
-			return exchange{}, errors.New("fetch: the patient parameter needs POST (method get was configured)")
-		}
-	case "post":
-		post = true
-	default:
-		return exchange{}, fmt.Errorf("fetch: unknown kick-off method %q (want auto, get or post)", r.Method)
+	post, err := kickOffPost(r)
+	if err != nil {
+		return exchange{}, err
 	}
 	prefer := "respond-async"
 	if r.Lenient {
@@ -136,37 +114,92 @@ func (c *Client) kickOffExchange(r Request) (exchange, error) {
 		header: http.Header{"Prefer": {prefer}},
 		auth:   true,
 	}
-	since, format := "_since", "_outputFormat"
+	names := paramNames{since: "_since", format: "_outputFormat"}
 	if r.Compat == "2018-draft" {
-		since, format = "start", "outputFormat"
+		names = paramNames{since: "start", format: "outputFormat"}
 	} else if r.Compat != "" {
 		return exchange{}, fmt.Errorf("fetch: unknown compat %q (want \"\" or 2018-draft)", r.Compat)
 	}
 	if !post {
-		q := url.Values{}
-		set := func(k, v string) {
-			if v != "" {
-				q.Set(k, v)
-			}
-		}
-		set(format, r.OutputFormat)
-		set(since, r.Since)
-		set("_until", r.Until)
-		set("_type", strings.Join(r.Types, ","))
-		set("_elements", strings.Join(r.Elements, ","))
-		set("includeAssociatedData", strings.Join(r.IncludeAssociatedData, ","))
-		set("organizeOutputBy", r.OrganizeOutputBy)
-		if r.AllowPartialManifests {
-			q.Set("allowPartialManifests", "true")
-		}
-		for _, f := range r.TypeFilters {
-			q.Add("_typeFilter", f)
-		}
-		if enc := q.Encode(); enc != "" {
+		if enc := kickOffQuery(r, names).Encode(); enc != "" {
 			x.url += "?" + enc
 		}
 		return x, nil
 	}
+	body, err := kickOffParameters(r, names)
+	if err != nil {
+		return exchange{}, err
+	}
+	x.method, x.body, x.contentType = http.MethodPost, body, "application/fhir+json"
+	return x, nil
+}
+
+// kickOffPath is the $export path of the request's level.
+func kickOffPath(r Request) (string, error) {
+	switch r.Level {
+	case LevelSystem, "":
+		if len(r.Patients) > 0 {
+			return "", errors.New("fetch: the patient parameter is not valid for a system-level export")
+		}
+		return "/$export", nil
+	case LevelPatient:
+		return "/Patient/$export", nil
+	case LevelGroup:
+		if r.GroupID == "" {
+			return "", errors.New("fetch: a group-level export needs a group id")
+		}
+		return "/Group/" + url.PathEscape(r.GroupID) + "/$export", nil
+	}
+	return "", fmt.Errorf("fetch: unknown export level %q (want system, patient or group)", r.Level)
+}
+
+// kickOffPost reports whether the kick-off is a POST: when asked, or when
+// the patient parameter (POST-only) is set under method auto.
+func kickOffPost(r Request) (bool, error) {
+	switch strings.ToLower(r.Method) {
+	case "", "auto":
+		return len(r.Patients) > 0, nil
+	case "get":
+		if len(r.Patients) > 0 {
+			return false, errors.New("fetch: the patient parameter needs POST (method get was configured)")
+		}
+		return false, nil
+	case "post":
+		return true, nil
+	}
+	return false, fmt.Errorf("fetch: unknown kick-off method %q (want auto, get or post)", r.Method)
+}
+
+// paramNames are the kick-off parameters whose names changed after the
+// 2018 draft.
+type paramNames struct{ since, format string }
+
+// kickOffQuery is the GET kick-off's query.
+func kickOffQuery(r Request, n paramNames) url.Values {
+	q := url.Values{}
+	set := func(k, v string) {
+		if v != "" {
+			q.Set(k, v)
+		}
+	}
+	set(n.format, r.OutputFormat)
+	set(n.since, r.Since)
+	set("_until", r.Until)
+	set("_type", strings.Join(r.Types, ","))
+	set("_elements", strings.Join(r.Elements, ","))
+	set("includeAssociatedData", strings.Join(r.IncludeAssociatedData, ","))
+	set("organizeOutputBy", r.OrganizeOutputBy)
+	if r.AllowPartialManifests {
+		q.Set("allowPartialManifests", "true")
+	}
+	for _, f := range r.TypeFilters {
+		q.Add("_typeFilter", f)
+	}
+	return q
+}
+
+// kickOffParameters is the POST kick-off's Parameters resource.
+func kickOffParameters(r Request, n paramNames) ([]byte, error) {
 	type param struct {
 		Name           string          `json:"name"`
 		ValueString    string          `json:"valueString,omitempty"`
@@ -181,9 +214,9 @@ func (c *Client) kickOffExchange(r Request) (exchange, error) {
 			ps = append(ps, param{Name: k, ValueString: v})
 		}
 	}
-	str(format, r.OutputFormat)
+	str(n.format, r.OutputFormat)
 	if r.Since != "" {
-		ps = append(ps, param{Name: since, ValueInstant: r.Since})
+		ps = append(ps, param{Name: n.since, ValueInstant: r.Since})
 	}
 	if r.Until != "" {
 		ps = append(ps, param{Name: "_until", ValueInstant: r.Until})
@@ -198,7 +231,10 @@ func (c *Client) kickOffExchange(r Request) (exchange, error) {
 		if !strings.Contains(ref, "/") {
 			ref = "Patient/" + ref
 		}
-		b, _ := json.Marshal(map[string]string{"reference": ref})
+		b, err := json.Marshal(map[string]string{"reference": ref})
+		if err != nil {
+			return nil, err
+		}
 		ps = append(ps, param{Name: "patient", ValueReference: b})
 	}
 	for _, v := range r.IncludeAssociatedData {
@@ -209,15 +245,10 @@ func (c *Client) kickOffExchange(r Request) (exchange, error) {
 		t := true
 		ps = append(ps, param{Name: "allowPartialManifests", ValueBoolean: &t})
 	}
-	body, err := json.Marshal(struct {
+	return json.Marshal(struct {
 		ResourceType string  `json:"resourceType"`
 		Parameter    []param `json:"parameter"`
 	}{"Parameters", ps})
-	if err != nil {
-		return exchange{}, err
-	}
-	x.method, x.body, x.contentType = http.MethodPost, body, "application/fhir+json"
-	return x, nil
 }
 
 // checkTypeFilter rejects result parameters inside a _typeFilter (C16).

@@ -3,6 +3,7 @@ package fetch
 import (
 	"bufio"
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
 
@@ -28,9 +29,9 @@ func newLineReader(r io.Reader, max int64) *lineReader {
 func (l *lineReader) next() ([]byte, error) {
 	for {
 		line, err := l.r.ReadSlice('\n')
-		if err == bufio.ErrBufferFull {
+		if errors.Is(err, bufio.ErrBufferFull) {
 			l.long = append(l.long[:0], line...)
-			for err == bufio.ErrBufferFull {
+			for errors.Is(err, bufio.ErrBufferFull) {
 				if int64(len(l.long)) > l.max {
 					return nil, fmt.Errorf("line %d is longer than the %d-byte limit", l.n+1, l.max)
 				}

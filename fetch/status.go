@@ -32,97 +32,120 @@ func (c *Client) Wait(ctx context.Context, statusURL string) (*Manifest, error) 
 }
 
 func (c *Client) wait(ctx context.Context, statusURL string) (*Manifest, error) {
-	var merged *Manifest
-	page := statusURL
-	polls, failures := 0, 0
-	authRetried := false
+	p := &statusPoll{c: c, statusURL: statusURL, page: statusURL}
 	for {
-		x := exchange{kind: "status", method: http.MethodGet, url: page, accept: "application/json", auth: true}
-		resp, body, tok, err := c.timed(ctx, x, 256<<20)
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil, ctx.Err()
-			}
-			if err := c.retryOrFail(ctx, failures, nil, "network", fmt.Errorf("fetch: status %s: %w", redact(page), err)); err != nil {
-				return nil, err
-			}
-			failures++
-			continue
+		m, err := p.step(ctx)
+		if m != nil || err != nil {
+			return m, err
 		}
-		code := resp.StatusCode
-		if code == http.StatusUnauthorized && c.o.Auth != nil && !authRetried {
-			c.o.Auth.Invalidate(tok)
-			c.obs.Retry("auth")
-			authRetried = true
-			continue
-		}
-		authRetried = false
-		switch {
-		case code == http.StatusOK:
-			failures = 0
-			m, next, err := parseManifest(body, page, resp)
-			if err != nil {
-				return nil, err
-			}
-			if merged == nil {
-				merged = m
-				merged.StatusURL = statusURL
-			} else {
-				merged.merge(m)
-			}
-			if next == "" {
-				merged.reindex()
-				c.log.Debug("export complete", "status_url", redact(statusURL), "output", len(merged.Output),
-					"deleted", len(merged.Deleted), "error", len(merged.Error), "transaction_time", merged.TransactionTime)
-				return merged, nil
-			}
-			page, polls = next, 0
-			continue
-		case code == http.StatusAccepted:
-			failures = 0
-			if p := resp.Header.Get("X-Progress"); p != "" {
-				c.obs.Progress(statusURL, p)
-				c.log.Debug("export in progress", "progress", p)
-			}
-			if err := sleep(ctx, c.waitFor(resp, polls, c.pollLimit())); err != nil {
-				return nil, err
-			}
-			polls++
-			continue
-		case code == http.StatusTooManyRequests:
-			c.obs.Retry("429")
-			if err := sleep(ctx, c.waitFor(resp, polls, c.pollLimit())); err != nil {
-				return nil, err
-			}
-			polls++
-			continue
-		case code == http.StatusNotFound:
-			return nil, fmt.Errorf("%w: %w", ErrExportGone, httpError("status", page, resp, body))
-		}
-		he := httpError("status", page, resp, body)
-		if code == http.StatusUnauthorized || code == http.StatusForbidden {
-			return nil, he // an auth problem, not a statement about the job
-		}
-		if allTransient(he.Issues) {
-			failures = 0
-			c.obs.Retry("5xx")
-			c.log.Debug("transient status error, job still running", "code", code)
-			if err := sleep(ctx, c.waitFor(resp, polls, c.pollLimit())); err != nil {
-				return nil, err
-			}
-			polls++
-			continue
-		}
-		if he.Issues == nil && code >= 500 {
-			// A gateway's non-FHIR 5xx says nothing about the job: retry.
-			if err := c.retryOrFail(ctx, failures, resp, "5xx", he); err != nil {
-				return nil, err
-			}
-			failures++
-			continue
-		}
-		return nil, &JobError{HTTPError: *he}
 	}
+}
+
+// statusPoll is the state of one Wait: the page polled (manifests may be
+// paged), the pages merged so far and the counters of the backoffs.
+type statusPoll struct {
+	c               *Client
+	statusURL, page string
+	merged          *Manifest
+	polls, failures int
+	authRetried     bool
+}
+
+// step polls once. It returns the manifest when the export is complete,
+// an error when it failed, and neither when the poll is to be repeated
+// (after the wait step has already slept).
+func (p *statusPoll) step(ctx context.Context) (*Manifest, error) {
+	c := p.c
+	x := exchange{kind: "status", method: http.MethodGet, url: p.page, accept: "application/json", auth: true}
+	resp, body, tok, err := c.timed(ctx, x, 256<<20) //nolint:bodyclose // timed reads and closes the body
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		err = c.retryOrFail(ctx, p.failures, nil, "network", fmt.Errorf("fetch: status %s: %w", redact(p.page), err))
+		p.failures++
+		return nil, err
+	}
+	code := resp.StatusCode
+	if code == http.StatusUnauthorized && c.o.Auth != nil && !p.authRetried {
+		c.o.Auth.Invalidate(tok)
+		c.obs.Retry("auth")
+		p.authRetried = true
+		return nil, nil
+	}
+	p.authRetried = false
+	switch code {
+	case http.StatusOK:
+		p.failures = 0
+		return p.manifestPage(resp, body)
+	case http.StatusAccepted:
+		p.failures = 0
+		if pr := resp.Header.Get("X-Progress"); pr != "" {
+			c.obs.Progress(p.statusURL, pr)
+			c.log.Debug("export in progress", "progress", pr)
+		}
+		return nil, p.pollAgain(ctx, resp)
+	case http.StatusTooManyRequests:
+		c.obs.Retry("429")
+		return nil, p.pollAgain(ctx, resp)
+	case http.StatusNotFound:
+		return nil, fmt.Errorf("%w: %w", ErrExportGone, httpError("status", p.page, resp, body))
+	}
+	return nil, p.failed(ctx, resp, body)
+}
+
+// pollAgain waits before the next poll of a running export.
+func (p *statusPoll) pollAgain(ctx context.Context, resp *http.Response) error {
+	err := sleep(ctx, p.c.waitFor(resp, p.polls, p.c.pollLimit()))
+	p.polls++
+	return err
+}
+
+// manifestPage merges one page of the manifest and moves to the next one,
+// returning the whole manifest after the last page.
+func (p *statusPoll) manifestPage(resp *http.Response, body []byte) (*Manifest, error) {
+	m, next, err := parseManifest(body, p.page, resp)
+	if err != nil {
+		return nil, err
+	}
+	if p.merged == nil {
+		p.merged = m
+		p.merged.StatusURL = p.statusURL
+	} else {
+		p.merged.merge(m)
+	}
+	if next != "" {
+		p.page, p.polls = next, 0
+		return nil, nil
+	}
+	p.merged.reindex()
+	p.c.log.Debug("export complete", "status_url", redact(p.statusURL), "output", len(p.merged.Output),
+		"deleted", len(p.merged.Deleted), "error", len(p.merged.Error), "transaction_time", p.merged.TransactionTime)
+	return p.merged, nil
+}
+
+// failed handles an error status: auth problems and job errors end the
+// wait; transient OperationOutcomes and a gateway's non-FHIR 5xx are
+// waited out.
+func (p *statusPoll) failed(ctx context.Context, resp *http.Response, body []byte) error {
+	c, code := p.c, resp.StatusCode
+	he := httpError("status", p.page, resp, body)
+	if code == http.StatusUnauthorized || code == http.StatusForbidden {
+		return he // an auth problem, not a statement about the job
+	}
+	if allTransient(he.Issues) {
+		p.failures = 0
+		c.obs.Retry("5xx")
+		c.log.Debug("transient status error, job still running", "code", code)
+		return p.pollAgain(ctx, resp)
+	}
+	if he.Issues == nil && code >= 500 {
+		// A gateway's non-FHIR 5xx says nothing about the job: retry.
+		err := c.retryOrFail(ctx, p.failures, resp, "5xx", he)
+		p.failures++
+		return err
+	}
+	return &JobError{HTTPError: *he}
 }
 
 // Delete sends DELETE to the status URL: it cancels a running job, or tells

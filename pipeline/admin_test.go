@@ -90,10 +90,11 @@ func TestAdminEndpoints(t *testing.T) {
 		},
 	})
 
-	code, body := get(t, base+"/healthz")
+	code, _ := get(t, base+"/healthz")
 	require.Equal(t, http.StatusOK, code)
-	code, body = get(t, base+"/readyz")
+	code, body := get(t, base+"/readyz")
 	require.Equal(t, http.StatusServiceUnavailable, code, "no scheduler yet: not ready")
+	require.Contains(t, body, "starting")
 	code, _ = post(t, base+"/runs/ehr")
 	require.Equal(t, http.StatusServiceUnavailable, code)
 

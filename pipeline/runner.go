@@ -445,113 +445,138 @@ func (r *Runner) load(ctx context.Context, store *stateStore, st *RunState, info
 		return nil, err
 	}
 	workers := max(r.Workers, 1)
-	files := make(chan fetch.Spooled, workers)
-	batches := make(chan schemas.Batch, max(r.QueueDepth, 1))
-	origin := transform.Origin{Source: r.Source, ExportID: info.ExportID, TransactionTime: info.TransactionTime}
-
-	var mu sync.Mutex
-	var total transform.FileStats
-	var wire int64
-	nfiles := 0
-
+	ld := &loading{
+		r: r, store: store, st: st, targets: targets, txns: txns,
+		origin: transform.Origin{Source: r.Source, ExportID: info.ExportID, TransactionTime: info.TransactionTime},
+		files:  make(chan fetch.Spooled, workers),
+		// Bounded: a slow sink holds back the transform, and so the downloads.
+		batches: make(chan schemas.Batch, max(r.QueueDepth, 1)),
+	}
 	g, gctx := errgroup.WithContext(ctx)
-	// Downloads: each stored file is recorded in the state before it is
-	// handed on, so a restart never fetches it again.
-	g.Go(func() error {
-		defer close(files)
-		skip := func(f fetch.File) (fetch.Spooled, bool) {
-			mu.Lock()
-			sp, ok := st.Spooled[f.Index]
-			mu.Unlock()
-			if !ok {
-				return fetch.Spooled{}, false
-			}
-			if _, err := os.Stat(sp.Path); err != nil {
-				return fetch.Spooled{}, false
-			}
-			return sp, true
-		}
-		done := func(sp fetch.Spooled) error {
-			mu.Lock()
-			if st.Spooled == nil {
-				st.Spooled = map[int]fetch.Spooled{}
-			}
-			st.Spooled[sp.File.Index] = sp
-			mu.Unlock()
-			if err := store.save(st); err != nil {
-				return err
-			}
-			r.failpoint("spooled")
-			select {
-			case files <- sp:
-				return nil
-			case <-gctx.Done():
-				return gctx.Err()
-			}
-		}
-		return r.Client.DownloadAll(gctx, st.Manifest, spool, skip, done)
-	})
-	// Transform workers.
+	g.Go(func() error { return ld.download(gctx, spool) })
 	var wg sync.WaitGroup
 	for range workers {
 		wg.Add(1)
-		g.Go(func() error {
-			defer wg.Done()
-			emit := func(b schemas.Batch) error {
-				select {
-				case batches <- b:
-					return nil
-				case <-gctx.Done():
-					b.Release()
-					return gctx.Err()
-				}
-			}
-			for sp := range files {
-				in := transform.Input{Path: sp.Path, Name: fileName(sp.File), Kind: string(sp.File.Kind), Type: sp.File.Type, Index: sp.File.Index}
-				fs, err := r.Engine.ProcessFile(gctx, origin, in, emit)
-				if err != nil {
-					return fmt.Errorf("transform %s: %w", in.Name, err)
-				}
-				mu.Lock()
-				total.Add(fs)
-				wire += sp.WireBytes
-				nfiles++
-				mu.Unlock()
-				if r.Hooks != nil {
-					r.Hooks.FileDone(r.Source, sp, fs)
-				}
-			}
-			return nil
-		})
+		g.Go(func() error { defer wg.Done(); return ld.transform(gctx) })
 	}
-	go func() { wg.Wait(); close(batches) }()
-	// The sink writer: one goroutine, so each sinks.Txn is used by one goroutine.
-	g.Go(func() error {
-		var err error
-		for b := range batches {
-			if err != nil {
-				b.Release() // drain so producers never block on a dead writer
-				continue
-			}
-			err = r.write(gctx, targets, txns, b)
-			r.failpoint("written")
-		}
-		return err
-	})
+	go func() { wg.Wait(); close(ld.batches) }()
+	g.Go(func() error { return ld.write(gctx) })
 	if err := g.Wait(); err != nil {
 		return nil, err
 	}
 	r.phase("download_transform", time.Since(t0))
-	res.Stats, res.Files, res.WireBytes = total, nfiles, wire
+	total := ld.total
+	res.Stats, res.Files, res.WireBytes = total, ld.nfiles, ld.wire
 	if r.FailOnErrorOutcomes && total.ErrorIssues > 0 {
 		return nil, &jobFailure{err: fmt.Errorf("the server reported %d error issue(s) in error files (first: %s); the watermark stays at %q",
 			total.ErrorIssues, total.FirstIssue, st.Since)}
 	}
 	ok = true
 	return &loaded{txns: txns, summary: sinks.RunSummary{
-		Outcome: "success", Files: int64(nfiles), Bytes: wire, Resources: total.Resources,
+		Outcome: "success", Files: int64(ld.nfiles), Bytes: ld.wire, Resources: total.Resources,
 		Deleted: total.Deleted, Rejects: total.Rejects, Outcomes: total.Outcomes, Finished: time.Now().UTC(),
 	}}, nil
+}
+
+// loading is one run's load in flight: the downloader feeds files, the
+// transform workers turn them into batches, and one writer hands the
+// batches to every sink's Txn (so each Txn is used by one goroutine).
+type loading struct {
+	r       *Runner
+	store   *stateStore
+	st      *RunState
+	targets []sinks.Sink
+	txns    map[string]sinks.Txn
+	origin  transform.Origin
+	files   chan fetch.Spooled
+	batches chan schemas.Batch
+
+	mu     sync.Mutex // guards st.Spooled and the totals
+	total  transform.FileStats
+	wire   int64
+	nfiles int
+}
+
+// download fetches the files not spooled yet. Each stored file is recorded
+// in the state before it is handed on, so a restart never fetches it again.
+func (ld *loading) download(ctx context.Context, spool string) error {
+	defer close(ld.files)
+	skip := func(f fetch.File) (fetch.Spooled, bool) {
+		ld.mu.Lock()
+		sp, ok := ld.st.Spooled[f.Index]
+		ld.mu.Unlock()
+		if !ok {
+			return fetch.Spooled{}, false
+		}
+		if _, err := os.Stat(sp.Path); err != nil {
+			return fetch.Spooled{}, false
+		}
+		return sp, true
+	}
+	done := func(sp fetch.Spooled) error {
+		ld.mu.Lock()
+		if ld.st.Spooled == nil {
+			ld.st.Spooled = map[int]fetch.Spooled{}
+		}
+		ld.st.Spooled[sp.File.Index] = sp
+		ld.mu.Unlock()
+		if err := ld.store.save(ld.st); err != nil {
+			return err
+		}
+		ld.r.failpoint("spooled")
+		select {
+		case ld.files <- sp:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return ld.r.Client.DownloadAll(ctx, ld.st.Manifest, spool, skip, done)
+}
+
+// transform is one worker: it streams files through the engine.
+func (ld *loading) transform(ctx context.Context) error {
+	emit := func(b schemas.Batch) error {
+		select {
+		case ld.batches <- b:
+			return nil
+		case <-ctx.Done():
+			b.Release()
+			return ctx.Err()
+		}
+	}
+	for sp := range ld.files {
+		in := transform.Input{Path: sp.Path, Name: fileName(sp.File), Kind: string(sp.File.Kind), Type: sp.File.Type, Index: sp.File.Index}
+		fs, err := ld.r.Engine.ProcessFile(ctx, ld.origin, in, emit)
+		if err != nil {
+			return fmt.Errorf("transform %s: %w", in.Name, err)
+		}
+		ld.mu.Lock()
+		ld.total.Add(fs)
+		ld.wire += sp.WireBytes
+		ld.nfiles++
+		ld.mu.Unlock()
+		if ld.r.Hooks != nil {
+			ld.r.Hooks.FileDone(ld.r.Source, sp, fs)
+		}
+	}
+	return nil
+}
+
+// write hands every batch to the sinks until the workers are done. After
+// an error it keeps draining (and releasing), so no worker blocks on a
+// dead writer.
+func (ld *loading) write(ctx context.Context) error {
+	var err error
+	for b := range ld.batches {
+		if err != nil {
+			b.Release()
+			continue
+		}
+		err = ld.r.write(ctx, ld.targets, ld.txns, b)
+		ld.r.failpoint("written")
+	}
+	return err
 }
 
 // write hands b to every sink; each extra sink gets its own reference.

@@ -384,38 +384,48 @@ func runChild(ctx context.Context, goMemLimit string, args ...string) (benchResu
 	return r, nil
 }
 
-func benchPipeline(ctx context.Context, f *benchFlags, size int64, dir string, out io.Writer, logf func(string, ...any)) error {
+// generate writes the benchmark's export into dir/data (sized by
+// --patients or --size) and empties dir/work. The caller closes srv, which
+// the export child reads from.
+func generate(ctx context.Context, f *benchFlags, size int64, dir string, out io.Writer, logf func(string, ...any)) (srv *bulktest.Server, gs genStats, err error) {
 	patients := f.patients
 	if patients <= 0 {
 		per, err := calibrate(ctx, f.seed, nil)
 		if err != nil {
-			return fmt.Errorf("calibrate: %w", err)
+			return nil, gs, fmt.Errorf("calibrate: %w", err)
 		}
 		patients = int(float64(size)/per*1.02) + 1
 		logf("%.1f KB of NDJSON per patient: generating %d patients for %s", per/1e3, patients, f.size)
 	}
 	data := filepath.Join(dir, "data")
-	work := filepath.Join(dir, "work")
-	for _, d := range []string{data, work} {
+	for _, d := range []string{data, filepath.Join(dir, "work")} {
 		if err := os.RemoveAll(d); err != nil {
-			return err
+			return nil, gs, err
 		}
 		if err := os.MkdirAll(d, 0o755); err != nil {
-			return err
+			return nil, gs, err
 		}
 	}
-	srv, err := benchServer(patients, f.seed, 0)
+	if srv, err = benchServer(patients, f.seed, 0); err != nil {
+		return nil, gs, err
+	}
+	t0 := time.Now()
+	if gs, err = writeExport(ctx, srv, data, nil); err != nil {
+		srv.Close()
+		return nil, gs, err
+	}
+	fmt.Fprintf(out, "generated %d patients: %d files, %.1f MB, %d resources in %s (%s)\n",
+		patients, len(gs.files), float64(gs.bytes)/1e6, gs.lines, time.Since(t0).Round(time.Millisecond), data)
+	return srv, gs, nil
+}
+
+func benchPipeline(ctx context.Context, f *benchFlags, size int64, dir string, out io.Writer, logf func(string, ...any)) error {
+	srv, gs, err := generate(ctx, f, size, dir, out, logf)
 	if err != nil {
 		return err
 	}
 	defer srv.Close()
-	t0 := time.Now()
-	gs, err := writeExport(ctx, srv, data, nil)
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(out, "generated %d patients: %d files, %.1f MB, %d resources in %s (%s)\n",
-		patients, len(gs.files), float64(gs.bytes)/1e6, gs.lines, time.Since(t0).Round(time.Millisecond), data)
+	data, work := filepath.Join(dir, "data"), filepath.Join(dir, "work")
 
 	var results []benchResult
 	run := func(args ...string) (benchResult, error) {

@@ -41,11 +41,12 @@ func startDaemon(t *testing.T, bin, cfgPath, admin, logPath string) *daemonProc 
 	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET=") // not under systemd here
 	require.NoError(t, cmd.Start())
 	p := &daemonProc{cmd: cmd, admin: "http://" + admin, logf: logPath, done: make(chan error, 1)}
-	go func() { p.done <- cmd.Wait(); lf.Close() }()
+	go func() { p.done <- cmd.Wait(); _ = lf.Close() }()
 	t.Cleanup(func() {
 		if cmd.ProcessState == nil {
 			_ = cmd.Process.Kill()
-			<-p.done
+			err := <-p.done
+			require.Error(t, err, "the daemon was killed")
 		}
 	})
 	require.Eventually(t, func() bool {

@@ -62,20 +62,8 @@ moves forward and resources are created, updated and deleted, so incremental
 			}
 			ctx := cmd.Context()
 			if advanceEvery > 0 {
-				go func() {
-					tk := time.NewTicker(advanceEvery)
-					defer tk.Stop()
-					for {
-						select {
-						case <-ctx.Done():
-							return
-						case <-tk.C:
-							r := s.Advance(advanceEvery, bulktest.Mutation{NewPatients: newPatients, UpdatedResources: updates, DeletedResources: deletes})
-							log.Info("server clock advanced", "now", r.Time, "created", len(r.Created),
-								"updated", len(r.Updated), "deleted", len(r.Deleted))
-						}
-					}
-				}()
+				m := bulktest.Mutation{NewPatients: newPatients, UpdatedResources: updates, DeletedResources: deletes}
+				go s.AdvanceEvery(ctx, advanceEvery, m)
 			}
 			return s.Serve(ctx, l)
 		},

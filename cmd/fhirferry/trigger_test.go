@@ -40,7 +40,7 @@ func TestTriggerCommand(t *testing.T) {
 	defer func() { cancel(); require.NoError(t, <-done) }()
 	srv := httptest.NewServer(pipeline.NewAdminHandler(pipeline.AdminOptions{Controller: func() pipeline.Controller { return s }}))
 	defer srv.Close()
-	require.Eventually(t, func() bool { return s.Trigger("nope") != pipeline.ErrNotAccepting }, time.Second, 5*time.Millisecond)
+	require.Eventually(t, func() bool { return !errors.Is(s.Trigger("nope"), pipeline.ErrNotAccepting) }, time.Second, 5*time.Millisecond)
 
 	var out bytes.Buffer
 	release <- struct{}{}

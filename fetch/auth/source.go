@@ -223,7 +223,7 @@ func (s *source) request(ctx context.Context, tokenURL string) (tokenGrant, erro
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return tokenGrant{}, fmt.Errorf("token endpoint %s: %w (last error: %v)", tokenURL, ctx.Err(), re.err)
+			return tokenGrant{}, fmt.Errorf("token endpoint %s: %w (last error: %w)", tokenURL, ctx.Err(), re.err)
 		case <-t.C:
 		}
 		wait = min(2*wait, s.retry.MaxWait)

@@ -12,10 +12,13 @@ import (
 	"github.com/valyala/fastjson"
 )
 
-var gzPool = sync.Pool{New: func() any {
-	zw, _ := gzip.NewWriterLevel(io.Discard, gzip.BestSpeed)
-	return zw
-}}
+// newGzipPool recycles the gzip writers of file downloads.
+func newGzipPool() *sync.Pool {
+	return &sync.Pool{New: func() any {
+		zw, _ := gzip.NewWriterLevel(io.Discard, gzip.BestSpeed)
+		return zw
+	}}
+}
 
 // sign is the capability a redirected (signed) file URL carries instead
 // of a bearer token.
@@ -36,32 +39,7 @@ type fileInjections struct {
 }
 
 func (s *Server) handleFile(w http.ResponseWriter, r *http.Request, rec *RequestRecord, jobID, genStr, name, origin string) {
-	signed := origin == "files" && s.opts.RedirectFiles && r.URL.Query().Get("sig") == s.sign(r.URL.Path)
-	if origin == "files" && s.opts.RedirectFiles && !signed {
-		rec.Status = http.StatusForbidden
-		writeOO(w, rec.Status, "error", "forbidden", "the signature of this URL is missing or wrong")
-		return
-	}
-	s.mu.Lock()
-	if rec.HadAuth {
-		s.stats.AuthHeadersSeenOnFiles++
-		if origin == "files" {
-			s.stats.AuthHeadersSeenOnFilesOrigin++
-		}
-	} else {
-		s.stats.TokenlessFileRequests++
-	}
-	s.mu.Unlock()
-	if !signed && s.filesAuth && !s.authorize(w, r, rec) {
-		return
-	}
-	if origin == "main" && s.opts.RedirectFiles && s.filesOrigin != "" {
-		s.mu.Lock()
-		s.faultLocked(rec, "Redirect")
-		s.mu.Unlock()
-		rec.Status = http.StatusTemporaryRedirect
-		w.Header().Set("Location", s.filesOrigin+r.URL.Path+"?sig="+s.sign(r.URL.Path))
-		w.WriteHeader(rec.Status)
+	if !s.fileGate(w, r, rec, origin) {
 		return
 	}
 	gen, _ := strconv.Atoi(genStr)
@@ -78,6 +56,78 @@ func (s *Server) handleFile(w http.ResponseWriter, r *http.Request, rec *Request
 		return
 	}
 	f := &j.files[idx-1]
+	status, inj := s.fileFaultsLocked(w, rec, j, f, gen)
+	slow := s.faults.SlowFirstByte
+	if slow > 0 {
+		s.faultLocked(rec, "SlowFirstByte")
+	}
+	s.mu.Unlock()
+
+	if slow > 0 {
+		t := time.NewTimer(slow)
+		select {
+		case <-r.Context().Done():
+			t.Stop()
+			rec.Status = 499
+			return
+		case <-t.C:
+		}
+	}
+	if status != 0 {
+		rec.Status = status
+		writeOO(w, status, "error", map[int]string{http.StatusGone: "not-found", http.StatusInternalServerError: "exception",
+			http.StatusTooManyRequests: "throttled"}[status], fileErrorText[status])
+		return
+	}
+	s.serveFile(w, r, rec, j, f, name, inj)
+}
+
+// fileErrorText is the diagnostics of each injected file error status.
+var fileErrorText = map[int]string{
+	http.StatusGone:                "the file expired; get a fresh manifest from the status URL",
+	http.StatusInternalServerError: "internal error while reading the file",
+	http.StatusTooManyRequests:     "too many requests",
+}
+
+// fileGate applies the file URL's access rules: a redirected file needs
+// its signature, a file origin under auth needs the token, and the main
+// origin redirects to the files origin when asked. It counts who sent a
+// token, and reports whether the request may go on.
+func (s *Server) fileGate(w http.ResponseWriter, r *http.Request, rec *RequestRecord, origin string) bool {
+	signed := origin == "files" && s.opts.RedirectFiles && r.URL.Query().Get("sig") == s.sign(r.URL.Path)
+	if origin == "files" && s.opts.RedirectFiles && !signed {
+		rec.Status = http.StatusForbidden
+		writeOO(w, rec.Status, "error", "forbidden", "the signature of this URL is missing or wrong")
+		return false
+	}
+	s.mu.Lock()
+	if rec.HadAuth {
+		s.stats.AuthHeadersSeenOnFiles++
+		if origin == "files" {
+			s.stats.AuthHeadersSeenOnFilesOrigin++
+		}
+	} else {
+		s.stats.TokenlessFileRequests++
+	}
+	s.mu.Unlock()
+	if !signed && s.filesAuth && !s.authorize(w, r, rec) {
+		return false
+	}
+	if origin == "main" && s.opts.RedirectFiles && s.filesOrigin != "" {
+		s.mu.Lock()
+		s.faultLocked(rec, "Redirect")
+		s.mu.Unlock()
+		rec.Status = http.StatusTemporaryRedirect
+		w.Header().Set("Location", s.filesOrigin+r.URL.Path+"?sig="+s.sign(r.URL.Path))
+		w.WriteHeader(rec.Status)
+		return false
+	}
+	return true
+}
+
+// fileFaultsLocked picks the faults of this download: an error status
+// (0: none) or the injections into the file's lines. s.mu is held.
+func (s *Server) fileFaultsLocked(w http.ResponseWriter, rec *RequestRecord, j *job, f *fileEntry, gen int) (int, fileInjections) {
 	var inj fileInjections
 	fault, status := "", 0
 	switch {
@@ -101,50 +151,27 @@ func (s *Server) handleFile(w http.ResponseWriter, r *http.Request, rec *Request
 	if fault != "" {
 		s.faultLocked(rec, fault)
 	}
-	if status == 0 && f.kind == fileOutput {
-		if s.faults.WrongTypeLines > 0 {
-			inj.wrongType, s.faults.WrongTypeLines = s.faults.WrongTypeLines, 0
-			s.faultLocked(rec, "WrongTypeLines")
-		}
-		if s.faults.MalformedLines > 0 {
-			inj.malformed, s.faults.MalformedLines = s.faults.MalformedLines, 0
-			s.faultLocked(rec, "MalformedLines")
-		}
-		if s.faults.VeryLongLine > 0 {
-			inj.longDiv, s.faults.VeryLongLine = s.faults.VeryLongLine, 0
-			s.faultLocked(rec, "VeryLongLine")
-		}
+	if status != 0 || f.kind != fileOutput {
+		return status, inj
 	}
-	slow := s.faults.SlowFirstByte
-	if slow > 0 {
-		s.faultLocked(rec, "SlowFirstByte")
+	if s.faults.WrongTypeLines > 0 {
+		inj.wrongType, s.faults.WrongTypeLines = s.faults.WrongTypeLines, 0
+		s.faultLocked(rec, "WrongTypeLines")
 	}
-	s.mu.Unlock()
+	if s.faults.MalformedLines > 0 {
+		inj.malformed, s.faults.MalformedLines = s.faults.MalformedLines, 0
+		s.faultLocked(rec, "MalformedLines")
+	}
+	if s.faults.VeryLongLine > 0 {
+		inj.longDiv, s.faults.VeryLongLine = s.faults.VeryLongLine, 0
+		s.faultLocked(rec, "VeryLongLine")
+	}
+	return status, inj
+}
 
-	if slow > 0 {
-		t := time.NewTimer(slow)
-		select {
-		case <-r.Context().Done():
-			t.Stop()
-			rec.Status = 499
-			return
-		case <-t.C:
-		}
-	}
-	switch status {
-	case http.StatusGone:
-		rec.Status = status
-		writeOO(w, status, "error", "not-found", "the file expired; get a fresh manifest from the status URL")
-		return
-	case http.StatusInternalServerError:
-		rec.Status = status
-		writeOO(w, status, "error", "exception", "internal error while reading the file")
-		return
-	case http.StatusTooManyRequests:
-		rec.Status = status
-		writeOO(w, status, "error", "throttled", "too many requests")
-		return
-	}
+// serveFile streams the file, gzip-compressed when the client accepts it;
+// a truncation fault cuts the connection mid-file.
+func (s *Server) serveFile(w http.ResponseWriter, r *http.Request, rec *RequestRecord, j *job, f *fileEntry, name string, inj fileInjections) {
 	rec.Status = http.StatusOK
 	w.Header().Set("Content-Type", "application/fhir+ndjson")
 	w.Header().Set("Content-Disposition", `attachment; filename="`+name+`"`)
@@ -152,7 +179,7 @@ func (s *Server) handleFile(w http.ResponseWriter, r *http.Request, rec *Request
 	var zw *gzip.Writer
 	if acceptsGzip(r.Header.Get("Accept-Encoding")) {
 		w.Header().Set("Content-Encoding", "gzip")
-		zw = gzPool.Get().(*gzip.Writer)
+		zw = s.gzip.Get().(*gzip.Writer)
 		zw.Reset(w)
 		out = zw
 	}
@@ -173,7 +200,7 @@ func (s *Server) handleFile(w http.ResponseWriter, r *http.Request, rec *Request
 	if zw != nil {
 		_ = zw.Close()
 		zw.Reset(io.Discard)
-		gzPool.Put(zw)
+		s.gzip.Put(zw)
 	}
 }
 

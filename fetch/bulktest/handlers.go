@@ -85,51 +85,10 @@ func (s *Server) route(w http.ResponseWriter, r *http.Request, origin string) {
 		return
 	}
 	parts := strings.Split(rest, "/")
-	isGetPost := r.Method == http.MethodGet || r.Method == http.MethodPost
+	if origin == "main" && s.routeMain(w, r, rec, rest, parts) {
+		return
+	}
 	switch {
-	case origin == "main" && rest == "metadata" && r.Method == http.MethodGet:
-		rec.Kind = KindMetadata
-		rec.Status = http.StatusOK
-		w.Header().Set("Content-Type", "application/fhir+json")
-		_, _ = w.Write([]byte(capabilityStatement))
-	case origin == "main" && isGetPost && (rest == "$export" || rest == "Patient/$export" ||
-		len(parts) == 3 && parts[0] == "Group" && parts[2] == "$export"):
-		rec.Kind = KindKickOff
-		if s.opts.Auth != nil && !s.authorize(w, r, rec) {
-			return
-		}
-		sc := scope{level: levelSystem}
-		switch parts[0] {
-		case "Patient":
-			sc.level = levelPatient
-		case "Group":
-			sc = scope{level: levelGroup, group: parts[1]}
-		}
-		s.handleKickOff(w, r, rec, sc)
-	case origin == "main" && len(parts) == 2 && parts[0] == "Group" && r.Method == http.MethodGet:
-		rec.Kind = KindGroupRead
-		if s.opts.Auth != nil && !s.authorize(w, r, rec) {
-			return
-		}
-		i, ok := groupIndex(parts[1])
-		if !ok {
-			rec.Status = http.StatusNotFound
-			writeOO(w, rec.Status, "error", "not-found", "Group/"+parts[1]+" is unknown")
-			return
-		}
-		rec.Status = http.StatusOK
-		w.Header().Set("Content-Type", "application/fhir+json")
-		_, _ = w.Write(s.gen.renderGroup(nil, s.st.Load(), i))
-	case origin == "main" && len(parts) == 2 && parts[0] == "bulkstatus" &&
-		(r.Method == http.MethodGet || r.Method == http.MethodDelete):
-		rec.Kind = KindStatus
-		if r.Method == http.MethodDelete {
-			rec.Kind = KindDelete
-		}
-		if s.opts.Auth != nil && !s.authorize(w, r, rec) {
-			return
-		}
-		s.handleStatus(w, r, rec, parts[1])
 	case len(parts) == 4 && parts[0] == "bulkfiles" && r.Method == http.MethodGet:
 		rec.Kind = KindFile
 		s.handleFile(w, r, rec, parts[1], parts[2], parts[3], origin)
@@ -140,6 +99,69 @@ func (s *Server) route(w http.ResponseWriter, r *http.Request, origin string) {
 		rec.Status = http.StatusNotFound
 		writeOO(w, rec.Status, "error", "not-supported", "no route for "+r.Method+" "+r.URL.Path)
 	}
+}
+
+// routeMain serves the routes only the FHIR server's own origin has:
+// metadata, kick-off, Group read and the status URLs. It reports whether
+// it served the request.
+func (s *Server) routeMain(w http.ResponseWriter, r *http.Request, rec *RequestRecord, rest string, parts []string) bool {
+	get := r.Method == http.MethodGet
+	switch {
+	case rest == "metadata" && get:
+		rec.Kind = KindMetadata
+		rec.Status = http.StatusOK
+		w.Header().Set("Content-Type", "application/fhir+json")
+		_, _ = w.Write([]byte(capabilityStatement))
+	case (get || r.Method == http.MethodPost) && isExportPath(rest, parts):
+		rec.Kind = KindKickOff
+		if s.opts.Auth != nil && !s.authorize(w, r, rec) {
+			return true
+		}
+		sc := scope{level: levelSystem}
+		switch parts[0] {
+		case "Patient":
+			sc.level = levelPatient
+		case "Group":
+			sc = scope{level: levelGroup, group: parts[1]}
+		}
+		s.handleKickOff(w, r, rec, sc)
+	case len(parts) == 2 && parts[0] == "Group" && get:
+		rec.Kind = KindGroupRead
+		if s.opts.Auth != nil && !s.authorize(w, r, rec) {
+			return true
+		}
+		s.handleGroupRead(w, rec, parts[1])
+	case len(parts) == 2 && parts[0] == "bulkstatus" && (get || r.Method == http.MethodDelete):
+		rec.Kind = KindStatus
+		if r.Method == http.MethodDelete {
+			rec.Kind = KindDelete
+		}
+		if s.opts.Auth != nil && !s.authorize(w, r, rec) {
+			return true
+		}
+		s.handleStatus(w, r, rec, parts[1])
+	default:
+		return false
+	}
+	return true
+}
+
+// isExportPath reports whether a path (below the FHIR base) is a kick-off.
+func isExportPath(rest string, parts []string) bool {
+	return rest == "$export" || rest == "Patient/$export" ||
+		len(parts) == 3 && parts[0] == "Group" && parts[2] == "$export"
+}
+
+func (s *Server) handleGroupRead(w http.ResponseWriter, rec *RequestRecord, id string) {
+	i, ok := groupIndex(id)
+	if !ok {
+		rec.Status = http.StatusNotFound
+		writeOO(w, rec.Status, "error", "not-found", "Group/"+id+" is unknown")
+		return
+	}
+	rec.Status = http.StatusOK
+	w.Header().Set("Content-Type", "application/fhir+json")
+	_, _ = w.Write(s.gen.renderGroup(nil, s.st.Load(), i))
 }
 
 const capabilityStatement = `{"resourceType":"CapabilityStatement","status":"active","date":"2025-01-01","kind":"instance",` +

@@ -1,6 +1,7 @@
 package bulktest
 
 import (
+	"errors"
 	"fmt"
 	"net/http"
 	"slices"
@@ -107,7 +108,7 @@ func (s *Server) plan(j *job) {
 			continue
 		}
 		typ, p, _ := splitKey(k)
-		if !slices.Contains(req.types, typ) || typ < numPatientTypes && !req.scope.contains(g, st, p) {
+		if !slices.Contains(req.types, typ) || typ < numPatientTypes && !req.contains(g, st, p) {
 			continue
 		}
 		dels = append(dels, k)
@@ -124,15 +125,14 @@ func (s *Server) plan(j *job) {
 // tBundle names deleted files; it is not a generated type.
 const tBundle = tGroup + 1
 
-func init() { typeNamesExt[tBundle] = "Bundle" }
-
-var typeNamesExt = map[int]string{}
-
 func typeName(t int) string {
-	if t < numTypes {
+	switch {
+	case t < numTypes:
 		return typeNames[t]
+	case t == tBundle:
+		return "Bundle"
 	}
-	return typeNamesExt[t]
+	return ""
 }
 
 // injectErrorFiles moves up to n output files (the last ones) to error[].
@@ -184,7 +184,7 @@ func (s *Server) handleKickOff(w http.ResponseWriter, r *http.Request, rec *Requ
 	req, err := s.parseKickOff(r, rec, sc, st)
 	if err != nil {
 		status := http.StatusBadRequest
-		if br, ok := err.(*badRequest); ok {
+		if br := (*badRequest)(nil); errors.As(err, &br) {
 			status = br.status
 		}
 		writeOO(w, status, "error", "invalid", err.Error())
@@ -253,25 +253,7 @@ func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request, rec *Reque
 		return
 	}
 	s.stats.StatusPolls++
-	f := &s.faults
-	var fault string
-	switch {
-	case f.StatusGateway > 0:
-		f.StatusGateway--
-		fault = "StatusGateway"
-	case f.Status429 > 0:
-		f.Status429--
-		fault = "Status429"
-		w.Header().Set("Retry-After", s.retryAfterLocked())
-	case f.StatusTransient > 0:
-		f.StatusTransient--
-		fault = "StatusTransient"
-	case ok && !j.deleted && f.FailJob:
-		fault = "FailJob"
-	}
-	if fault != "" {
-		s.faultLocked(rec, fault)
-	}
+	fault := s.statusFaultLocked(w, rec, ok && !j.deleted)
 	if fault == "" && (!ok || j.deleted) {
 		s.mu.Unlock()
 		rec.Status = http.StatusNotFound
@@ -281,46 +263,11 @@ func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request, rec *Reque
 	var body []byte
 	var complete bool
 	if fault == "" {
-		if j.polls < s.opts.PollsBeforeComplete && page == 1 {
-			j.polls++
-			pct := 100 * j.polls / (s.opts.PollsBeforeComplete + 1)
-			w.Header().Set("X-Progress", fmt.Sprintf("%d%% complete, generating files", pct))
-			w.Header().Set("Retry-After", s.opts.RetryAfter)
-			if j.req.partial {
-				body = s.manifestLocked(r, j, 1, false)
-			}
-		} else {
-			complete = true
-			if j.expired >= j.gen {
-				j.gen++
-				j.expires = time.Time{}
-			}
-			if j.expires.IsZero() {
-				j.expires = time.Now().Add(s.opts.ExpiresAfter)
-			}
-			w.Header().Set("Expires", j.expires.UTC().Format(http.TimeFormat))
-			body = s.manifestLocked(r, j, page, true)
-		}
+		body, complete = s.pollLocked(w, r, j, page)
 	}
 	s.mu.Unlock()
-	switch fault {
-	case "StatusGateway":
-		rec.Status = http.StatusBadGateway
-		w.Header().Set("Content-Type", "text/html")
-		w.WriteHeader(rec.Status)
-		_, _ = w.Write([]byte("<html><body><h1>502 Bad Gateway</h1></body></html>\n"))
-		return
-	case "Status429":
-		rec.Status = http.StatusTooManyRequests
-		writeOO(w, rec.Status, "error", "throttled", "polling too fast")
-		return
-	case "StatusTransient":
-		rec.Status = http.StatusInternalServerError
-		writeOO(w, rec.Status, "error", "transient", "a transient error occurred; try again")
-		return
-	case "FailJob":
-		rec.Status = http.StatusInternalServerError
-		writeOO(w, rec.Status, "fatal", "processing", "the export job failed")
+	if fault != "" {
+		writeStatusFault(w, rec, fault)
 		return
 	}
 	if !complete {
@@ -344,6 +291,76 @@ func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request, rec *Reque
 	rec.Status = http.StatusOK
 	w.WriteHeader(rec.Status)
 	_, _ = w.Write(body)
+}
+
+// statusFaultLocked picks the fault of this status poll, "" for none.
+// s.mu is held.
+func (s *Server) statusFaultLocked(w http.ResponseWriter, rec *RequestRecord, live bool) string {
+	f := &s.faults
+	var fault string
+	switch {
+	case f.StatusGateway > 0:
+		f.StatusGateway--
+		fault = "StatusGateway"
+	case f.Status429 > 0:
+		f.Status429--
+		fault = "Status429"
+		w.Header().Set("Retry-After", s.retryAfterLocked())
+	case f.StatusTransient > 0:
+		f.StatusTransient--
+		fault = "StatusTransient"
+	case live && f.FailJob:
+		fault = "FailJob"
+	}
+	if fault != "" {
+		s.faultLocked(rec, fault)
+	}
+	return fault
+}
+
+// writeStatusFault answers a status poll with its fault.
+func writeStatusFault(w http.ResponseWriter, rec *RequestRecord, fault string) {
+	switch fault {
+	case "StatusGateway":
+		rec.Status = http.StatusBadGateway
+		w.Header().Set("Content-Type", "text/html")
+		w.WriteHeader(rec.Status)
+		_, _ = w.Write([]byte("<html><body><h1>502 Bad Gateway</h1></body></html>\n"))
+	case "Status429":
+		rec.Status = http.StatusTooManyRequests
+		writeOO(w, rec.Status, "error", "throttled", "polling too fast")
+	case "StatusTransient":
+		rec.Status = http.StatusInternalServerError
+		writeOO(w, rec.Status, "error", "transient", "a transient error occurred; try again")
+	case "FailJob":
+		rec.Status = http.StatusInternalServerError
+		writeOO(w, rec.Status, "fatal", "processing", "the export job failed")
+	}
+}
+
+// pollLocked answers a poll of a live job: still in progress (with a
+// partial manifest when the client allows them) or complete with the
+// manifest page. s.mu is held.
+func (s *Server) pollLocked(w http.ResponseWriter, r *http.Request, j *job, page int) (body []byte, complete bool) {
+	if j.polls < s.opts.PollsBeforeComplete && page == 1 {
+		j.polls++
+		pct := 100 * j.polls / (s.opts.PollsBeforeComplete + 1)
+		w.Header().Set("X-Progress", fmt.Sprintf("%d%% complete, generating files", pct))
+		w.Header().Set("Retry-After", s.opts.RetryAfter)
+		if j.req.partial {
+			body = s.manifestLocked(r, j, 1, false)
+		}
+		return body, false
+	}
+	if j.expired >= j.gen {
+		j.gen++
+		j.expires = time.Time{}
+	}
+	if j.expires.IsZero() {
+		j.expires = time.Now().Add(s.opts.ExpiresAfter)
+	}
+	w.Header().Set("Expires", j.expires.UTC().Format(http.TimeFormat))
+	return s.manifestLocked(r, j, page, true), true
 }
 
 // filesBase is where file URLs point.

@@ -68,42 +68,13 @@ func (s *Server) parseKickOff(r *http.Request, rec *RequestRecord, sc scope, st 
 	if a := r.Header.Get("Accept"); a != "application/fhir+json" {
 		return nil, bad("the Accept header must be exactly application/fhir+json, got %q", a)
 	}
-	prefer := r.Header.Values("Prefer")
-	async, lenient := false, false
-	for _, p := range prefer {
-		for _, tok := range strings.FieldsFunc(p, func(c rune) bool { return c == ',' || c == ';' }) {
-			switch strings.ToLower(strings.TrimSpace(tok)) {
-			case "respond-async":
-				async = true
-			case "handling=lenient":
-				lenient = true
-			}
-		}
-	}
+	async, lenient := parsePrefer(r.Header.Values("Prefer"))
 	if !async {
 		return nil, bad("the Prefer header must contain respond-async")
 	}
-	var params []param
-	switch r.Method {
-	case http.MethodGet:
-		for k, vs := range r.URL.Query() {
-			for _, v := range vs {
-				params = append(params, param{k, v})
-			}
-		}
-		slices.SortStableFunc(params, func(a, b param) int { return strings.Compare(a.name, b.name) })
-		for _, p := range params {
-			if p.name == "patient" {
-				return nil, bad("the patient parameter is only supported with POST")
-			}
-		}
-	case http.MethodPost:
-		var err error
-		if params, err = parseParametersBody(r.Body); err != nil {
-			return nil, err
-		}
-	default:
-		return nil, &badRequest{status: http.StatusMethodNotAllowed, msg: "kick-off takes GET or POST"}
+	params, err := kickOffParams(r)
+	if err != nil {
+		return nil, err
 	}
 	for _, p := range params {
 		rec.Params = append(rec.Params, p.name+"="+p.value)
@@ -111,63 +82,14 @@ func (s *Server) parseKickOff(r *http.Request, rec *RequestRecord, sc scope, st 
 	req := &exportReq{scope: sc, lenient: lenient, request: requestURL(r, s)}
 	var typeList, elemList []string
 	for _, p := range params {
-		name := p.name
-		if s.opts.Compat2018 {
-			switch name {
-			case "start":
-				name = "_since"
-			case "outputFormat":
-				name = "_outputFormat"
-			}
-		}
-		switch name {
-		case "_outputFormat":
-			switch p.value {
-			case "application/fhir+ndjson", "application/ndjson", "ndjson":
-			default:
-				return nil, bad("_outputFormat %q is not supported; use application/fhir+ndjson", p.value)
-			}
-		case "_since", "_until":
-			t, err := parseInstant(p.value)
-			if err != nil {
-				return nil, bad("%s: %v", p.name, err)
-			}
-			if name == "_since" {
-				if t.After(st.now) {
-					return nil, bad("_since %s is in the future (server time %s)", p.value, appendInstant(nil, st.now))
-				}
-				req.since, req.hasSince = t, true
-			} else {
-				req.until, req.hasUntil = t, true
-			}
+		switch s.paramName(p.name) {
 		case "_type":
 			typeList = append(typeList, splitList(p.value)...)
 		case "_elements":
 			elemList = append(elemList, splitList(p.value)...)
-		case "_typeFilter":
-			if err := req.addTypeFilter(p.value); err != nil {
+		default:
+			if err := s.applyParam(req, rec, st, p); err != nil {
 				return nil, err
-			}
-		case "patient":
-			if s.rejectPatientParam(rec) {
-				return nil, bad("the patient parameter is not supported by this server")
-			}
-			if err := s.addPatient(req, st, p.value); err != nil {
-				return nil, err
-			}
-		case "includeAssociatedData", "_includeAssociatedData":
-			// Accepted and ignored, like most servers.
-		case "allowPartialManifests":
-			switch p.value {
-			case "true":
-				req.partial = true
-			case "false":
-			default:
-				return nil, bad("allowPartialManifests must be true or false, got %q", p.value)
-			}
-		case "organizeOutputBy":
-			if !lenient {
-				return nil, bad("organizeOutputBy is not supported (send Prefer: handling=lenient to ignore it)")
 			}
 		}
 	}
@@ -182,6 +104,107 @@ func (s *Server) parseKickOff(r *http.Request, rec *RequestRecord, sc scope, st 
 		req.patients = slices.Compact(req.patients)
 	}
 	return req, nil
+}
+
+// parsePrefer reads the Prefer header's respond-async and handling=lenient.
+func parsePrefer(prefer []string) (async, lenient bool) {
+	for _, p := range prefer {
+		for _, tok := range strings.FieldsFunc(p, func(c rune) bool { return c == ',' || c == ';' }) {
+			switch strings.ToLower(strings.TrimSpace(tok)) {
+			case "respond-async":
+				async = true
+			case "handling=lenient":
+				lenient = true
+			}
+		}
+	}
+	return async, lenient
+}
+
+// kickOffParams is the kick-off's parameters: the query of a GET (sorted
+// by name), the Parameters body of a POST.
+func kickOffParams(r *http.Request) ([]param, error) {
+	switch r.Method {
+	case http.MethodGet:
+		var params []param
+		for k, vs := range r.URL.Query() {
+			for _, v := range vs {
+				params = append(params, param{k, v})
+			}
+		}
+		slices.SortStableFunc(params, func(a, b param) int { return strings.Compare(a.name, b.name) })
+		for _, p := range params {
+			if p.name == "patient" {
+				return nil, bad("the patient parameter is only supported with POST")
+			}
+		}
+		return params, nil
+	case http.MethodPost:
+		return parseParametersBody(r.Body)
+	}
+	return nil, &badRequest{status: http.StatusMethodNotAllowed, msg: "kick-off takes GET or POST"}
+}
+
+// paramName maps the 2018 draft's parameter names to today's when the
+// server plays a 2018-draft server.
+func (s *Server) paramName(name string) string {
+	if s.opts.Compat2018 {
+		switch name {
+		case "start":
+			return "_since"
+		case "outputFormat":
+			return "_outputFormat"
+		}
+	}
+	return name
+}
+
+// applyParam applies one kick-off parameter (other than _type and
+// _elements, which are collected first) to req.
+func (s *Server) applyParam(req *exportReq, rec *RequestRecord, st *state, p param) error {
+	switch name := s.paramName(p.name); name {
+	case "_outputFormat":
+		switch p.value {
+		case "application/fhir+ndjson", "application/ndjson", "ndjson":
+		default:
+			return bad("_outputFormat %q is not supported; use application/fhir+ndjson", p.value)
+		}
+	case "_since", "_until":
+		t, err := parseInstant(p.value)
+		if err != nil {
+			return bad("%s: %v", p.name, err)
+		}
+		if name == "_until" {
+			req.until, req.hasUntil = t, true
+			return nil
+		}
+		if t.After(st.now) {
+			return bad("_since %s is in the future (server time %s)", p.value, appendInstant(nil, st.now))
+		}
+		req.since, req.hasSince = t, true
+	case "_typeFilter":
+		return req.addTypeFilter(p.value)
+	case "patient":
+		if s.rejectPatientParam(rec) {
+			return bad("the patient parameter is not supported by this server")
+		}
+		return s.addPatient(req, st, p.value)
+	case "includeAssociatedData", "_includeAssociatedData":
+		// Accepted and ignored, like most servers.
+	case "allowPartialManifests":
+		switch p.value {
+		case "true":
+			req.partial = true
+		case "false":
+		default:
+			return bad("allowPartialManifests must be true or false, got %q", p.value)
+		}
+	case "organizeOutputBy":
+		if !req.lenient {
+			return bad("organizeOutputBy is not supported (send Prefer: handling=lenient to ignore it)")
+		}
+	}
+	return nil
 }
 
 func requestURL(r *http.Request, s *Server) string {

@@ -20,6 +20,7 @@ type Server struct {
 	log       *slog.Logger
 	filesAuth bool // file GETs need a token (manifest requiresAccessToken)
 	gen       *generator
+	gzip      *sync.Pool // of *gzip.Writer for file downloads
 
 	st atomic.Pointer[state] // current data snapshot; replaced by Advance
 
@@ -84,6 +85,7 @@ func New(opts Options) (*Server, error) {
 		log:       log,
 		filesAuth: opts.Auth != nil,
 		gen:       newGenerator(opts.Seed, opts.Start),
+		gzip:      newGzipPool(),
 		faults:    opts.Faults,
 		jobs:      map[string]*job{},
 	}

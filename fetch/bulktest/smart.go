@@ -115,8 +115,8 @@ type smartToken struct {
 // Errors returned by Authorize; their text goes to the client in the 401.
 var (
 	ErrSMARTNoToken      = errors.New("missing bearer token")
-	ErrSMARTInvalidToken = errors.New("Invalid token")
-	ErrSMARTTokenExpired = errors.New("Token expired")
+	ErrSMARTInvalidToken = errors.New("Invalid token") //nolint:staticcheck // the reference server's exact wording
+	ErrSMARTTokenExpired = errors.New("Token expired") //nolint:staticcheck // the reference server's exact wording
 )
 
 // Assertion rules.

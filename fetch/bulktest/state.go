@@ -1,6 +1,7 @@
 package bulktest
 
 import (
+	"context"
 	"fmt"
 	"maps"
 	"slices"
@@ -85,15 +86,6 @@ func (st *state) version(g *generator, pr *profile, typ int, p uint32, ord int) 
 		}
 	}
 	return 1, g.baseLastUpdated(pr, typ, p, ord), false
-}
-
-// count is the number of resources of typ a patient has (or the pool
-// size for shared types).
-func (g *generator) count(pr *profile, typ int) int {
-	if typ < numPatientTypes {
-		return pr.counts[typ]
-	}
-	return g.poolSize(typ)
 }
 
 // scope is the set of patients an export covers.
@@ -322,126 +314,169 @@ func (s *Server) Advance(d time.Duration, m Mutation) MutationResult {
 		d = time.Millisecond
 	}
 	st.now = st.now.Add(d).Truncate(time.Millisecond)
-	now := st.now
-	res := MutationResult{Time: now}
-	rng := mix(g.seed ^ uint64(st.epoch)*0x51ed27)
-	next := func(n int) int {
-		rng = mix(rng + 0x9e3779b97f4a7c15)
-		return int(rng % uint64(n))
-	}
-	key := func(k uint64) Key {
-		typ, p, ord := splitKey(k)
-		return Key{typeNames[typ], g.id(typ, p, ord)}
-	}
-	touched := map[uint64]bool{}
-
-	for range m.NewPatients {
-		p := uint32(st.patients)
-		st.created = append(st.created, now)
-		st.patients++
-		res.NewPatients = append(res.NewPatients, Key{"Patient", g.id(tPatient, p, 0)})
-		pr := st.profile(g, p)
-		for typ := 0; typ < numPatientTypes; typ++ {
-			for ord := 0; ord < pr.counts[typ]; ord++ {
-				res.Created = append(res.Created, Key{typeNames[typ], g.id(typ, p, ord)})
-				touched[ovKey(typ, p, ord)] = true
-			}
-		}
-	}
-	if m.NewPatients > 0 {
-		for i := range st.groupVer {
-			st.groupVer[i]++
-			st.groupAt[i] = now
-		}
-	}
-	// pick finds a random live resource not touched in this Advance.
-	pick := func(allowPatient bool) (uint64, bool) {
-		for range 200 {
-			typ := next(tLocation + 1)
-			if typ == tPatient && !allowPatient {
-				continue
-			}
-			var p uint32
-			var n int
-			if typ < numPatientTypes {
-				if st.patients == 0 {
-					continue
-				}
-				p = uint32(next(st.patients))
-				pr := st.profile(g, p)
-				n = pr.counts[typ]
-			} else {
-				n = g.poolSize(typ)
-			}
-			if n == 0 {
-				continue
-			}
-			k := ovKey(typ, p, next(n))
-			if touched[k] {
-				continue
-			}
-			if e, ok := st.overlay[k]; ok && e.deleted {
-				continue
-			}
-			touched[k] = true
-			return k, true
-		}
-		return 0, false
-	}
-	curVer := func(k uint64) uint32 {
-		if e, ok := st.overlay[k]; ok {
-			return e.ver
-		}
-		return 1
-	}
+	a := &advance{g: g, st: st, now: st.now, rng: mix(g.seed ^ uint64(st.epoch)*0x51ed27), touched: map[uint64]bool{}}
+	a.res.Time = st.now
+	a.newPatients(m.NewPatients)
 	for range m.UpdatedResources {
-		k, ok := pick(true)
+		k, ok := a.pick(true)
 		if !ok {
 			break
 		}
-		st.overlay[k] = ovEntry{ver: curVer(k) + 1, at: now}
-		res.Updated = append(res.Updated, key(k))
+		st.overlay[k] = ovEntry{ver: a.curVer(k) + 1, at: a.now}
+		a.res.Updated = append(a.res.Updated, a.key(k))
 	}
 	// Tombstones that exist before this Advance's deletes can be recreated.
 	var tombs []uint64
 	for k, e := range st.overlay {
-		if e.deleted && !touched[k] {
+		if e.deleted && !a.touched[k] {
 			tombs = append(tombs, k)
 		}
 	}
 	slices.Sort(tombs)
 	for range m.DeletedResources {
-		k, ok := pick(false)
+		k, ok := a.pick(false)
 		if !ok {
 			break
 		}
-		st.overlay[k] = ovEntry{ver: curVer(k) + 1, at: now, deleted: true}
-		res.Deleted = append(res.Deleted, key(k))
+		st.overlay[k] = ovEntry{ver: a.curVer(k) + 1, at: a.now, deleted: true}
+		a.res.Deleted = append(a.res.Deleted, a.key(k))
 	}
 	for i := 0; i < m.RecreatedResources && len(tombs) > 0; i++ {
-		j := next(len(tombs))
+		j := a.next(len(tombs))
 		k := tombs[j]
 		tombs = slices.Delete(tombs, j, j+1)
-		st.overlay[k] = ovEntry{ver: curVer(k) + 1, at: now}
-		res.Recreated = append(res.Recreated, key(k))
+		st.overlay[k] = ovEntry{ver: a.curVer(k) + 1, at: a.now}
+		a.res.Recreated = append(a.res.Recreated, a.key(k))
 	}
+	if added := a.addGroupMembers(m.AddGroupMembers); added > 0 && m.NewPatients == 0 {
+		st.groupVer[1]++
+		st.groupAt[1] = a.now
+	}
+	s.st.Store(st)
+	return a.res
+}
+
+// AdvanceEvery calls Advance(every, m) every interval until ctx ends,
+// logging each step.
+func (s *Server) AdvanceEvery(ctx context.Context, every time.Duration, m Mutation) {
+	tk := time.NewTicker(every)
+	defer tk.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tk.C:
+			r := s.Advance(every, m)
+			s.log.Info("server clock advanced", "now", r.Time, "created", len(r.Created),
+				"updated", len(r.Updated), "deleted", len(r.Deleted))
+		}
+	}
+}
+
+// advance is one Advance in progress on a clone of the state.
+type advance struct {
+	g       *generator
+	st      *state
+	now     time.Time
+	rng     uint64
+	touched map[uint64]bool // resources this Advance already changed
+	res     MutationResult
+}
+
+// next draws a number in [0, n).
+func (a *advance) next(n int) int {
+	a.rng = mix(a.rng + 0x9e3779b97f4a7c15)
+	return int(a.rng % uint64(n))
+}
+
+func (a *advance) key(k uint64) Key {
+	typ, p, ord := splitKey(k)
+	return Key{typeNames[typ], a.g.id(typ, p, ord)}
+}
+
+func (a *advance) curVer(k uint64) uint32 {
+	if e, ok := a.st.overlay[k]; ok {
+		return e.ver
+	}
+	return 1
+}
+
+// newPatients creates n patients with every resource of their profile; a
+// new patient joins every Group, whose version moves.
+func (a *advance) newPatients(n int) {
+	st, g := a.st, a.g
+	for range n {
+		p := uint32(st.patients)
+		st.created = append(st.created, a.now)
+		st.patients++
+		a.res.NewPatients = append(a.res.NewPatients, Key{"Patient", g.id(tPatient, p, 0)})
+		pr := st.profile(g, p)
+		for typ := 0; typ < numPatientTypes; typ++ {
+			for ord := 0; ord < pr.counts[typ]; ord++ {
+				a.res.Created = append(a.res.Created, Key{typeNames[typ], g.id(typ, p, ord)})
+				a.touched[ovKey(typ, p, ord)] = true
+			}
+		}
+	}
+	if n > 0 {
+		for i := range st.groupVer {
+			st.groupVer[i]++
+			st.groupAt[i] = a.now
+		}
+	}
+}
+
+// pick finds a random live resource not touched in this Advance.
+func (a *advance) pick(allowPatient bool) (uint64, bool) {
+	st, g := a.st, a.g
+	for range 200 {
+		typ := a.next(tLocation + 1)
+		if typ == tPatient && !allowPatient {
+			continue
+		}
+		var p uint32
+		var n int
+		if typ < numPatientTypes {
+			if st.patients == 0 {
+				continue
+			}
+			p = uint32(a.next(st.patients))
+			n = st.profile(g, p).counts[typ]
+		} else {
+			n = g.poolSize(typ)
+		}
+		if n == 0 {
+			continue
+		}
+		k := ovKey(typ, p, a.next(n))
+		if a.touched[k] {
+			continue
+		}
+		if e, ok := st.overlay[k]; ok && e.deleted {
+			continue
+		}
+		a.touched[k] = true
+		return k, true
+	}
+	return 0, false
+}
+
+// addGroupMembers adds up to n initial patients who are not members to
+// the cohort Group, and returns how many it added.
+func (a *advance) addGroupMembers(n int) int {
+	st, g := a.st, a.g
 	added := 0
-	for range m.AddGroupMembers * 50 {
-		if added == m.AddGroupMembers || st.initial == 0 {
+	for range n * 50 {
+		if added == n || st.initial == 0 {
 			break
 		}
-		p := uint32(next(st.initial))
+		p := uint32(a.next(st.initial))
 		if st.inGroup(g, groupCohort, p) {
 			continue
 		}
-		st.added[p] = now
+		st.added[p] = a.now
 		added++
-		res.AddedToGroup = append(res.AddedToGroup, Key{"Patient", g.id(tPatient, p, 0)})
+		a.res.AddedToGroup = append(a.res.AddedToGroup, Key{"Patient", g.id(tPatient, p, 0)})
 	}
-	if added > 0 && m.NewPatients == 0 {
-		st.groupVer[1]++
-		st.groupAt[1] = now
-	}
-	s.st.Store(st)
-	return res
+	return added
 }
