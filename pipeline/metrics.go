@@ -188,8 +188,9 @@ func (m *Metrics) FileDone(source string, sp fetch.Spooled, st transform.FileSta
 	if st.Resources > 0 {
 		m.resources.WithLabelValues(source, rt).Add(float64(st.Resources))
 	}
-	if st.Deleted > 0 {
-		m.deleted.WithLabelValues(source, rt).Add(float64(st.Deleted))
+	// Labelled by the deleted resource's type, not the file's (Bundle).
+	for typ, n := range st.DeletedByType {
+		m.deleted.WithLabelValues(source, m.resourceType(typ)).Add(float64(n))
 	}
 	if st.Rejects > 0 {
 		m.rejects.WithLabelValues(source, rt).Add(float64(st.Rejects))

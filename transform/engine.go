@@ -430,6 +430,10 @@ func (fp *fileProc) deleted(st *FileStats, line int64, v *fastjson.Value, raw []
 		tb.b.Field(1).(*array.StringBuilder).Append(id)
 		fp.appendProvenance(tb.b, 2, line)
 		st.Deleted++
+		if st.DeletedByType == nil {
+			st.DeletedByType = map[string]int64{}
+		}
+		st.DeletedByType[typ]++
 		if err := fp.maybeFlush(tb); err != nil {
 			return err
 		}

@@ -151,6 +151,7 @@ func TestProcessDeletedAndErrorFiles(t *testing.T) {
 	st, err := e.Process(context.Background(), Origin{Source: "s"}, Input{Name: "d", Kind: "deleted", Type: "Bundle"}, strings.NewReader(del), emit)
 	require.NoError(t, err)
 	require.Equal(t, int64(2), st.Deleted)
+	require.Equal(t, map[string]int64{"Observation": 1, "Patient": 1}, st.DeletedByType)
 	require.Equal(t, int64(2), st.Rejects)
 	got := c.rows[schemas.DeletedTable]
 	require.Equal(t, "Observation", got[0]["resource_type"])

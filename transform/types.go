@@ -23,13 +23,16 @@ type Input struct {
 
 // FileStats counts what files held.
 type FileStats struct {
-	Lines       int64
-	Bytes       int64
-	Resources   int64
-	Deleted     int64
-	Outcomes    int64
-	Rejects     int64
-	ErrorIssues int64 // OperationOutcome issues of severity error or fatal
+	Lines     int64
+	Bytes     int64
+	Resources int64
+	Deleted   int64
+	// DeletedByType counts Deleted by the deleted resource's type (a
+	// deleted file's manifest type is Bundle).
+	DeletedByType map[string]int64
+	Outcomes      int64
+	Rejects       int64
+	ErrorIssues   int64 // OperationOutcome issues of severity error or fatal
 	// FirstIssue is the first error/fatal issue's text, for the run's error.
 	FirstIssue string
 }
@@ -40,6 +43,12 @@ func (s *FileStats) Add(o FileStats) {
 	s.Bytes += o.Bytes
 	s.Resources += o.Resources
 	s.Deleted += o.Deleted
+	for t, n := range o.DeletedByType {
+		if s.DeletedByType == nil {
+			s.DeletedByType = map[string]int64{}
+		}
+		s.DeletedByType[t] += n
+	}
 	s.Outcomes += o.Outcomes
 	s.Rejects += o.Rejects
 	s.ErrorIssues += o.ErrorIssues
