@@ -50,23 +50,26 @@ func PostgresSchema(t testing.TB) (dsn, schema string) {
 
 // OpenPostgres opens dsn with schema first on the search path, so the
 // checks' unqualified table names resolve to the sink's tables. The caller
-// closes it.
+// closes it (or leaves it to the end of t).
 func OpenPostgres(t testing.TB, dsn, schema string) *sql.DB {
 	t.Helper()
 	cfg, err := pgx.ParseConfig(dsn)
 	require.NoError(t, err)
 	cfg.RuntimeParams["search_path"] = schema
-	return stdlib.OpenDB(*cfg)
+	db := stdlib.OpenDB(*cfg)
+	t.Cleanup(func() { _ = db.Close() })
+	return db
 }
 
 // OpenDuckDB opens a DuckDB file read-only (no other process may hold it
-// for writing meanwhile). The caller closes it.
+// for writing meanwhile). The caller closes it (or leaves it to the end of t).
 func OpenDuckDB(t testing.TB, path string) *sql.DB {
 	t.Helper()
 	_, err := os.Stat(path)
 	require.NoError(t, err, "DuckDB file")
 	db, err := sql.Open("duckdb", path+"?access_mode=READ_ONLY")
 	require.NoError(t, err)
+	t.Cleanup(func() { _ = db.Close() })
 	db.SetMaxOpenConns(1)
 	require.NoError(t, db.Ping())
 	return db
@@ -81,6 +84,7 @@ func OpenLake(t testing.TB, lake *parquet.Sink) *sql.DB {
 	require.NoError(t, lake.WriteDuckDBViews(&script))
 	db, err := sql.Open("duckdb", "")
 	require.NoError(t, err)
+	t.Cleanup(func() { _ = db.Close() })
 	db.SetMaxOpenConns(1) // the views live in this one connection's database
 	_, err = db.Exec(script.String())
 	require.NoError(t, err, "views.sql:\n%s", script.String())
@@ -113,7 +117,7 @@ func readLakeJSON(t testing.TB, dir string) (*lakeJSON, bool) {
 
 // OpenLakeDir reads a lake another process writes, from its files alone:
 // an in-memory DuckDB running the lake's views.sql. It returns nil when
-// the lake has published nothing yet. The caller closes it.
+// the lake has published nothing yet. The caller closes it (or leaves it to the end of t).
 func OpenLakeDir(t testing.TB, dir string) *sql.DB {
 	t.Helper()
 	script, err := os.ReadFile(filepath.Join(dir, "views.sql"))
@@ -125,6 +129,7 @@ func OpenLakeDir(t testing.TB, dir string) *sql.DB {
 	require.NoError(t, err)
 	db, err := sql.Open("duckdb", "")
 	require.NoError(t, err)
+	t.Cleanup(func() { _ = db.Close() })
 	db.SetMaxOpenConns(1)
 	_, err = db.Exec(string(script))
 	require.NoError(t, err, "views.sql:\n%s", script)
