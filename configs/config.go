@@ -79,16 +79,22 @@ const (
 
 // Source is one Bulk Data server (and export level) to pull from.
 type Source struct {
-	Name     string   `yaml:"name"`
-	BaseURL  string   `yaml:"base_url"`
-	Level    string   `yaml:"level"`
-	GroupID  string   `yaml:"group_id"`
-	Schedule string   `yaml:"schedule"`
-	TimeZone string   `yaml:"timezone"`
-	Sinks    []string `yaml:"sinks"` // names; empty means every sink
-	Export   Export   `yaml:"export"`
-	HTTP     HTTP     `yaml:"http"`
-	Auth     Auth     `yaml:"auth"`
+	Name    string `yaml:"name"`
+	BaseURL string `yaml:"base_url"`
+	// Namespace is where the source's resources live: their identity is
+	// (namespace, type, id), since ids are unique only within one server.
+	// It defaults to the normalised base URL (NamespaceOf), so sources of
+	// one server share rows and different servers never collide; set it to
+	// a stable name that survives a base-URL change.
+	Namespace string   `yaml:"namespace"`
+	Level     string   `yaml:"level"`
+	GroupID   string   `yaml:"group_id"`
+	Schedule  string   `yaml:"schedule"`
+	TimeZone  string   `yaml:"timezone"`
+	Sinks     []string `yaml:"sinks"` // names; empty means every sink
+	Export    Export   `yaml:"export"`
+	HTTP      HTTP     `yaml:"http"`
+	Auth      Auth     `yaml:"auth"`
 }
 
 // Export holds the kick-off parameters and export-level behaviour.

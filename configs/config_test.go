@@ -133,3 +133,32 @@ sinks:
 	require.ErrorContains(t, err, "export.timeout must be positive")
 	require.ErrorContains(t, err, "postgres.schema must not be empty")
 }
+
+func TestNamespaces(t *testing.T) {
+	for in, want := range map[string]string{
+		"https://EHR.example.org:443/fhir/": "https://ehr.example.org/fhir",
+		"http://127.0.0.1:8080/fhir":        "http://127.0.0.1:8080/fhir",
+		"http://h:80/r4?x=1#f":              "http://h/r4",
+		"https://user:pw@h.example/fhir":    "https://h.example/fhir",
+		"http://[::1]:9000/fhir":            "http://[::1]:9000/fhir",
+	} {
+		require.Equal(t, want, NormalizeBaseURL(in), in)
+	}
+	cfg, err := Parse([]byte(`
+sources:
+  - {name: a, base_url: "https://EHR.example.org/fhir/"}
+  - {name: b, base_url: "https://ehr.example.org/fhir", level: group, group_id: g}
+  - {name: c, base_url: "https://ehr.example.org/fhir", namespace: ehr_main}
+`))
+	require.NoError(t, err)
+	require.Equal(t, cfg.Sources[0].NamespaceOf(), cfg.Sources[1].NamespaceOf(), "one server, one namespace")
+	require.Equal(t, "ehr_main", cfg.Sources[2].NamespaceOf())
+
+	_, err = Parse([]byte(`
+sources:
+  - {name: a, base_url: "https://h/fhir", namespace: "https://h/fhir"}
+  - {name: a, base_url: "https://h/fhir"}
+`))
+	require.ErrorContains(t, err, `namespace "https://h/fhir" must match`)
+	require.ErrorContains(t, err, "duplicate source name")
+}

@@ -119,6 +119,9 @@ func (s Source) validate(p *problems, at string, sinkNames map[string]bool) {
 	if u, err := url.Parse(s.BaseURL); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
 		p.add("%s: base_url %q is not an absolute http(s) URL", at, s.BaseURL)
 	}
+	if s.Namespace != "" && !namespaceRE.MatchString(s.Namespace) {
+		p.add("%s: namespace %q must match %s (a stable name such as ehr_a)", at, s.Namespace, namespaceRE)
+	}
 	switch s.Level {
 	case LevelSystem, LevelPatient:
 		if s.GroupID != "" {

@@ -10,6 +10,7 @@ import (
 	"runtime/debug"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/fhirferry/fhirferry/configs"
@@ -80,8 +81,19 @@ func Build(ctx context.Context, cfg *configs.Config, deps Deps) (*App, error) {
 	if err != nil {
 		return nil, err
 	}
+	var migrated []string
 	for _, sc := range cfg.Sinks {
-		if err := a.openSink(ctx, sc); err != nil {
+		rebuild, err := a.openSink(ctx, sc)
+		if err != nil {
+			a.Close()
+			return nil, err
+		}
+		if rebuild {
+			migrated = append(migrated, sc.Name)
+		}
+	}
+	if len(migrated) > 0 {
+		if err := a.rebuildMigrated(ctx, migrated); err != nil {
 			a.Close()
 			return nil, err
 		}
@@ -89,20 +101,72 @@ func Build(ctx context.Context, cfg *configs.Config, deps Deps) (*App, error) {
 	return a, nil
 }
 
-func (a *App) openSink(ctx context.Context, sc configs.Sink) error {
+// migration is what the sinks need to migrate tables an older fhirferry
+// wrote: the namespace of every configured source.
+func (a *App) migration() sinks.Migration {
+	m := sinks.Migration{Namespaces: map[string]string{}}
+	for _, src := range a.cfg.Sources {
+		m.Namespaces[src.Name] = src.NamespaceOf()
+		m.Namespaces[BackfillSource(src.Name)] = src.NamespaceOf()
+	}
+	return m
+}
+
+// migrate brings a sink's tables to sinks.SchemaVersion and reports
+// whether its views must be rebuilt.
+func (a *App) migrate(ctx context.Context, name string, s sinks.Sink) (bool, error) {
+	mg, ok := s.(sinks.Migrator)
+	if !ok {
+		return false, nil
+	}
+	rep, err := mg.Migrate(ctx, a.migration())
+	if err != nil {
+		return false, err
+	}
+	if rep.From < rep.To {
+		a.log.Warn("migrated the warehouse to a new table shape", "sink", name, "from", rep.From, "to", rep.To,
+			"change", "rows keyed by namespace; view tables typed and rebuilt from the raw landing")
+	}
+	for _, c := range rep.Collisions {
+		a.log.Warn("migration: resources of several servers may have overwritten each other", "sink", name, "detail", c,
+			"fix", "see README, Several sources in one warehouse")
+	}
+	return rep.RebuildViews, nil
+}
+
+// rebuildMigrated refills the view tables a migration dropped.
+func (a *App) rebuildMigrated(ctx context.Context, names []string) error {
+	t0 := time.Now()
+	rep, err := a.RebuildViews(ctx, RebuildOptions{All: true, Sinks: names})
+	if err != nil {
+		return fmt.Errorf("rebuild the views of the migrated sinks: %w", err)
+	}
+	var rows int64
+	for _, r := range rep.Rows {
+		rows += r.After
+	}
+	a.log.Info("rebuilt the views of the migrated warehouse", "sinks", strings.Join(names, ","), "views", len(rep.Rows),
+		"rows", rows, "duration", time.Since(t0).Round(time.Millisecond).String())
+	return nil
+}
+
+func (a *App) openSink(ctx context.Context, sc configs.Sink) (rebuild bool, err error) {
 	open, ok := a.deps.Sinks[sc.Type]
 	if !ok {
-		return fmt.Errorf("sink %s: type %q is not built into this binary", sc.Name, sc.Type)
+		return false, fmt.Errorf("sink %s: type %q is not built into this binary", sc.Name, sc.Type)
 	}
 	s, err := open(ctx, sc, sinks.Env{Name: sc.Name, Logger: a.log.With("sink", sc.Name), Alloc: a.pool})
 	if err != nil {
-		return fmt.Errorf("sink %s: %w", sc.Name, err)
+		return false, fmt.Errorf("sink %s: %w", sc.Name, err)
 	}
 	a.sinks[sc.Name] = s
-	if err := s.Prepare(ctx, a.engine.Tables()); err != nil {
-		return fmt.Errorf("sink %s: prepare tables: %w", sc.Name, err)
+	if rebuild, err = a.migrate(ctx, sc.Name, s); err != nil {
+		return false, fmt.Errorf("sink %s: migrate: %w", sc.Name, err)
 	}
-	return nil
+	if err := s.Prepare(ctx, a.engine.Tables()); err != nil {
+		return false, fmt.Errorf("sink %s: prepare tables: %w", sc.Name, err)
+	}
+	return rebuild, nil
 }
 
 // Config returns the configuration the App was built from.
@@ -202,6 +266,7 @@ func (a *App) Runner(ctx context.Context, name string) (*Runner, error) {
 		return nil, fmt.Errorf("source %s has no sinks", name)
 	}
 	r := a.runner(name, c, targets)
+	r.Namespace = src.NamespaceOf()
 	// The runner sets the request's _since from the sinks' checkpoints.
 	r.Request, r.InitialSince = fetch.RequestFor(src), src.Export.Since
 	r.DeleteAfter, r.FailOnErrorOutcomes = src.Export.DeleteAfter(), true
@@ -246,6 +311,9 @@ type LoadOptions struct {
 	Source string
 	// TransactionTime is recorded when the folder has no manifest.
 	TransactionTime string
+	// Namespace the folder's resources belong to: "" is the export's own
+	// server (the base of the manifest's request URL), else the source.
+	Namespace string
 	// Sinks limits the load to these sinks (default: all).
 	Sinks []string
 }
@@ -267,7 +335,12 @@ func (a *App) LoadDir(ctx context.Context, o LoadOptions) (*Result, error) {
 	if len(targets) == 0 {
 		return nil, errors.New("the config has no sinks")
 	}
-	r := a.runner(source, &LocalExport{Dir: o.Dir, TransactionTime: o.TransactionTime}, targets)
+	local := &LocalExport{Dir: o.Dir, TransactionTime: o.TransactionTime}
+	r := a.runner(source, local, targets)
+	r.Namespace = o.Namespace
+	if r.Namespace == "" {
+		r.Namespace = local.Namespace(source)
+	}
 	res, err := r.Run(ctx)
 	if res == nil {
 		res = &Result{Source: source}
@@ -343,4 +416,37 @@ func (a *App) Rebuilders(only []string) ([]NamedRebuilder, error) {
 type NamedRebuilder struct {
 	Name string
 	sinks.Rebuilder
+}
+
+// RunSources runs the named sources once each, at most
+// daemon.max_concurrent_runs at a time (sources of different servers load
+// side by side; runs on one sink take turns at its writer), and returns
+// each source's result and error in the order given.
+func (a *App) RunSources(ctx context.Context, names []string, done func(source string)) ([]*Result, []error) {
+	results, errs := make([]*Result, len(names)), make([]error, len(names))
+	sem := make(chan struct{}, max(a.cfg.Daemon.MaxConcurrentRuns, 1))
+	var wg sync.WaitGroup
+	for i, n := range names {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			select {
+			case sem <- struct{}{}:
+			case <-ctx.Done():
+				results[i], errs[i] = &Result{Source: n}, ctx.Err()
+				return
+			}
+			defer func() { <-sem }()
+			res, err := a.RunSource(ctx, n)
+			if res == nil {
+				res = &Result{Source: n}
+			}
+			results[i], errs[i] = res, err
+			if done != nil {
+				done(n)
+			}
+		}()
+	}
+	wg.Wait()
+	return results, errs
 }

@@ -221,6 +221,8 @@ func (b *Backfill) backfill(ctx context.Context, path string, snap *membership, 
 // backfillRunner is the source's runner, renamed and without _since.
 func (b *Backfill) backfillRunner(cyc *memberCycle) *Runner {
 	br := *b.Runner
+	// The back-fill stores the same server's resources: same namespace.
+	br.Namespace = b.Runner.namespace()
 	br.Source, br.Full = BackfillSource(b.Runner.Source), true
 	if cyc.Mode == backfillPatients {
 		br.Request.Patients = cyc.New

@@ -15,6 +15,7 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/fhirferry/fhirferry/configs"
 	"github.com/fhirferry/fhirferry/fetch"
 )
 
@@ -238,4 +239,32 @@ func (l *LocalExport) DownloadAll(ctx context.Context, m *fetch.Manifest, _ stri
 func DirDigest(p string) string {
 	h := sha256.Sum256([]byte(p))
 	return hex.EncodeToString(h[:6])
+}
+
+// Namespace is the namespace of the folder's resources: the server the
+// manifest's request URL names (its base, normalised as a source's base
+// URL is), or fallback when there is no manifest or request.
+func (l *LocalExport) Namespace(fallback string) string {
+	data, err := os.ReadFile(filepath.Join(l.Dir, "manifest.json"))
+	if err != nil {
+		return fallback
+	}
+	var m struct {
+		Request string `json:"request"`
+	}
+	if json.Unmarshal(data, &m) != nil || m.Request == "" {
+		return fallback
+	}
+	base, _, _ := strings.Cut(m.Request, "?")
+	if i := strings.Index(base, "/$export"); i >= 0 {
+		base = base[:i]
+	}
+	base = strings.TrimSuffix(base, "/Patient")
+	if i := strings.LastIndex(base, "/Group/"); i >= 0 {
+		base = base[:i]
+	}
+	if ns := configs.NormalizeBaseURL(base); strings.Contains(ns, "://") {
+		return ns
+	}
+	return fallback
 }

@@ -149,7 +149,7 @@ func (a *App) rebuildOne(ctx context.Context, rb NamedRebuilder, t *schemas.Tabl
 	var st transform.RebuildStats
 	err = rb.ReplaceTable(ctx, t, func(emit func(schemas.Batch) error) error {
 		var err error
-		st, err = a.engine.RebuildViewStats(ctx, t.Name, func(fn func(string, []byte) error) error {
+		st, err = a.engine.RebuildViewStats(ctx, t.Name, func(fn func(schemas.RawResource) error) error {
 			return rb.ScanRaw(ctx, t.ResourceType, fn)
 		}, emit)
 		return err

@@ -58,8 +58,11 @@ type Hooks interface {
 
 // Runner runs the exports of one source into its sinks.
 type Runner struct {
-	Source  string
-	Request fetch.Request // Since is filled in by the runner
+	Source string
+	// Namespace is the source's namespace (configs.Source.NamespaceOf):
+	// the run's rows belong to it and its upserts and deletes touch only it.
+	Namespace string
+	Request   fetch.Request // Since is filled in by the runner
 	// InitialSince is the _since of the first run (the sinks hold no checkpoint).
 	InitialSince string
 	Client       Exporter
@@ -87,6 +90,15 @@ type Runner struct {
 	// sink committed, before cleanup). The crash tests kill the process
 	// there; production binaries leave it nil.
 	Failpoint func(name string)
+}
+
+// namespace is the run's namespace: the configured one, else the source's
+// name (a runner built without one, as in tests).
+func (r *Runner) namespace() string {
+	if r.Namespace != "" {
+		return r.Namespace
+	}
+	return r.Source
 }
 
 func (r *Runner) failpoint(name string) {
@@ -199,7 +211,7 @@ func (r *Runner) recordFailure(ctx context.Context, st *RunState, res *Result, e
 	if ctx.Err() != nil || errors.Is(err, context.Canceled) {
 		outcome = "cancelled"
 	}
-	info := sinks.RunInfo{RunID: st.RunID, Source: r.Source, ExportID: st.ExportID(), Since: st.Since, Started: st.Started}
+	info := sinks.RunInfo{RunID: st.RunID, Source: r.Source, Namespace: r.namespace(), ExportID: st.ExportID(), Since: st.Since, Started: st.Started}
 	if st.Manifest != nil {
 		info.TransactionTime = st.Manifest.TransactionTime
 	}
@@ -330,7 +342,8 @@ func (r *Runner) apply(ctx context.Context, store *stateStore, st *RunState, res
 	if r.Hooks != nil {
 		r.Hooks.Manifest(r.Source, m)
 	}
-	info := sinks.RunInfo{RunID: st.RunID, Source: r.Source, ExportID: st.ExportID(), Since: st.Since, TransactionTime: m.TransactionTime, Started: st.Started}
+	info := sinks.RunInfo{RunID: st.RunID, Source: r.Source, Namespace: r.namespace(), ExportID: st.ExportID(), Since: st.Since,
+		TransactionTime: m.TransactionTime, Started: st.Started}
 	var todo []sinks.Sink
 	for _, s := range r.Sinks {
 		if slices.Contains(st.Committed, s.Name()) {
@@ -447,7 +460,7 @@ func (r *Runner) load(ctx context.Context, store *stateStore, st *RunState, info
 	workers := max(r.Workers, 1)
 	ld := &loading{
 		r: r, store: store, st: st, targets: targets, txns: txns,
-		origin: transform.Origin{Source: r.Source, ExportID: info.ExportID, TransactionTime: info.TransactionTime},
+		origin: transform.Origin{Namespace: info.Namespace, Source: r.Source, ExportID: info.ExportID, TransactionTime: info.TransactionTime},
 		files:  make(chan fetch.Spooled, workers),
 		// Bounded: a slow sink holds back the transform, and so the downloads.
 		batches: make(chan schemas.Batch, max(r.QueueDepth, 1)),

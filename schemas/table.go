@@ -19,6 +19,9 @@ const (
 	KindDeleted
 	// KindAppend tables (rejects, OperationOutcome issues) are appended.
 	KindAppend
+	// KindMeta tables (view_definitions) describe the sink as a whole:
+	// they are written only by ReplaceTable and carry no namespace.
+	KindMeta
 )
 
 func (k TableKind) String() string {
@@ -31,6 +34,8 @@ func (k TableKind) String() string {
 		return "deleted"
 	case KindAppend:
 		return "append"
+	case KindMeta:
+		return "meta"
 	}
 	return "unknown"
 }
@@ -41,9 +46,19 @@ const (
 	// It is staged but never stored in a target table; a view row belongs to
 	// the raw row with the same (resource id, seq).
 	ColSeq = "_seq"
-	// ColResourceID is the first column of every view table: the id of the
-	// resource the row was computed from.
+	// ColResourceID is in every view table: the id of the resource the row
+	// was computed from.
 	ColResourceID = "_resource_id"
+	// ColNamespace is the first column of every stored table: the namespace
+	// (the FHIR server) of the resource the row belongs to, since ids are
+	// unique only within one server. Batches do not carry it: a sink stamps
+	// it on every row from the run (sinks.RunInfo.Namespace), or in a
+	// ReplaceTable from the batch (Batch.Namespace).
+	ColNamespace = "namespace"
+	// ColSource is the source that wrote a row: a provenance column of the
+	// raw, deleted, rejects and outcomes batches, and stamped like
+	// ColNamespace on view rows.
+	ColSource = "source"
 )
 
 // Table describes one destination table.
@@ -59,10 +74,24 @@ type Table struct {
 	Description string
 }
 
-// StoredFields returns the schema's fields without staging-only columns:
-// the columns of the table a sink creates.
+// Stamped returns the columns a sink fills with one value per run (or per
+// batch, in a ReplaceTable) instead of reading them from the batch: the
+// namespace, and on views the source.
+func (t *Table) Stamped() []arrow.Field {
+	ns := arrow.Field{Name: ColNamespace, Type: arrow.BinaryTypes.String}
+	switch t.Kind {
+	case KindView:
+		return []arrow.Field{ns, {Name: ColSource, Type: arrow.BinaryTypes.String}}
+	case KindMeta:
+		return nil
+	}
+	return []arrow.Field{ns}
+}
+
+// StoredFields returns the columns of the table a sink creates: the
+// stamped ones, then the schema's fields without staging-only columns.
 func (t *Table) StoredFields() []arrow.Field {
-	out := make([]arrow.Field, 0, len(t.Schema.Fields()))
+	out := append(make([]arrow.Field, 0, len(t.Schema.Fields())+2), t.Stamped()...)
 	for _, f := range t.Schema.Fields() {
 		if f.Name == ColSeq {
 			continue
@@ -76,6 +105,10 @@ func (t *Table) StoredFields() []arrow.Field {
 type Batch struct {
 	Table *Table
 	Rec   arrow.RecordBatch
+	// Namespace and Source are the stamped columns of every row of a batch
+	// handed to ReplaceTable (a rebuild spans namespaces). In a run the
+	// run's own values apply.
+	Namespace, Source string
 }
 
 // Release drops the batch's reference to its Arrow memory.
@@ -83,4 +116,11 @@ func (b Batch) Release() {
 	if b.Rec != nil {
 		b.Rec.Release()
 	}
+}
+
+// RawResource is one stored resource as a sink reads it back from its raw
+// landing (a view rebuild's input).
+type RawResource struct {
+	Namespace, Source, ID string
+	JSON                  []byte
 }

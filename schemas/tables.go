@@ -120,7 +120,7 @@ var Outcomes = &Table{
 // transform.ViewHashes). Callers of ReplaceTable rewrite it whole.
 var ViewDefinitions = &Table{
 	Name: ViewDefsTable,
-	Kind: KindAppend,
+	Kind: KindMeta,
 	Schema: arrow.NewSchema([]arrow.Field{
 		{Name: "name", Type: arrow.BinaryTypes.String},
 		{Name: "resource_type", Type: arrow.BinaryTypes.String},

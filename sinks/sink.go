@@ -57,6 +57,10 @@ type Factory func(ctx context.Context, cfg configs.Sink, env Env) (Sink, error)
 type RunInfo struct {
 	RunID  string
 	Source string
+	// Namespace is the source's namespace: every row of the run belongs to
+	// it (schemas.ColNamespace), and the run's upserts, deletes and view
+	// replacements touch only rows of it.
+	Namespace string
 	// ExportID identifies the export (its status URL, or a digest of a
 	// loaded folder). A sink whose checkpoint already has this ExportID
 	// holds the run and skips it.
@@ -127,10 +131,10 @@ var ErrTxnDone = errors.New("sinks: transaction already ended")
 // raw landing, so a new or changed view gets rows for every stored resource
 // without a new export (`fhirferry views rebuild`).
 type Rebuilder interface {
-	// ScanRaw streams the current raw resources of one type (the resource
-	// JSON and its id). resource is valid only during the call to fn; an
+	// ScanRaw streams the current raw resources of one type, ordered by
+	// namespace and source. r.JSON is valid only during the call to fn; an
 	// error from fn stops the scan and is returned.
-	ScanRaw(ctx context.Context, resourceType string, fn func(id string, resource []byte) error) error
+	ScanRaw(ctx context.Context, resourceType string, fn func(r schemas.RawResource) error) error
 	// ReplaceTable atomically replaces a table's rows with the batches
 	// produce emits (creating or altering the table to t's schema). emit
 	// takes ownership of each batch and releases it, also on error; produce
@@ -169,6 +173,49 @@ type Querier interface {
 	Query(ctx context.Context, query string, args ...any) (*sql.Rows, error)
 	// Tables lists the sink's tables with their row counts, by name.
 	Tables(ctx context.Context) ([]TableInfo, error)
+}
+
+// SchemaVersion is the shape of the tables this build writes. Version 2
+// keys every row by namespace (schemas.ColNamespace), stamps the source on
+// view rows and types the view columns; tables of version 1 are migrated
+// on first start (Migrator).
+const SchemaVersion = 2
+
+// Migration is what a sink needs to bring tables an older fhirferry wrote
+// up to SchemaVersion.
+type Migration struct {
+	// Namespaces maps the configured sources to their namespaces. Rows of
+	// a source not listed (a `fhirferry load` folder, a removed source)
+	// get the source's name as their namespace.
+	Namespaces map[string]string
+}
+
+// NamespaceOf is the namespace Migrate gives the rows of source.
+func (m Migration) NamespaceOf(source string) string {
+	if ns, ok := m.Namespaces[source]; ok && ns != "" {
+		return ns
+	}
+	return source
+}
+
+// MigrationReport says what Migrate did.
+type MigrationReport struct {
+	From, To int
+	// Collisions describes sources of different namespaces that wrote the
+	// warehouse before namespaces existed: where their resources had the
+	// same type and id, one overwrote the other, which a migration cannot
+	// undo (re-export the source to recover its resources).
+	Collisions []string
+	// RebuildViews: the view tables were dropped and must be rebuilt from
+	// the raw landing before the next run.
+	RebuildViews bool
+}
+
+// Migrator is implemented by sinks whose tables carry a schema version.
+// Migrate is called before Prepare; on a fresh warehouse it only records
+// SchemaVersion. It is idempotent: a crash mid-way is repeated.
+type Migrator interface {
+	Migrate(ctx context.Context, m Migration) (MigrationReport, error)
 }
 
 // FailureRecorder is implemented by sinks that record runs which did not

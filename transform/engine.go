@@ -239,7 +239,7 @@ func (fp *fileProc) emitRows(tb *tableBuilder, n int) error {
 		rec.Release()
 		return nil
 	}
-	return fp.emit(schemas.Batch{Table: tb.t, Rec: rec})
+	return fp.emit(schemas.Batch{Table: tb.t, Rec: rec, Namespace: fp.origin.Namespace, Source: fp.origin.Source})
 }
 
 func (fp *fileProc) maybeFlush(tb *tableBuilder) error {

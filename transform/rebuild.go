@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"strings"
 
 	"github.com/valyala/fastjson"
 
@@ -42,16 +43,16 @@ func (e *Engine) viewTable(name string) (viewTable, bool) {
 }
 
 // RebuildView evaluates one view over resources that scan yields (the raw
-// landing of a sink, see [sinks.Rebuilder]) and passes its batches to
+// landing of a sink, in its order: namespace by namespace) and passes its batches to
 // emit, which takes ownership of them. The batches have the same columns
 // and rows as a run loading those resources would give; _seq is 0.
-func (e *Engine) RebuildView(ctx context.Context, name string, scan func(fn func(id string, res []byte) error) error, emit func(schemas.Batch) error) error {
+func (e *Engine) RebuildView(ctx context.Context, name string, scan func(fn func(schemas.RawResource) error) error, emit func(schemas.Batch) error) error {
 	_, err := e.RebuildViewStats(ctx, name, scan, emit)
 	return err
 }
 
 // RebuildViewStats is [Engine.RebuildView] reporting what it did.
-func (e *Engine) RebuildViewStats(ctx context.Context, name string, scan func(fn func(id string, res []byte) error) error, emit func(schemas.Batch) error) (RebuildStats, error) {
+func (e *Engine) RebuildViewStats(ctx context.Context, name string, scan func(fn func(schemas.RawResource) error) error, emit func(schemas.Batch) error) (RebuildStats, error) {
 	var rs RebuildStats
 	vt, ok := e.viewTable(name)
 	if !ok {
@@ -74,18 +75,25 @@ func (e *Engine) RebuildViewStats(ctx context.Context, name string, scan func(fn
 	}}
 	defer fp.release()
 	var st FileStats
-	err := scan(func(id string, res []byte) error {
+	err := scan(func(r schemas.RawResource) error {
 		if rs.Resources%1024 == 0 {
 			if err := ctx.Err(); err != nil {
 				return err
 			}
 		}
 		rs.Resources++
-		v, err := p.ParseBytes(res)
-		if err != nil {
-			return fmt.Errorf("rebuild %s: stored %s %s is not JSON: %w", name, vt.table.ResourceType, id, err)
+		if r.Namespace != fp.origin.Namespace || r.Source != fp.origin.Source {
+			// Every batch holds rows of one namespace and source.
+			if err := fp.flushAll(); err != nil {
+				return err
+			}
+			fp.origin.Namespace, fp.origin.Source = strings.Clone(r.Namespace), strings.Clone(r.Source)
 		}
-		return fp.view(&st, vt, v, vt.table.ResourceType, id, 0, 0)
+		v, err := p.ParseBytes(r.JSON)
+		if err != nil {
+			return fmt.Errorf("rebuild %s: stored %s %s is not JSON: %w", name, vt.table.ResourceType, r.ID, err)
+		}
+		return fp.view(&st, vt, v, vt.table.ResourceType, r.ID, 0, 0)
 	})
 	if err == nil {
 		err = fp.flushAll()

@@ -22,14 +22,14 @@ const rebuildInput = `{"resourceType":"Observation","id":"o1","code":{"coding":[
 `
 
 // scanLines yields the Observation lines of in as a sink's ScanRaw would.
-func scanLines(in string) func(fn func(id string, res []byte) error) error {
-	return func(fn func(id string, res []byte) error) error {
+func scanLines(in string) func(fn func(schemas.RawResource) error) error {
+	return func(fn func(schemas.RawResource) error) error {
 		for _, l := range strings.Split(strings.TrimSpace(in), "\n") {
 			v := fastjson.MustParse(l)
 			if string(v.GetStringBytes("resourceType")) != "Observation" {
 				continue
 			}
-			if err := fn(string(v.GetStringBytes("id")), []byte(l)); err != nil {
+			if err := fn(schemas.RawResource{Namespace: "ns", Source: "s", ID: string(v.GetStringBytes("id")), JSON: []byte(l)}); err != nil {
 				return err
 			}
 		}
@@ -115,8 +115,8 @@ func TestRebuildViewErrors(t *testing.T) {
 	require.ErrorContains(t, err, `no view named "nope"`)
 
 	// Corrupt JSON in the landing names the resource.
-	err = e.RebuildView(t.Context(), "obs_code", func(fn func(string, []byte) error) error {
-		return fn("bad", []byte(`{"resourceType":`))
+	err = e.RebuildView(t.Context(), "obs_code", func(fn func(schemas.RawResource) error) error {
+		return fn(schemas.RawResource{Namespace: "ns", Source: "s", ID: "bad", JSON: []byte(`{"resourceType":`)})
 	}, drop)
 	require.ErrorContains(t, err, "stored Observation bad is not JSON")
 
@@ -133,7 +133,7 @@ func TestRebuildViewErrors(t *testing.T) {
 
 	// A scan error is returned, and the rows built so far are released.
 	scanErr := errors.New("disk gone")
-	err = e.RebuildView(t.Context(), "obs_code", func(fn func(string, []byte) error) error {
+	err = e.RebuildView(t.Context(), "obs_code", func(fn func(schemas.RawResource) error) error {
 		if err := scanLines(rebuildInput)(fn); err != nil {
 			return err
 		}
@@ -165,4 +165,36 @@ func TestViewHash(t *testing.T) {
 	require.NoError(t, err)
 	require.Contains(t, hs, "patient")
 	require.Len(t, hs["patient"], 64)
+}
+
+// TestRebuildViewStampsEachNamespace: a rebuild's batches each hold the
+// rows of one (namespace, source), in the scan's order, so a sink stamps
+// every row with the resource's own namespace.
+func TestRebuildViewStampsEachNamespace(t *testing.T) {
+	mem := memory.NewCheckedAllocator(memory.NewGoAllocator())
+	defer mem.AssertSize(t, 0)
+	e := newEngine(t, mem, 100)
+	type group struct {
+		ns, src string
+		rows    int64
+	}
+	var got []group
+	err := e.RebuildView(t.Context(), "obs_code", func(fn func(schemas.RawResource) error) error {
+		for _, r := range []schemas.RawResource{
+			{Namespace: "https://a/fhir", Source: "a", ID: "o1"}, {Namespace: "https://a/fhir", Source: "a", ID: "o2"},
+			{Namespace: "https://a/fhir", Source: "a2", ID: "o3"}, {Namespace: "https://b/fhir", Source: "b", ID: "o1"},
+		} {
+			r.JSON = []byte(`{"resourceType":"Observation","id":"` + r.ID + `","code":{"coding":[{"code":"c"}]}}`)
+			if err := fn(r); err != nil {
+				return err
+			}
+		}
+		return nil
+	}, func(b schemas.Batch) error {
+		defer b.Release()
+		got = append(got, group{b.Namespace, b.Source, b.Rec.NumRows()})
+		return nil
+	})
+	require.NoError(t, err)
+	require.Equal(t, []group{{"https://a/fhir", "a", 2}, {"https://a/fhir", "a2", 1}, {"https://b/fhir", "b", 1}}, got)
 }

@@ -2,6 +2,9 @@ package transform
 
 // Origin is the provenance stamped on every row of a run.
 type Origin struct {
+	// Namespace is the source's namespace, stamped on the batches (a sink
+	// stores it with every row; see schemas.ColNamespace).
+	Namespace       string
 	Source          string
 	ExportID        string
 	TransactionTime string

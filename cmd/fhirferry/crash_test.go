@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -20,6 +21,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/fhirferry/fhirferry/cmd/internal/e2e"
+	"github.com/fhirferry/fhirferry/configs"
 	"github.com/fhirferry/fhirferry/fetch/bulktest"
 	"github.com/fhirferry/fhirferry/pipeline"
 	"github.com/fhirferry/fhirferry/transform"
@@ -45,28 +47,40 @@ type crashWarehouse struct {
 	yaml string
 	// open reads the tables; nil when nothing was ever published.
 	open func(t *testing.T) *sql.DB
-	// checkpoint is the source's checkpoint transactionTime.
-	checkpoint func(t *testing.T) string
+	// checkpoint is a source's checkpoint transactionTime ("" for none).
+	checkpoint func(t *testing.T, source string) string
 	// garbage lists leftovers of unfinished runs, when the sink can tell.
 	garbage func(t *testing.T) []string
 }
 
-func sqlCheckpoint(open func(t *testing.T) *sql.DB) func(t *testing.T) string {
-	return func(t *testing.T) string {
+func sqlCheckpoint(open func(t *testing.T) *sql.DB) func(t *testing.T, source string) string {
+	return func(t *testing.T, source string) string {
 		db := open(t)
+		if db == nil {
+			return ""
+		}
 		defer db.Close()
-		return e2e.Checkpoint(t, db, "ehr")
+		var tt string
+		err := db.QueryRow(`SELECT transaction_time FROM checkpoints WHERE source = $1`, source).Scan(&tt)
+		if errors.Is(err, sql.ErrNoRows) || err != nil && strings.Contains(err.Error(), "does not exist") {
+			return "" // no run committed yet (no table before the first run)
+		}
+		require.NoError(t, err)
+		return tt
 	}
 }
 
 // TestCrashRecovery kills a real fhirferry process with SIGKILL at each
 // failpoint, in an initial and in an incremental run, restarts it without
-// the failpoint, and checks nothing was lost or doubled: the warehouse
-// equals the server's ground truth (raw and views), the checkpoint is the
-// manifest's transactionTime, the server saw one kick-off per export and
-// no spooled file twice, a killed load is invisible, and the state and
-// spool are gone. The bulktest server lives in the test process, so it
-// survives its client's deaths.
+// the failpoint, and checks nothing was lost or doubled. Two sources load
+// at once (daemon.max_concurrent_runs: 2) from two servers started with the
+// same seed, so their resources share every id and only the namespace
+// keeps them apart. After the restart each namespace equals its server's
+// ground truth (raw and views), each checkpoint is its manifest's
+// transactionTime, each server saw one kick-off per export and no spooled
+// file twice, a killed load is invisible, and the state and spool are
+// gone. The servers live in the test process, so they survive their
+// client's deaths.
 func TestCrashRecovery(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the binary and kills it 24 times")
@@ -85,7 +99,12 @@ func TestCrashRecovery(t *testing.T) {
 	}{
 		{"duckdb", func(t *testing.T, dir string) crashWarehouse {
 			path := filepath.Join(dir, "warehouse.duckdb")
-			open := func(t *testing.T) *sql.DB { return e2e.OpenDuckDB(t, path) }
+			open := func(t *testing.T) *sql.DB {
+				if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
+					return nil // before the first run
+				}
+				return e2e.OpenDuckDB(t, path)
+			}
 			return crashWarehouse{
 				yaml: fmt.Sprintf("    type: duckdb\n    duckdb:\n      path: %s\n", path),
 				open: open, checkpoint: sqlCheckpoint(open),
@@ -108,7 +127,7 @@ func TestCrashRecovery(t *testing.T) {
 			return crashWarehouse{
 				yaml:       fmt.Sprintf("    type: parquet\n    parquet:\n      dir: %s\n      compression: snappy\n", lake),
 				open:       func(t *testing.T) *sql.DB { return e2e.OpenLakeDir(t, lake) },
-				checkpoint: func(t *testing.T) string { return e2e.LakeCheckpoint(t, lake, "ehr") },
+				checkpoint: func(t *testing.T, source string) string { return e2e.LakeCheckpoint(t, lake, source) },
 				garbage:    func(t *testing.T) []string { return e2e.LakeGarbage(t, lake) },
 			}
 		}},
@@ -127,58 +146,78 @@ func TestCrashRecovery(t *testing.T) {
 	}
 }
 
-// crashEnv is one scenario: a server, a data dir and a config.
+// crashSource is one source of a scenario and the server it exports.
+type crashSource struct {
+	name string
+	srv  *bulktest.Server
+	ns   string
+}
+
+// crashEnv is one scenario: the servers, a data dir and a config.
 type crashEnv struct {
 	t       *testing.T
 	bin     string
 	cfg     string
 	dataDir string
-	srv     *bulktest.Server
+	sources []crashSource
 	wh      crashWarehouse
 	views   []transform.View
 }
 
 func crashScenario(t *testing.T, bin, dir string, wh crashWarehouse, views []transform.View, seed int64, spec, phase string) {
-	srv, err := bulktest.NewServer(bulktest.Options{
-		Patients: 8, Seed: seed, FileMaxResources: 40, PollsBeforeComplete: 2, RetryAfter: "1",
-	})
-	require.NoError(t, err)
-	t.Cleanup(srv.Close)
-	e := &crashEnv{t: t, bin: bin, dataDir: filepath.Join(dir, "data"), srv: srv, wh: wh, views: views,
+	e := &crashEnv{t: t, bin: bin, dataDir: filepath.Join(dir, "data"), wh: wh, views: views,
 		cfg: filepath.Join(dir, "config.yaml")}
-	require.NoError(t, os.WriteFile(e.cfg, []byte(fmt.Sprintf(`data_dir: %s
-log:
-  level: info
-transform:
-  batch_rows: 100
-  workers: 2
-  queue_depth: 2
-sources:
-  - name: ehr
+	var yaml strings.Builder
+	for _, name := range []string{"ehr", "ehr2"} {
+		srv, err := bulktest.NewServer(bulktest.Options{
+			Patients: 6, Seed: seed, FileMaxResources: 40, PollsBeforeComplete: 2, RetryAfter: "1",
+		})
+		require.NoError(t, err)
+		t.Cleanup(srv.Close)
+		e.sources = append(e.sources, crashSource{name: name, srv: srv, ns: configs.NormalizeBaseURL(srv.BaseURL())})
+		fmt.Fprintf(&yaml, `  - name: %s
     base_url: %s
     level: system
     http:
       parallel: 2
       min_wait: 50ms
       max_wait: 2s
-sinks:
+`, name, srv.BaseURL())
+	}
+	require.NoError(t, os.WriteFile(e.cfg, []byte(fmt.Sprintf(`data_dir: %s
+log:
+  level: info
+daemon:
+  max_concurrent_runs: 2
+transform:
+  batch_rows: 100
+  workers: 2
+  queue_depth: 2
+sources:
+%ssinks:
   - name: warehouse
-%s`, e.dataDir, srv.BaseURL(), wh.yaml)), 0o600))
+%s`, e.dataDir, yaml.String(), wh.yaml)), 0o600))
 
-	t.Run("initial", func(t *testing.T) { e.crashAndRecover(t, spec, phase, nil, "") })
-	before := srv.Truth("system", "", nil)
-	cp := wh.checkpoint(t)
-	mut := srv.Advance(24*time.Hour, bulktest.Mutation{NewPatients: 1, UpdatedResources: 20, DeletedResources: 8, RecreatedResources: 2})
-	require.NotEmpty(t, mut.Deleted)
-	t.Run("incremental", func(t *testing.T) { e.crashAndRecover(t, spec, phase, before, cp) })
+	t.Run("initial", func(t *testing.T) { e.crashAndRecover(t, spec, phase, nil) })
+	prev := map[string]e2e.Truth{}
+	for i, src := range e.sources {
+		prev[src.name] = src.srv.Truth("system", "", nil)
+		// The servers change differently: the same ids, other versions.
+		mut := src.srv.Advance(24*time.Hour, bulktest.Mutation{NewPatients: 1, UpdatedResources: 20 - 5*i, DeletedResources: 8 - 3*i, RecreatedResources: 2})
+		require.NotEmpty(t, mut.Deleted)
+	}
+	t.Run("incremental", func(t *testing.T) { e.crashAndRecover(t, spec, phase, prev) })
 }
 
 // crashAndRecover runs the child with the failpoint, requires it was
 // killed where asked, restarts it and checks the outcome. prev is the
-// truth the warehouse held before (nil: empty); since the run's expected
-// _since.
-func (e *crashEnv) crashAndRecover(t *testing.T, spec, phase string, prev e2e.Truth, since string) {
-	kicks := e.srv.Stats().KickOffs
+// truth each source's namespace held before (nil: empty).
+func (e *crashEnv) crashAndRecover(t *testing.T, spec, phase string, prev map[string]e2e.Truth) {
+	kicks, since := map[string]int{}, map[string]string{}
+	for _, src := range e.sources {
+		kicks[src.name] = src.srv.Stats().KickOffs
+		since[src.name] = e.wh.checkpoint(t, src.name)
+	}
 
 	// 1. The crash.
 	stdout, stderr, err := e.run(t, "FHIRFERRY_FAILPOINT="+spec)
@@ -188,74 +227,111 @@ func (e *crashEnv) crashAndRecover(t *testing.T, spec, phase string, prev e2e.Tr
 	require.True(t, ok)
 	require.True(t, ws.Signaled() && ws.Signal() == syscall.SIGKILL, "child ended with %v, not SIGKILL; stderr:\n%s", ee, stderr)
 
-	st := e.state(t)
-	require.NotNil(t, st, "a killed run leaves its state")
-	require.Equal(t, phase, st.Phase)
-	require.Equal(t, since, st.Since, "_since is the checkpoint, verbatim")
-	require.NotEmpty(t, st.StatusURL, "the status URL is saved before polling")
-	spooled := map[string]bool{}
-	for _, sp := range st.Spooled {
-		spooled[urlPath(t, sp.File.URL)] = true
-	}
-	switch spec {
-	case "spooled:3":
-		require.GreaterOrEqual(t, len(st.Spooled), 3)
-		require.Less(t, len(st.Spooled), len(st.Manifest.Files()), "killed mid-download")
-	}
-	if phase == pipeline.PhaseCommitted {
-		require.Equal(t, []string{"warehouse"}, st.Committed)
-	} else {
-		require.Empty(t, st.Committed)
-	}
-
-	// A killed load is invisible; a killed cleanup is after the commit.
-	db := e.wh.open(t)
-	switch {
-	case phase == pipeline.PhaseCommitted:
-		require.Equal(t, st.Manifest.TransactionTime, e.wh.checkpoint(t))
-		e2e.RequireRawMatches(t, db, e.srv.Truth("system", "", nil))
-	case prev == nil:
-		if db != nil {
-			var n int
-			require.NoError(t, db.QueryRow(`SELECT count(*) FROM fhir_resources`).Scan(&n))
-			require.Zero(t, n, "a killed first run left rows behind")
+	states := map[string]*pipeline.RunState{}
+	spooled := map[string]map[string]bool{}
+	atPhase := false
+	for _, src := range e.sources {
+		st := e.state(t, src.name)
+		if st == nil {
+			continue
 		}
-	default:
-		require.Equal(t, since, e.wh.checkpoint(t), "a killed run moved the checkpoint")
-		e2e.RequireRawMatches(t, db, prev)
+		states[src.name] = st
+		atPhase = atPhase || st.Phase == phase
+		require.Equal(t, since[src.name], st.Since, "%s: _since is the checkpoint, verbatim", src.name)
+		spooled[src.name] = map[string]bool{}
+		for _, sp := range st.Spooled {
+			spooled[src.name][urlPath(t, sp.File.URL)] = true
+		}
+		if spec == "spooled:3" && st.Phase == phase && len(st.Spooled) >= 3 {
+			require.Less(t, len(st.Spooled), len(st.Manifest.Files()), "killed mid-download")
+		}
 	}
-	if db != nil {
-		require.NoError(t, db.Close())
-	}
+	require.True(t, atPhase, "no run was killed at phase %s", phase)
+	e.requireKilledLoadInvisible(t, states, since, prev)
 
 	// 2. The restart.
 	stdout, stderr, err = e.run(t)
 	require.NoError(t, err, "restart failed; stdout:\n%s\nstderr:\n%s", stdout, stderr)
-	require.Regexp(t, `resuming run.*`+st.RunID, stderr, "the restart resumes the killed run")
-
-	stats := e.srv.Stats()
-	require.Equal(t, kicks+1, stats.KickOffs, "one kick-off for the export, whatever the crash")
-	for p := range spooled {
-		require.Equal(t, 1, stats.Downloads[p], "file %s was spooled before the kill and downloaded again", p)
+	for name, st := range states {
+		require.Regexp(t, `resuming run.*`+st.RunID, stderr, "the restart resumes the killed run of %s", name)
 	}
-	require.Nil(t, e.state(t), "the state file is removed after the run")
+	for _, src := range e.sources {
+		stats := src.srv.Stats()
+		want := kicks[src.name] + 1
+		if st := states[src.name]; st != nil && st.StatusURL == "" && stats.KickOffs == want+1 {
+			// Killed while the other run's failpoint fired between this
+			// run's kick-off and saving its status URL: the server's
+			// answer was lost with the process, so the restart kicks off
+			// again. The window is the one HTTP exchange.
+			want++
+		}
+		require.Equal(t, want, stats.KickOffs, "%s: one kick-off for the export, whatever the crash", src.name)
+		for p := range spooled[src.name] {
+			require.Equal(t, 1, stats.Downloads[p], "%s: file %s was spooled before the kill and downloaded again", src.name, p)
+		}
+		require.Nil(t, e.state(t, src.name), "the state file is removed after the run")
+	}
 	e.requireSpoolEmpty(t)
-
 	if e.wh.garbage != nil {
 		require.Empty(t, e.wh.garbage(t), "the killed run's staging is left behind")
 	}
-	db = e.wh.open(t)
+	db := e.wh.open(t)
 	require.NotNil(t, db)
 	defer db.Close()
-	cp := e.wh.checkpoint(t)
-	if st.Manifest != nil {
-		require.Equal(t, st.Manifest.TransactionTime, cp, "the checkpoint is the manifest's transactionTime")
+	var total int
+	for _, src := range e.sources {
+		cp := e.wh.checkpoint(t, src.name)
+		if st := states[src.name]; st != nil && st.Manifest != nil {
+			require.Equal(t, st.Manifest.TransactionTime, cp, "the checkpoint is the manifest's transactionTime")
+		}
+		tt, err := time.Parse(time.RFC3339Nano, cp)
+		require.NoError(t, err)
+		require.True(t, tt.Equal(src.srv.Now()), "checkpoint %s is not the server's clock %s", cp, src.srv.Now())
+		require.Contains(t, stdout, cp, "the summary shows the transactionTime")
+		truth := src.srv.Truth("system", "", nil)
+		e2e.RequireNamespaceMatchesTruth(t, db, src.ns, e.views, truth)
+		total += len(truth)
 	}
-	tt, err := time.Parse(time.RFC3339Nano, cp)
-	require.NoError(t, err)
-	require.True(t, tt.Equal(e.srv.Now()), "checkpoint %s is not the server's clock %s", cp, e.srv.Now())
-	require.Contains(t, stdout, cp, "the summary shows the transactionTime")
-	e2e.RequireMatchesTruth(t, db, e.views, e.srv.Truth("system", "", nil))
+	var n int
+	require.NoError(t, db.QueryRow(`SELECT count(*) FROM fhir_resources`).Scan(&n))
+	require.Equal(t, total, n, "each namespace's resources once, nothing else")
+}
+
+// requireKilledLoadInvisible checks what the warehouse shows after the
+// kill: a source whose run committed holds its new export, any other the
+// state before the run (nothing, on a first run).
+func (e *crashEnv) requireKilledLoadInvisible(t *testing.T, states map[string]*pipeline.RunState, since map[string]string, prev map[string]e2e.Truth) {
+	db := e.wh.open(t)
+	if db != nil {
+		defer db.Close()
+	}
+	for _, src := range e.sources {
+		st := states[src.name]
+		cp := e.wh.checkpoint(t, src.name)
+		// A sink can commit and the process die before the state records
+		// it: the checkpoint says what the warehouse holds.
+		committed := cp != since[src.name]
+		if st != nil && slices.Contains(st.Committed, "warehouse") {
+			require.True(t, committed, "%s: the state says committed, the checkpoint did not move", src.name)
+		}
+		switch {
+		case committed:
+			require.NotNil(t, db)
+			if st != nil && st.Manifest != nil {
+				require.Equal(t, st.Manifest.TransactionTime, cp)
+			}
+			e2e.RequireNamespaceMatchesTruth(t, db, src.ns, e.views, src.srv.Truth("system", "", nil))
+		case prev == nil:
+			if db != nil {
+				var n int
+				require.NoError(t, db.QueryRow(`SELECT count(*) FROM fhir_resources WHERE namespace = $1`, src.ns).Scan(&n))
+				require.Zero(t, n, "%s: a killed first run left rows behind", src.name)
+			}
+		default:
+			require.Equal(t, since[src.name], cp, "%s: a killed run moved the checkpoint", src.name)
+			e2e.RequireNamespaceMatchesTruth(t, db, src.ns, e.views, prev[src.name])
+		}
+	}
 }
 
 // run runs `fhirferry run` to its end with extra environment variables.
@@ -271,9 +347,9 @@ func (e *crashEnv) run(t *testing.T, env ...string) (stdout, stderr string, err 
 	return o.String(), s.String(), err
 }
 
-// state reads the source's run state; nil when there is none.
-func (e *crashEnv) state(t *testing.T) *pipeline.RunState {
-	b, err := os.ReadFile(filepath.Join(e.dataDir, "state", "ehr.json"))
+// state reads a source's run state; nil when there is none.
+func (e *crashEnv) state(t *testing.T, source string) *pipeline.RunState {
+	b, err := os.ReadFile(filepath.Join(e.dataDir, "state", source+".json"))
 	if errors.Is(err, os.ErrNotExist) {
 		return nil
 	}

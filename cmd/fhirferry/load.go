@@ -40,6 +40,7 @@ loading it again is a no-op.`,
 	cmd.Flags().StringVar(&cfgPath, "config", "", "configuration file (required)")
 	cmd.Flags().StringVar(&o.Source, "source", "", "source name the data is recorded under (default load-<folder>)")
 	cmd.Flags().StringVar(&o.TransactionTime, "transaction-time", "", "transactionTime to record when the folder has no manifest")
+	cmd.Flags().StringVar(&o.Namespace, "namespace", "", "namespace of the resources (default: the server of the manifest's request URL, else the source name)")
 	cmd.Flags().StringSliceVar(&o.Sinks, "sink", nil, "load into these sinks only (default all)")
 	_ = cmd.MarkFlagRequired("config")
 	return cmd

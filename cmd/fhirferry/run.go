@@ -29,8 +29,9 @@ func newRunCmd(g *globals) *cobra.Command {
 		Short: "Run one incremental export per source into the configured sinks",
 		Long: `run performs one run of each configured source (or of --source): it resumes
 an unfinished run if there is one, otherwise kicks off an export with _since set to
-the oldest checkpoint of the source's sinks, loads it, and commits. It prints a
-summary and exits non-zero if any source failed.`,
+the oldest checkpoint of the source's sinks, loads it, and commits; at most
+daemon.max_concurrent_runs sources run at once. It prints a summary and exits
+non-zero if any source failed.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
@@ -45,17 +46,7 @@ summary and exits non-zero if any source failed.`,
 			if err != nil {
 				return err
 			}
-			var results []*pipeline.Result
-			var errs []error
-			for _, n := range names {
-				res, err := a.RunSource(ctx, n)
-				prog.finish()
-				if res == nil {
-					res = &pipeline.Result{Source: n}
-				}
-				results = append(results, res)
-				errs = append(errs, err)
-			}
+			results, errs := a.RunSources(ctx, names, func(string) { prog.finish() })
 			printSummary(cmd.OutOrStdout(), results, errs)
 			return errors.Join(errs...)
 		},

@@ -225,7 +225,7 @@ func testRebuildScenario(t *testing.T, sinks func(dir string) string, names ...s
 	got, want := e.dump("pt", "pt_name", "obs"), fresh.dump("pt", "pt_name", "obs")
 	require.Equal(t, want, got)
 	require.Len(t, got[names[0]+".pt"], 1+3, "header and the three active patients")
-	require.Equal(t, "_resource_id,id,gender,family", got[names[0]+".pt"][0])
+	require.Equal(t, "namespace,source,_resource_id,id,gender,family", got[names[0]+".pt"][0])
 
 	// --view and --all rebuild regardless of the recorded hashes.
 	out, err = e.rebuild("--view", "pt_name")

@@ -9,6 +9,7 @@ import (
 	"github.com/apache/arrow-go/v18/arrow"
 
 	"github.com/fhirferry/fhirferry/schemas"
+	"github.com/fhirferry/fhirferry/sinks"
 )
 
 // quote returns name as a SQL identifier, so view columns such as
@@ -203,12 +204,33 @@ func storedFields(t *schemas.Table) []arrow.Field {
 	return fields
 }
 
+// stamp is the value of the stamped columns (schemas.Table.Stamped) of the
+// rows one INSERT writes: the run's, or a rebuilt batch's.
+type stamp struct{ namespace, source string }
+
+func runStamp(r sinks.RunInfo) stamp { return stamp{namespace: r.Namespace, source: r.Source} }
+
+// value is the SQL literal of the stamped column named name.
+func (st stamp) value(name string) string {
+	if name == schemas.ColSource {
+		return lit(st.source)
+	}
+	return lit(st.namespace)
+}
+
 // selectList renders the stored columns of t as read from a staging
-// relation aliased s, casting JSON text to the JSON type.
-func selectList(t *schemas.Table) (cols, sel string) {
+// relation aliased s, casting JSON text to the JSON type; the stamped
+// columns are st's literals (the namespace and source are the run's, not
+// staged per row).
+func selectList(t *schemas.Table, st stamp) (cols, sel string) {
 	var c, s []string
-	for _, f := range t.StoredFields() {
+	stamped := len(t.Stamped())
+	for i, f := range t.StoredFields() {
 		c = append(c, quote(f.Name))
+		if i < stamped {
+			s = append(s, st.value(f.Name))
+			continue
+		}
 		if schemas.IsJSON(f) {
 			s = append(s, "CAST(s."+quote(f.Name)+" AS JSON)")
 		} else {

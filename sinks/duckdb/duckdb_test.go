@@ -222,7 +222,7 @@ func TestReplaceTable(t *testing.T) {
 			require.Equal(t, []string{"c"}, rows(t, s, "patient_view", "_resource_id"))
 			cols, err := existingColumns(ctx, s.DB(), "patient_view")
 			require.NoError(t, err)
-			require.Equal(t, map[string]bool{"_resource_id": true}, cols)
+			require.Equal(t, map[string]bool{"namespace": true, "source": true, "_resource_id": true}, cols)
 		})
 	}
 }

@@ -26,13 +26,13 @@ func TestScanRaw(t *testing.T) {
 
 	stop := errors.New("stop")
 	calls := 0
-	err := s.ScanRaw(t.Context(), "Patient", func(string, []byte) error { calls++; return stop })
+	err := s.ScanRaw(t.Context(), "Patient", func(schemas.RawResource) error { calls++; return stop })
 	require.ErrorIs(t, err, stop)
 	require.Equal(t, 1, calls)
 
 	ctx, cancel := context.WithCancel(t.Context())
 	cancel()
-	require.Error(t, s.ScanRaw(ctx, "Patient", func(string, []byte) error { return nil }))
+	require.Error(t, s.ScanRaw(ctx, "Patient", func(schemas.RawResource) error { return nil }))
 }
 
 // TestReplaceTableFromScan rebuilds a view from the landing inside
@@ -49,8 +49,10 @@ func TestReplaceTableFromScan(t *testing.T) {
 		defer cancel()
 		_, err := s.Begin(bctx, sinks.RunInfo{RunID: "x", Source: "s", ExportID: "x"})
 		require.ErrorIs(t, err, context.DeadlineExceeded)
-		return s.ScanRaw(ctx, "Patient", func(id string, _ []byte) error {
-			return emit(sinktest.Build(mem, sinktest.PatientView, []any{id, int64(0), "n-" + id}))
+		return s.ScanRaw(ctx, "Patient", func(r schemas.RawResource) error {
+			b := sinktest.Build(mem, sinktest.PatientView, []any{r.ID, int64(0), "n-" + r.ID})
+			b.Namespace, b.Source = r.Namespace, r.Source
+			return emit(b)
 		})
 	}))
 	require.ElementsMatch(t, []string{"p1|n-p1", "p3|n-p3"}, rows(t, s, "patient_view", "_resource_id", "name"))

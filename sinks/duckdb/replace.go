@@ -37,32 +37,40 @@ func (s *Sink) ReplaceTable(ctx context.Context, t *schemas.Table,
 		}
 	}()
 	txn.done = true
-	st, err := newStage(&s.stg, txn.dir, t, 0)
+	// One stage per stamp: the batches of a rebuild come namespace by
+	// namespace (ScanRaw's order), and each stage's INSERT stamps its own.
+	var groups []stamped
+	err = produce(txnguard.ReplaceEmit(ctx, t, func(b schemas.Batch) error {
+		sp := stamp{namespace: b.Namespace, source: b.Source}
+		if len(groups) == 0 || groups[len(groups)-1].stamp != sp {
+			st, err := newStage(&s.stg, txn.dir, t, len(txn.order))
+			if err != nil {
+				return err
+			}
+			txn.order = append(txn.order, st)
+			groups = append(groups, stamped{stage: st, stamp: sp})
+		}
+		return groups[len(groups)-1].stage.write(b.Rec)
+	}))
 	if err != nil {
-		return err
-	}
-	txn.order = append(txn.order, st)
-	err = produce(txnguard.ReplaceEmit(ctx, t, st.write))
-	if err != nil {
-		return err
-	}
-	if err := st.finish(ctx, txn.conn); err != nil {
 		return err
 	}
 	defs, err := columnDefs(t.StoredFields(), false)
 	if err != nil {
 		return err
 	}
-	cols, sel := selectList(t)
+	qs := []string{"DROP TABLE IF EXISTS " + quote(t.Name), "CREATE TABLE " + quote(t.Name) + " (" + defs + ")"}
+	for _, g := range groups {
+		if err := g.stage.finish(ctx, txn.conn); err != nil {
+			return err
+		}
+		qs = append(qs, insertFrom(t, g.stage.rel, g.stamp))
+	}
 	tx, err := txn.conn.BeginTx(ctx, nil)
 	if err != nil {
 		return err
 	}
-	for _, q := range []string{
-		"DROP TABLE IF EXISTS " + quote(t.Name),
-		"CREATE TABLE " + quote(t.Name) + " (" + defs + ")",
-		"INSERT INTO " + quote(t.Name) + " (" + cols + ") SELECT " + sel + " FROM " + st.rel + " s",
-	} {
+	for _, q := range qs {
 		if _, err := tx.ExecContext(ctx, q); err != nil {
 			return errors.Join(err, ignoreDone(tx.Rollback()))
 		}
@@ -79,23 +87,28 @@ func (s *Sink) ReplaceTable(ctx context.Context, t *schemas.Table,
 	return nil
 }
 
+// stamped is one stage of a ReplaceTable with the stamp of its rows.
+type stamped struct {
+	stage *stage
+	stamp stamp
+}
+
 // ScanRaw implements [sinks.Rebuilder]: it streams the committed raw
-// resources of one type, in no particular order. It reads through the
+// resources of one type, by namespace and source. It reads through the
 // shared pool, so it may run while ReplaceTable holds the writer slot.
-func (s *Sink) ScanRaw(ctx context.Context, resourceType string, fn func(id string, resource []byte) error) (err error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT id, CAST(resource AS VARCHAR) FROM `+quote(schemas.RawTable)+
-		` WHERE resource_type = ?`, resourceType)
+func (s *Sink) ScanRaw(ctx context.Context, resourceType string, fn func(schemas.RawResource) error) (err error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT namespace, source, id, CAST(resource AS VARCHAR) FROM `+quote(schemas.RawTable)+
+		` WHERE resource_type = ? ORDER BY namespace, source`, resourceType)
 	if err != nil {
 		return fmt.Errorf("duckdb sink %s: scan %s: %w", s.name, resourceType, err)
 	}
 	defer func() { err = errors.Join(err, rows.Close()) }()
-	var id string
-	var res []byte
+	var r schemas.RawResource
 	for rows.Next() {
-		if err := rows.Scan(&id, &res); err != nil {
+		if err := rows.Scan(&r.Namespace, &r.Source, &r.ID, &r.JSON); err != nil {
 			return fmt.Errorf("duckdb sink %s: scan %s: %w", s.name, resourceType, err)
 		}
-		if err := fn(id, res); err != nil {
+		if err := fn(r); err != nil {
 			return err
 		}
 	}

@@ -13,6 +13,7 @@ import (
 	"github.com/apache/arrow-go/v18/arrow"
 
 	"github.com/fhirferry/fhirferry/schemas"
+	"github.com/fhirferry/fhirferry/sinks"
 )
 
 // partBytes is the Arrow size at which the raw stream cuts a part. Smaller
@@ -53,10 +54,10 @@ type rawStream struct {
 
 // newRawStream starts the loader on tx. ctx bounds the loader's statements
 // and lives as long as the Txn.
-func newRawStream(ctx context.Context, tx *sql.Tx, stg *staging, dir, runID string, log func(msg string, args ...any)) *rawStream {
-	cols, sel := selectList(schemas.Raw)
+func newRawStream(ctx context.Context, tx *sql.Tx, stg *staging, dir string, run sinks.RunInfo, log func(msg string, args ...any)) *rawStream {
+	cols, sel := selectList(schemas.Raw, runStamp(run))
 	r := &rawStream{
-		stg: stg, dir: dir, runID: runID,
+		stg: stg, dir: dir, runID: run.RunID,
 		insert: func(path string) string {
 			return `INSERT INTO ` + quote(schemas.RawTable) + ` (` + cols + `, run_id, ` + quote(schemas.ColSeq) + `)
 				SELECT ` + sel + `, ?, s.` + quote(schemas.ColSeq) + ` FROM read_parquet(` + lit(path) + `) s`

@@ -170,7 +170,7 @@ func (t *Txn) writeRaw(ctx context.Context, rec arrow.RecordBatch) error {
 		log := func(msg string, args ...any) {
 			t.s.log.Debug(msg, append([]any{"run", t.run.RunID}, args...)...)
 		}
-		t.raw = newRawStream(t.ctx, tx, &t.s.stg, t.dir, t.run.RunID, log)
+		t.raw = newRawStream(t.ctx, tx, &t.s.stg, t.dir, t.run, log)
 	}
 	return t.raw.write(ctx, rec)
 }
@@ -187,13 +187,13 @@ func (t *Txn) writeRaw(ctx context.Context, rec arrow.RecordBatch) error {
 // or backfill, the runs with the most rows, fills empty tables.
 func (t *Txn) streamViews(st *stage) {
 	st.loader = t.raw
-	st.insert = func(path string) string { return insertFrom(st.t, readParquet([]string{path})) }
+	st.insert = func(path string) string { return insertFrom(st.t, readParquet([]string{path}), runStamp(t.run)) }
 }
 
 // insertFrom is the INSERT into table t of its staged rows from the
-// relation from (aliased s).
-func insertFrom(t *schemas.Table, from string) string {
-	cols, sel := selectList(t)
+// relation from (aliased s), stamped with st.
+func insertFrom(t *schemas.Table, from string, st stamp) string {
+	cols, sel := selectList(t, st)
 	return `INSERT INTO ` + quote(t.Name) + ` (` + cols + `) SELECT ` + sel + ` FROM ` + from + ` s`
 }
 
@@ -504,9 +504,9 @@ func (t *Txn) fixup(st *stage) []step {
 			sql: `CREATE TEMP TABLE ` + fix + ` AS SELECT DISTINCT s.` + id + ` AS id FROM ` + src + ` s
 				ANTI JOIN (SELECT _seq FROM win WHERE resource_type = ?) w ON s.` + seq + ` = w._seq`},
 		{name: "view " + v.Name + " losers delete", skip: skip,
-			sql: `DELETE FROM ` + V + ` v USING ` + fix + ` f WHERE v.` + id + ` = f.id`},
+			sql: `DELETE FROM ` + V + ` v USING ` + fix + ` f WHERE v.namespace = ` + lit(t.run.Namespace) + ` AND v.` + id + ` = f.id`},
 		{name: "view " + v.Name + " losers winners", skip: skip, args: []any{v.ResourceType},
-			sql: insertFrom(v, src) + `
+			sql: insertFrom(v, src, runStamp(t.run)) + `
 				SEMI JOIN (SELECT _seq FROM win WHERE resource_type = ?) w ON s.` + seq + ` = w._seq
 				WHERE s.` + id + ` IN (SELECT id FROM ` + fix + `)`},
 	}
@@ -517,7 +517,9 @@ func (t *Txn) fixup(st *stage) []step {
 // every change is a join against them.
 func (t *Txn) steps(del string, sum sinks.RunSummary) []step {
 	R := quote(schemas.RawTable)
-	run := t.run.RunID
+	// The namespace is a literal, not a parameter: DuckDB binds a DELETE's
+	// parameters in plan order, not in the order they are written.
+	run, ns := t.run.RunID, lit(t.run.Namespace)
 	// The deleted-entry guard: a stored row updated after the run's
 	// transactionTime is newer than the deletion. With no transactionTime,
 	// nothing is newer.
@@ -527,6 +529,7 @@ func (t *Txn) steps(del string, sum sinks.RunSummary) []step {
 		guard = "t.last_updated > ?"
 		guardArgs = []any{t.tt.UTC()}
 	}
+
 	steps := []step{
 		{name: "winners", sql: `CREATE TEMP TABLE win AS
 			SELECT c.resource_type, c.id, c._seq, t.id IS NOT NULL AS stored FROM (
@@ -534,21 +537,22 @@ func (t *Txn) steps(del string, sum sinks.RunSummary) []step {
 				QUALIFY row_number() OVER (PARTITION BY resource_type, id
 					ORDER BY last_updated DESC NULLS LAST, _seq DESC) = 1
 			) c LEFT JOIN (SELECT resource_type, id, last_updated, subsetted FROM ` + R + `
-				WHERE run_id IS DISTINCT FROM ?) t ON t.resource_type = c.resource_type AND t.id = c.id
+				WHERE run_id IS DISTINCT FROM ? AND namespace = ` + ns + `) t ON t.resource_type = c.resource_type AND t.id = c.id
 			WHERE t.id IS NULL OR (NOT coalesce(t.last_updated > c.last_updated, FALSE)
 				AND NOT (c.subsetted AND NOT t.subsetted))`, args: []any{run, run},
 			then: t.measureWinners},
 		{name: "raw delete", sql: `DELETE FROM ` + R + ` t USING win w
-			WHERE t.resource_type = w.resource_type AND t.id = w.id AND t.run_id IS DISTINCT FROM ?`, args: []any{run},
+			WHERE t.namespace = ` + ns + ` AND t.resource_type = w.resource_type AND t.id = w.id AND t.run_id IS DISTINCT FROM ?`,
+			args:     []any{run},
 			affected: countRemoved, skip: func(ap *applied) bool { return !ap.replaces }},
 		{name: "raw losers", sql: `DELETE FROM ` + R + ` WHERE run_id = ? AND _seq NOT IN (SELECT _seq FROM win)`,
 			args: []any{run}, skip: func(ap *applied) bool { return ap.allWon }},
 		{name: "deleted keys", sql: `CREATE TEMP TABLE gone AS
 			SELECT DISTINCT d.resource_type, d.id FROM ` + del + ` d
-			ANTI JOIN (SELECT resource_type, id FROM ` + R + ` t WHERE ` + guard + `) n
+			ANTI JOIN (SELECT resource_type, id FROM ` + R + ` t WHERE t.namespace = ` + ns + ` AND ` + guard + `) n
 				ON n.resource_type = d.resource_type AND n.id = d.id`, args: guardArgs},
 		{name: "raw deletes", sql: `DELETE FROM ` + R + ` t USING gone g
-			WHERE t.resource_type = g.resource_type AND t.id = g.id`, affected: countRemoved},
+			WHERE t.namespace = ` + ns + ` AND t.resource_type = g.resource_type AND t.id = g.id`, affected: countRemoved},
 		{name: "deleted winners", sql: `DELETE FROM win USING gone g
 			WHERE win.resource_type = g.resource_type AND win.id = g.id`,
 			// A resource the run both sent and deleted is no winner: its
@@ -562,12 +566,12 @@ func (t *Txn) steps(del string, sum sinks.RunSummary) []step {
 		} else {
 			steps = append(steps, step{name: "view " + v.Name + " delete", sql: `DELETE FROM ` + quote(v.Name) + ` v USING (
 				SELECT id FROM win WHERE resource_type = ? UNION ALL SELECT id FROM gone WHERE resource_type = ?) k
-			WHERE v.` + quote(schemas.ColResourceID) + ` = k.id`, args: []any{v.ResourceType, v.ResourceType},
+			WHERE v.namespace = ` + ns + ` AND v.` + quote(schemas.ColResourceID) + ` = k.id`, args: []any{v.ResourceType, v.ResourceType},
 				// View rows exist only for stored resources.
 				skip: func(ap *applied) bool { return ap.removed == 0 }})
 		}
 		if st != nil {
-			insert := insertFrom(v, st.rel)
+			insert := insertFrom(v, st.rel, runStamp(t.run))
 			steps = append(steps, step{name: "view " + v.Name + " insert",
 				sql: insert + ` SEMI JOIN (SELECT _seq FROM win WHERE resource_type = ?) w
 					ON s.` + quote(schemas.ColSeq) + ` = w._seq`,
@@ -577,7 +581,7 @@ func (t *Txn) steps(del string, sum sinks.RunSummary) []step {
 	}
 	for _, st := range t.order {
 		if st.t.Kind == schemas.KindAppend {
-			steps = append(steps, step{name: "append " + st.t.Name, sql: insertFrom(st.t, st.rel)})
+			steps = append(steps, step{name: "append " + st.t.Name, sql: insertFrom(st.t, st.rel, runStamp(t.run))})
 		}
 	}
 	r := t.run

@@ -13,6 +13,8 @@ import (
 	"github.com/apache/arrow-go/v18/parquet/file"
 	"github.com/apache/arrow-go/v18/parquet/pqarrow"
 
+	"github.com/fhirferry/fhirferry/schemas"
+	"github.com/fhirferry/fhirferry/sinks"
 	"github.com/fhirferry/fhirferry/sinks/internal/rowgroup"
 )
 
@@ -219,10 +221,39 @@ func fileSchema(ctx context.Context, st Store, mem memory.Allocator, name string
 	return fr.Schema()
 }
 
+// stamp is the value of the stamped columns (schemas.Table.Stamped) of the
+// rows a write adds: the run's, or a rebuilt batch's.
+type stamp struct{ namespace, source string }
+
+func runStamp(r sinks.RunInfo) stamp { return stamp{namespace: r.Namespace, source: r.Source} }
+
+// value is the stamp of the column named name, or false when st does not
+// fill it.
+func (st stamp) value(name string) (string, bool) {
+	switch {
+	case name == schemas.ColNamespace && st.namespace != "":
+		return st.namespace, true
+	case name == schemas.ColSource && st.source != "":
+		return st.source, true
+	}
+	return "", false
+}
+
+// constStrings is an array of n copies of v.
+func constStrings(mem memory.Allocator, v string, n int) arrow.Array {
+	b := array.NewStringBuilder(mem)
+	defer b.Release()
+	b.ReserveData(len(v) * n)
+	for range n {
+		b.Append(v)
+	}
+	return b.NewArray()
+}
+
 // conform returns rec with exactly the fields of target, by name: columns
-// rec lacks are all-null (a view gained a column), extra ones are dropped.
-// The result must be released.
-func conform(mem memory.Allocator, rec arrow.RecordBatch, target *arrow.Schema) (arrow.RecordBatch, error) {
+// rec lacks are st's stamp where it has one, else all-null (a view gained
+// a column); extra ones are dropped. The result must be released.
+func conform(mem memory.Allocator, rec arrow.RecordBatch, target *arrow.Schema, st stamp) (arrow.RecordBatch, error) {
 	cols := make([]arrow.Array, target.NumFields())
 	defer func() {
 		for _, c := range cols {
@@ -233,6 +264,10 @@ func conform(mem memory.Allocator, rec arrow.RecordBatch, target *arrow.Schema) 
 	}()
 	for i, f := range target.Fields() {
 		idx := rec.Schema().FieldIndices(f.Name)
+		if v, ok := st.value(f.Name); ok && len(idx) == 0 {
+			cols[i] = constStrings(mem, v, int(rec.NumRows()))
+			continue
+		}
 		if len(idx) == 0 {
 			cols[i] = array.MakeArrayOfNull(mem, f.Type, int(rec.NumRows()))
 			continue

@@ -26,10 +26,13 @@ const (
 // lakeMeta is _lake.json: the one object that says what the lake holds.
 // Readers read only the files it lists.
 type lakeMeta struct {
-	Version     int64                 `json:"version"`
-	Checkpoints map[string]checkpoint `json:"checkpoints"`
-	Runs        []runRecord           `json:"runs"`
-	Tables      map[string]*tableMeta `json:"tables"`
+	Version int64 `json:"version"`
+	// SchemaVersion is sinks.SchemaVersion of the tables' shape; absent in
+	// lakes written before namespaces (version 1).
+	SchemaVersion int                   `json:"schema_version,omitempty"`
+	Checkpoints   map[string]checkpoint `json:"checkpoints"`
+	Runs          []runRecord           `json:"runs"`
+	Tables        map[string]*tableMeta `json:"tables"`
 }
 
 type checkpoint struct {
@@ -74,7 +77,7 @@ type fileMeta struct {
 
 // clone copies m so a commit can change it without touching the published state.
 func (m *lakeMeta) clone() *lakeMeta {
-	c := &lakeMeta{Version: m.Version, Checkpoints: maps.Clone(m.Checkpoints), Runs: slices.Clone(m.Runs),
+	c := &lakeMeta{Version: m.Version, SchemaVersion: m.SchemaVersion, Checkpoints: maps.Clone(m.Checkpoints), Runs: slices.Clone(m.Runs),
 		Tables: make(map[string]*tableMeta, len(m.Tables))}
 	if c.Checkpoints == nil {
 		c.Checkpoints = map[string]checkpoint{}

@@ -34,6 +34,8 @@ type merger struct {
 	// those that belong to the winning versions.
 	staged []string
 	keep   func(rec arrow.RecordBatch) func(i int) bool
+	// stamp fills the stamped columns of the staged rows.
+	stamp stamp
 	// rewriteAll rewrites every file (schema change).
 	rewriteAll bool
 
@@ -121,7 +123,7 @@ func hasField(fs []arrow.Field, name string) bool {
 }
 
 func (m *merger) copy(fs *fileSet, rewrite []fileMeta, target *arrow.Schema) error {
-	put := func(rec arrow.RecordBatch, sel func(rec arrow.RecordBatch) func(i int) bool, invert bool) error {
+	put := func(rec arrow.RecordBatch, sel func(rec arrow.RecordBatch) func(i int) bool, invert bool, st stamp) error {
 		keep := make([]bool, rec.NumRows())
 		if sel == nil {
 			for i := range keep {
@@ -138,7 +140,7 @@ func (m *merger) copy(fs *fileSet, rewrite []fileMeta, target *arrow.Schema) err
 			return err
 		}
 		defer kept.Release()
-		c, err := conform(m.s.mem, kept, target)
+		c, err := conform(m.s.mem, kept, target, st)
 		if err != nil {
 			return fmt.Errorf("table %s: %w", m.t.Name, err)
 		}
@@ -147,14 +149,14 @@ func (m *merger) copy(fs *fileSet, rewrite []fileMeta, target *arrow.Schema) err
 	}
 	for _, f := range rewrite {
 		if err := scan(m.ctx, m.s.st, m.s.mem, f.Path, nil, func(rec arrow.RecordBatch) error {
-			return put(rec, m.affected, true)
+			return put(rec, m.affected, true, stamp{})
 		}); err != nil {
 			return err
 		}
 	}
 	for _, f := range m.staged {
 		if err := scan(m.ctx, m.s.st, m.s.mem, f, nil, func(rec arrow.RecordBatch) error {
-			return put(rec, m.keep, false)
+			return put(rec, m.keep, false, m.stamp)
 		}); err != nil {
 			return err
 		}

@@ -3,6 +3,9 @@ package parquet
 import (
 	"context"
 	"fmt"
+	"maps"
+	"slices"
+	"strings"
 
 	"github.com/apache/arrow-go/v18/arrow"
 	"github.com/apache/arrow-go/v18/arrow/array"
@@ -23,13 +26,10 @@ func (s *Sink) ReplaceTable(ctx context.Context, t *schemas.Table, produce func(
 	if err := txnguard.CheckReplaceable("parquet sink "+s.name, t); err != nil {
 		return err
 	}
-	s.mu.Lock()
-	if s.busy {
-		s.mu.Unlock()
-		return fmt.Errorf("parquet sink %s: replace %s during a run", s.name, t.Name)
+	if err := s.acquire(ctx); err != nil {
+		return err
 	}
-	s.busy = true
-	s.mu.Unlock()
+	defer s.release()
 	tag := newTag("replace")
 	stored := arrow.NewSchema(t.StoredFields(), nil)
 	fs := newFileSet(ctx, s.st, s.mem, s.comp, stored, t.Name+"/"+tag)
@@ -38,12 +38,9 @@ func (s *Sink) ReplaceTable(ctx context.Context, t *schemas.Table, produce func(
 			s.deleteAll(ctx, paths(fs.abort()))
 			err = fmt.Errorf("parquet sink %s: replace %s: %w", s.name, t.Name, err)
 		}
-		s.mu.Lock()
-		s.busy = false
-		s.mu.Unlock()
 	}()
-	err = produce(txnguard.ReplaceEmit(ctx, t, func(rec arrow.RecordBatch) error {
-		c, err := conform(s.mem, rec, stored)
+	err = produce(txnguard.ReplaceEmit(ctx, t, func(b schemas.Batch) error {
+		c, err := conform(s.mem, b.Rec, stored, stamp{namespace: b.Namespace, source: b.Source})
 		if err != nil {
 			return err
 		}
@@ -72,45 +69,85 @@ func (s *Sink) ReplaceTable(ctx context.Context, t *schemas.Table, produce func(
 }
 
 // ScanRaw implements [sinks.Rebuilder]: it reads the raw landing's
-// published files (the resource_type, id and resource columns only), one
-// record batch at a time.
-func (s *Sink) ScanRaw(ctx context.Context, resourceType string, fn func(id string, resource []byte) error) error {
+// published files, one record batch at a time: first the namespace and
+// source columns, to list the (namespace, source) groups, then the
+// resources of each group in turn, so they come in the contract's order.
+func (s *Sink) ScanRaw(ctx context.Context, resourceType string, fn func(schemas.RawResource) error) error {
 	s.mu.Lock()
 	var files []string
 	if tm := s.meta.Tables[schemas.RawTable]; tm != nil {
 		files = paths(tm.Files)
 	}
 	s.mu.Unlock()
+	groups, err := s.rawGroups(ctx, files, resourceType)
+	if err != nil {
+		return fmt.Errorf("parquet sink %s: scan %s: %w", s.name, resourceType, err)
+	}
 	var fnErr error // returned as is
-	for _, f := range files {
-		err := scan(ctx, s.st, s.mem, f, []string{"resource_type", "id", "resource"}, func(rec arrow.RecordBatch) error {
-			rt, id := strCol(rec, "resource_type"), strCol(rec, "id")
-			res, _ := rec.Column(2).(*array.String)
-			if rt == nil || id == nil || res == nil {
-				return fmt.Errorf("%s: unexpected raw column types", f)
-			}
-			buf := res.ValueBytes()
-			for i := range int(rec.NumRows()) {
-				if rt.Value(i) != resourceType {
-					continue
+	for _, g := range groups {
+		for _, f := range files {
+			err := scan(ctx, s.st, s.mem, f, []string{schemas.ColNamespace, schemas.ColSource, "resource_type", "id", "resource"}, func(rec arrow.RecordBatch) error {
+				ns, src, rt, id := strCol(rec, schemas.ColNamespace), strCol(rec, schemas.ColSource), strCol(rec, "resource_type"), strCol(rec, "id")
+				res, _ := rec.Column(4).(*array.String)
+				if ns == nil || src == nil || rt == nil || id == nil || res == nil {
+					return fmt.Errorf("%s: unexpected raw column types", f)
 				}
-				if fnErr = fn(id.Value(i), valueBytes(res, buf, i)); fnErr != nil {
-					return fnErr
+				buf := res.ValueBytes()
+				for i := range int(rec.NumRows()) {
+					if rt.Value(i) != resourceType || ns.Value(i) != g.namespace || src.Value(i) != g.source {
+						continue
+					}
+					r := schemas.RawResource{Namespace: g.namespace, Source: g.source, ID: id.Value(i), JSON: valueBytes(res, buf, i)}
+					if fnErr = fn(r); fnErr != nil {
+						return fnErr
+					}
 				}
+				return nil
+			})
+			if fnErr != nil {
+				return fnErr
 			}
-			return ctx.Err()
-		})
-		if fnErr != nil {
-			return fnErr
-		}
-		if err != nil {
-			return fmt.Errorf("parquet sink %s: scan %s: %w", s.name, resourceType, err)
+			if err != nil {
+				return fmt.Errorf("parquet sink %s: scan %s: %w", s.name, resourceType, err)
+			}
 		}
 	}
 	return nil
 }
 
-// valueBytes is res.Value(i) without a copy; buf is res.ValueBytes().
+// rawGroups lists the (namespace, source) pairs of the raw rows of typ, sorted.
+func (s *Sink) rawGroups(ctx context.Context, files []string, typ string) ([]stamp, error) {
+	seen := map[stamp]bool{}
+	for _, f := range files {
+		err := scan(ctx, s.st, s.mem, f, []string{schemas.ColNamespace, schemas.ColSource, "resource_type"}, func(rec arrow.RecordBatch) error {
+			ns, src, rt := strCol(rec, schemas.ColNamespace), strCol(rec, schemas.ColSource), strCol(rec, "resource_type")
+			if ns == nil || src == nil || rt == nil {
+				return fmt.Errorf("%s: unexpected raw column types", f)
+			}
+			for i := range int(rec.NumRows()) {
+				if rt.Value(i) == typ {
+					if k := (stamp{namespace: ns.Value(i), source: src.Value(i)}); !seen[k] {
+						// Cloned: the strings point into the record's buffers.
+						seen[stamp{namespace: strings.Clone(k.namespace), source: strings.Clone(k.source)}] = true
+					}
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
+	out := slices.Collect(maps.Keys(seen))
+	slices.SortFunc(out, func(a, b stamp) int {
+		if c := strings.Compare(a.namespace, b.namespace); c != 0 {
+			return c
+		}
+		return strings.Compare(a.source, b.source)
+	})
+	return out, nil
+}
+
 func valueBytes(res *array.String, buf []byte, i int) []byte {
 	start := res.ValueOffset(i) - res.ValueOffset(0)
 	return buf[start : start+res.ValueLen(i)]

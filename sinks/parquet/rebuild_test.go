@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"testing"
+	"time"
 
 	"github.com/apache/arrow-go/v18/arrow/memory"
 	"github.com/stretchr/testify/require"
@@ -28,13 +29,13 @@ func TestScanRaw(t *testing.T) {
 
 	stop := errors.New("stop")
 	calls := 0
-	err := s.ScanRaw(t.Context(), "Patient", func(string, []byte) error { calls++; return stop })
+	err := s.ScanRaw(t.Context(), "Patient", func(schemas.RawResource) error { calls++; return stop })
 	require.Same(t, stop, err, "the callback's error comes back as is")
 	require.Equal(t, 1, calls)
 
 	ctx, cancel := context.WithCancel(t.Context())
 	cancel()
-	require.Error(t, s.ScanRaw(ctx, "Patient", func(string, []byte) error { return nil }))
+	require.Error(t, s.ScanRaw(ctx, "Patient", func(schemas.RawResource) error { return nil }))
 }
 
 // TestReplaceTableFromScan rebuilds a view from the landing inside
@@ -47,10 +48,15 @@ func TestReplaceTableFromScan(t *testing.T) {
 	s := open(t, t.TempDir(), WithAllocator(mem))
 	sinktest.LoadScanFixture(t, s, mem)
 	require.NoError(t, s.ReplaceTable(ctx, sinktest.PatientView, func(emit func(schemas.Batch) error) error {
-		_, err := s.Begin(ctx, sinks.RunInfo{RunID: "x", Source: "s", ExportID: "x"})
-		require.ErrorContains(t, err, "a run is already in progress")
-		return s.ScanRaw(ctx, "Patient", func(id string, _ []byte) error {
-			return emit(sinktest.Build(mem, sinktest.PatientView, []any{id, int64(0), "n-" + id}))
+		// The writer slot is held: a run waits (here, until its deadline).
+		bctx, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+		defer cancel()
+		_, err := s.Begin(bctx, sinks.RunInfo{RunID: "x", Source: "s", ExportID: "x"})
+		require.ErrorIs(t, err, context.DeadlineExceeded)
+		return s.ScanRaw(ctx, "Patient", func(r schemas.RawResource) error {
+			b := sinktest.Build(mem, sinktest.PatientView, []any{r.ID, int64(0), "n-" + r.ID})
+			b.Namespace, b.Source = r.Namespace, r.Source
+			return emit(b)
 		})
 	}))
 	require.ElementsMatch(t, []string{"p1|n-p1", "p3|n-p3"}, tableRows(t, s.st, "patient_view", "_resource_id", "name"))

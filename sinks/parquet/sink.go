@@ -38,7 +38,9 @@ type Sink struct {
 	mu     sync.Mutex
 	meta   *lakeMeta // the published state
 	tables prepared.Tables
-	busy   bool    // a Txn is open
+	// writer holds a token while a Txn, ReplaceTable or Migrate runs: one
+	// writer at a time, the others wait (as with the DuckDB sink).
+	writer chan struct{}
 	duck   *sql.DB // reads the published files (reader); nil until used
 }
 
@@ -67,7 +69,7 @@ func New(cfg configs.ParquetSink, env sinks.Env, opts ...Option) (*Sink, error) 
 	if err != nil {
 		return nil, fmt.Errorf("parquet sink %s: %w", name, err)
 	}
-	s := &Sink{name: name, log: log, mem: memory.DefaultAllocator, comp: comp}
+	s := &Sink{name: name, log: log, mem: memory.DefaultAllocator, comp: comp, writer: make(chan struct{}, 1)}
 	s.Reads = sqlread.Reads{Reader: s.reader}
 	for _, o := range opts {
 		o(s)
@@ -159,11 +161,29 @@ func columnsOf(t *schemas.Table) []columnMeta {
 // files rewritten with the new (null) columns; columns a view lost stay in
 // the files (nothing is dropped).
 func (s *Sink) Prepare(ctx context.Context, tables []*schemas.Table) error {
+	if err := s.acquire(ctx); err != nil {
+		return err
+	}
+	defer s.release()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.busy {
-		return fmt.Errorf("parquet sink %s: prepare during a run", s.name)
+	return s.prepare(ctx, tables)
+}
+
+// acquire takes the writer token, waiting while another writer has it.
+func (s *Sink) acquire(ctx context.Context) error {
+	select {
+	case s.writer <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("parquet sink %s: waiting for the writer in progress: %w", s.name, ctx.Err())
 	}
+}
+
+func (s *Sink) release() { <-s.writer }
+
+// prepare is Prepare with the writer token and s.mu held.
+func (s *Sink) prepare(ctx context.Context, tables []*schemas.Table) error {
 	m := s.meta.clone()
 	changed := false
 	tag := newTag("prepare")

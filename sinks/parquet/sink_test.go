@@ -264,7 +264,7 @@ func TestViewsSQL(t *testing.T) {
 		require.FileExists(t, f)
 	}
 	require.Len(t, s.LiveFiles(sinktest.PatientView.Name), 1)
-	require.Contains(t, sql, `CREATE OR REPLACE VIEW "observation_code" AS SELECT CAST(NULL AS VARCHAR) AS "_resource_id", CAST(NULL AS VARCHAR) AS "code", CAST(NULL AS INTEGER) AS "idx" WHERE false;`)
+	require.Contains(t, sql, `CREATE OR REPLACE VIEW "observation_code" AS SELECT CAST(NULL AS VARCHAR) AS "namespace", CAST(NULL AS VARCHAR) AS "source", CAST(NULL AS VARCHAR) AS "_resource_id", CAST(NULL AS VARCHAR) AS "code", CAST(NULL AS INTEGER) AS "idx" WHERE false;`)
 }
 
 func TestReplaceTable(t *testing.T) {

@@ -73,23 +73,17 @@ var _ sinks.Txn = (*Txn)(nil)
 
 // Begin implements sinks.Sink.
 func (s *Sink) Begin(ctx context.Context, run sinks.RunInfo) (sinks.Txn, error) {
-	if err := ctx.Err(); err != nil {
+	if err := s.acquire(ctx); err != nil {
 		return nil, err
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.busy {
-		return nil, fmt.Errorf("parquet sink %s: a run is already in progress", s.name)
-	}
 	if _, ok := s.meta.Tables[schemas.RawTable]; !ok {
-		s.mu.Unlock()
-		err := s.Prepare(ctx, nil)
-		s.mu.Lock()
-		if err != nil {
+		if err := s.prepare(ctx, nil); err != nil {
+			s.release()
 			return nil, err
 		}
 	}
-	s.busy = true
 	t := &Txn{s: s, run: run, tag: newTag(run.RunID), keys: keyIndex{}, stages: map[string]*fileSet{}}
 	if cp, ok := s.meta.Checkpoints[run.Source]; ok && run.ExportID != "" && cp.ExportID == run.ExportID {
 		t.Noop = true
@@ -134,7 +128,7 @@ func (t *Txn) write(ctx context.Context, b schemas.Batch) error {
 		fs = newFileSet(context.WithoutCancel(ctx), t.s.st, t.s.mem, t.s.comp, sc, prefix)
 		t.stages[tbl.Name] = fs
 	}
-	c, err := conform(t.s.mem, rec, fs.schema)
+	c, err := conform(t.s.mem, rec, fs.schema, runStamp(t.run))
 	if err != nil {
 		return err
 	}
@@ -240,7 +234,7 @@ func (t *Txn) commit(ctx context.Context, sum sinks.RunSummary) error {
 		return fail(err)
 	}
 	t.Done = true
-	s.busy = false
+	s.release()
 	s.published(ctx, m, t.tag)
 	return nil
 }
@@ -273,17 +267,22 @@ func (t *Txn) apply(ctx context.Context, m *lakeMeta, files map[string][]fileMet
 		return err
 	}
 	rawT := t.s.tables.Get(schemas.RawTable)
+	ns := t.run.Namespace
 	if err := merge(rawT, &merger{
-		keyCols: []string{"resource_type", "id"},
+		keyCols: []string{schemas.ColNamespace, "resource_type", "id"},
 		affected: func(rec arrow.RecordBatch) func(int) bool {
-			rt, id := strCol(rec, "resource_type"), strCol(rec, "id")
+			nsc, rt, id := strCol(rec, schemas.ColNamespace), strCol(rec, "resource_type"), strCol(rec, "id")
 			return func(i int) bool {
+				if nsc.Value(i) != ns {
+					return false // another server's resource, however alike its key
+				}
 				e := t.keys.get(rt.Value(i), id.Value(i))
 				return e != nil && e.affected()
 			}
 		},
 		staged: stagedFiles(schemas.RawTable),
 		keep:   t.keepRows("resource_type", "", "id"),
+		stamp:  runStamp(t.run),
 	}); err != nil {
 		return written, err
 	}
@@ -301,16 +300,20 @@ func (t *Txn) apply(ctx context.Context, m *lakeMeta, files map[string][]fileMet
 			continue
 		}
 		if err := merge(v, &merger{
-			keyCols: []string{schemas.ColResourceID},
+			keyCols: []string{schemas.ColNamespace, schemas.ColResourceID},
 			affected: func(rec arrow.RecordBatch) func(int) bool {
-				id := strCol(rec, schemas.ColResourceID)
+				nsc, id := strCol(rec, schemas.ColNamespace), strCol(rec, schemas.ColResourceID)
 				return func(i int) bool {
+					if nsc.Value(i) != ns {
+						return false
+					}
 					e := ids[id.Value(i)]
 					return e != nil && e.affected()
 				}
 			},
 			staged: stagedFiles(v.Name),
 			keep:   t.keepRows("", rt, schemas.ColResourceID),
+			stamp:  runStamp(t.run),
 		}); err != nil {
 			return written, err
 		}
@@ -346,14 +349,18 @@ func (t *Txn) keepRows(typeCol, rt, idCol string) func(rec arrow.RecordBatch) fu
 // a delete removes the resource (unless it is newer than the export).
 func (t *Txn) resolve(ctx context.Context, raw *tableMeta) error {
 	for _, f := range raw.Files {
-		err := scan(ctx, t.s.st, t.s.mem, f.Path, []string{"resource_type", "id", "last_updated", "subsetted"}, func(rec arrow.RecordBatch) error {
-			rt, id := strCol(rec, "resource_type"), strCol(rec, "id")
-			lu, _ := rec.Column(2).(*array.Timestamp)
-			sub, _ := rec.Column(3).(*array.Boolean)
-			if rt == nil || id == nil || lu == nil || sub == nil {
+		cols := []string{schemas.ColNamespace, "resource_type", "id", "last_updated", "subsetted"}
+		err := scan(ctx, t.s.st, t.s.mem, f.Path, cols, func(rec arrow.RecordBatch) error {
+			ns, rt, id := strCol(rec, schemas.ColNamespace), strCol(rec, "resource_type"), strCol(rec, "id")
+			lu, _ := rec.Column(3).(*array.Timestamp)
+			sub, _ := rec.Column(4).(*array.Boolean)
+			if ns == nil || rt == nil || id == nil || lu == nil || sub == nil {
 				return fmt.Errorf("%s: unexpected raw column types", f.Path)
 			}
 			for i := range int(rec.NumRows()) {
+				if ns.Value(i) != t.run.Namespace {
+					continue
+				}
 				if e := t.keys.get(rt.Value(i), id.Value(i)); e != nil {
 					e.stored, e.sLUOK, e.sSub = true, lu.IsValid(i), sub.Value(i)
 					e.sLU = int64(lu.Value(i))
@@ -408,9 +415,7 @@ func (t *Txn) Rollback(ctx context.Context) error {
 	for _, fs := range t.stages {
 		t.s.deleteAll(ctx, paths(fs.abort()))
 	}
-	t.s.mu.Lock()
-	t.s.busy = false
-	t.s.mu.Unlock()
+	t.s.release()
 	t.s.collect(context.WithoutCancel(ctx), t.s.liveSnapshot(), t.tag)
 	return nil
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 
-	"github.com/apache/arrow-go/v18/arrow"
 	"github.com/jackc/pgx/v5"
 
 	"github.com/fhirferry/fhirferry/schemas"
@@ -27,7 +26,7 @@ const scanFetch = 500
 // produce computes from [Sink.ScanRaw] are still current when they become
 // visible.
 func (s *Sink) ReplaceTable(ctx context.Context, t *schemas.Table, produce func(emit func(schemas.Batch) error) error) (err error) {
-	if t == nil || (t.Kind != schemas.KindView && t.Kind != schemas.KindAppend) {
+	if t == nil || (t.Kind != schemas.KindView && t.Kind != schemas.KindAppend && t.Kind != schemas.KindMeta) {
 		return fmt.Errorf("postgres sink %s: replace table: only view and append tables can be replaced", s.name)
 	}
 	defer func() {
@@ -35,7 +34,7 @@ func (s *Sink) ReplaceTable(ctx context.Context, t *schemas.Table, produce func(
 			err = fmt.Errorf("postgres sink %s: replace %s: %w", s.name, t.Name, err)
 		}
 	}()
-	cols, err := tableColumns(t, true)
+	staged, err := tableColumns(t, false)
 	if err != nil {
 		return err
 	}
@@ -57,34 +56,49 @@ func (s *Sink) ReplaceTable(ctx context.Context, t *schemas.Table, produce func(
 	if err = s.createTable(ctx, tx, t); err != nil {
 		return err
 	}
-	names := make([]string, len(cols))
-	cast := false
-	for i, c := range cols {
-		names[i] = c.name
-		cast = cast || c.store != c.stage
+	// Batches are COPYed into a staging table and moved to the target, cast
+	// to the stored types and stamped, whenever the stamp changes (a
+	// rebuild's batches come namespace by namespace).
+	if _, err = tx.Exec(ctx, "CREATE TEMP TABLE _ff_replace ("+stageDefs(staged)+") ON COMMIT DROP"); err != nil {
+		return err
 	}
-	target := pgx.Identifier{s.schema, t.Name}
-	if cast {
-		// Hinted types are cast from the staged types, as in a run's commit.
-		target = pgx.Identifier{"_ff_replace"}
-		if _, err = tx.Exec(ctx, "CREATE TEMP TABLE _ff_replace ("+stageDefs(cols)+") ON COMMIT DROP"); err != nil {
+	names := make([]string, len(staged))
+	for i, c := range staged {
+		names[i] = c.name
+	}
+	var rows, pending int64
+	var cur stamp
+	flush := func() error {
+		if pending == 0 {
+			return nil
+		}
+		cols, sel, err := insertCols(t, cur, "s")
+		if err != nil {
 			return err
 		}
+		if _, err := tx.Exec(ctx, fmt.Sprintf("INSERT INTO %s (%s) SELECT %s FROM _ff_replace s", s.ident(t.Name), cols, sel)); err != nil {
+			return err
+		}
+		pending = 0
+		_, err = tx.Exec(ctx, "TRUNCATE _ff_replace")
+		return err
 	}
-	var rows int64
-	err = produce(txnguard.ReplaceEmit(ctx, t, func(rec arrow.RecordBatch) error {
-		n, err := copyRecord(ctx, tx, target, names, rec, cols)
-		rows += n
+	err = produce(txnguard.ReplaceEmit(ctx, t, func(b schemas.Batch) error {
+		if sp := (stamp{namespace: b.Namespace, source: b.Source}); sp != cur {
+			if err := flush(); err != nil {
+				return err
+			}
+			cur = sp
+		}
+		n, err := copyRecord(ctx, tx, pgx.Identifier{"_ff_replace"}, names, b.Rec, staged)
+		rows, pending = rows+n, pending+n
 		return err
 	}))
+	if err == nil {
+		err = flush()
+	}
 	if err != nil {
 		return err
-	}
-	if cast {
-		q := fmt.Sprintf("INSERT INTO %s (%s) SELECT %s FROM _ff_replace s", s.ident(t.Name), colList(cols, ""), colList(cols, "s"))
-		if _, err = tx.Exec(ctx, q); err != nil {
-			return err
-		}
 	}
 	if err = tx.Commit(ctx); err != nil {
 		return err
@@ -99,7 +113,7 @@ func (s *Sink) ReplaceTable(ctx context.Context, t *schemas.Table, produce func(
 // memory stays bounded and stopping early does not read the rest. The
 // JSON is PostgreSQL's rendering of the stored jsonb (keys reordered,
 // whitespace normalised), which views read the same.
-func (s *Sink) ScanRaw(ctx context.Context, resourceType string, fn func(id string, resource []byte) error) (err error) {
+func (s *Sink) ScanRaw(ctx context.Context, resourceType string, fn func(schemas.RawResource) error) (err error) {
 	var fnErr error // returned as is
 	defer func() {
 		if err != nil && err != fnErr { //nolint:errorlint // identity, not a kind of error
@@ -111,8 +125,8 @@ func (s *Sink) ScanRaw(ctx context.Context, resourceType string, fn func(id stri
 		return err
 	}
 	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
-	if _, err := tx.Exec(ctx, "DECLARE ff_scan NO SCROLL CURSOR FOR SELECT id, resource::text FROM "+
-		s.ident(schemas.RawTable)+" WHERE resource_type = $1", resourceType); err != nil {
+	if _, err := tx.Exec(ctx, "DECLARE ff_scan NO SCROLL CURSOR FOR SELECT namespace, source, id, resource::text FROM "+
+		s.ident(schemas.RawTable)+" WHERE resource_type = $1 ORDER BY namespace, source", resourceType); err != nil {
 		return err
 	}
 	fetch := fmt.Sprintf("FETCH %d FROM ff_scan", scanFetch)
@@ -122,15 +136,14 @@ func (s *Sink) ScanRaw(ctx context.Context, resourceType string, fn func(id stri
 			return err
 		}
 		n := 0
-		var id string
-		var res []byte
+		var r schemas.RawResource
 		for rows.Next() {
 			n++
-			if err := rows.Scan(&id, &res); err != nil {
+			if err := rows.Scan(&r.Namespace, &r.Source, &r.ID, &r.JSON); err != nil {
 				rows.Close()
 				return err
 			}
-			if fnErr = fn(id, res); fnErr != nil {
+			if fnErr = fn(r); fnErr != nil {
 				rows.Close()
 				return fnErr
 			}

@@ -198,7 +198,7 @@ func (s *Sink) createTable(ctx context.Context, tx pgx.Tx, t *schemas.Table) err
 		defs = append(defs, d)
 	}
 	if t.Kind == schemas.KindRaw {
-		defs = append(defs, "PRIMARY KEY (resource_type, id)")
+		defs = append(defs, "PRIMARY KEY (namespace, resource_type, id)")
 	}
 	if _, err := tx.Exec(ctx, fmt.Sprintf("CREATE TABLE IF NOT EXISTS %s (%s)", s.ident(t.Name), strings.Join(defs, ", "))); err != nil {
 		return fmt.Errorf("create table %s: %w", t.Name, err)
@@ -233,8 +233,8 @@ func (s *Sink) createTable(ctx context.Context, tx pgx.Tx, t *schemas.Table) err
 		s.log.Info("added column", "table", t.Name, "column", c.name)
 	}
 	if t.Kind == schemas.KindView {
-		idx := pgx.Identifier{t.Name + "__resource_id"}.Sanitize()
-		if _, err := tx.Exec(ctx, fmt.Sprintf("CREATE INDEX IF NOT EXISTS %s ON %s (%s)", idx, s.ident(t.Name), pgx.Identifier{schemas.ColResourceID}.Sanitize())); err != nil {
+		idx := pgx.Identifier{t.Name + "__ns_resource_id"}.Sanitize()
+		if _, err := tx.Exec(ctx, fmt.Sprintf("CREATE INDEX IF NOT EXISTS %s ON %s (namespace, %s)", idx, s.ident(t.Name), pgx.Identifier{schemas.ColResourceID}.Sanitize())); err != nil {
 			return fmt.Errorf("index %s: %w", t.Name, err)
 		}
 	}
@@ -279,6 +279,35 @@ func stageDefs(cols []column) string {
 		defs[i] = c.quoted() + " " + c.stage
 	}
 	return strings.Join(defs, ", ")
+}
+
+// stamp is the value of the stamped columns (schemas.Table.Stamped) of the
+// rows one INSERT writes: the run's, or a rebuilt batch's.
+type stamp struct{ namespace, source string }
+
+func runStamp(r sinks.RunInfo) stamp { return stamp{namespace: r.Namespace, source: r.Source} }
+
+// insertCols returns t's stored columns and the select list that fills
+// them from a staging relation aliased alias: the stamped columns are st's
+// literals, the others the staged columns cast to their stored types.
+func insertCols(t *schemas.Table, st stamp, alias string) (names, sel string, err error) {
+	cols, err := tableColumns(t, true)
+	if err != nil {
+		return "", "", err
+	}
+	stamped := len(t.Stamped())
+	out := make([]string, len(cols))
+	for i, c := range cols {
+		switch {
+		case i >= stamped:
+			out[i] = c.selectExpr(alias)
+		case c.name == schemas.ColSource:
+			out[i] = quoteLiteral(st.source)
+		default:
+			out[i] = quoteLiteral(st.namespace)
+		}
+	}
+	return colList(cols, ""), strings.Join(out, ", "), nil
 }
 
 // colList lists the columns; with an alias, as select expressions cast to

@@ -110,7 +110,7 @@ func TestTypesRoundTrip(t *testing.T) {
 	require.NoError(t, err)
 	types, err = pgx.CollectRows(r, pgx.RowTo[string])
 	require.NoError(t, err)
-	require.Equal(t, []string{"_resource_id text", "s text", "b boolean", "i integer", "l bigint",
+	require.Equal(t, []string{"namespace text", "source text", "_resource_id text", "s text", "b boolean", "i integer", "l bigint",
 		"f double precision", "d date", "ts timestamp with time zone", "tags text[]", "j jsonb",
 		"amount numeric(10,2)"}, types)
 

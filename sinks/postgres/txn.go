@@ -109,30 +109,21 @@ func (t *Txn) write(ctx context.Context, b schemas.Batch) error {
 		}
 		st = &stage{t: tbl}
 		var err error
-		if tbl.Kind == schemas.KindAppend {
-			// Appends need no apply step: COPY into the target itself.
-			if st.cols, err = tableColumns(tbl, true); err != nil {
-				return err
-			}
-		} else {
-			if st.cols, err = tableColumns(tbl, false); err != nil {
-				return err
-			}
-			st.temp = fmt.Sprintf("_ff_stage_%d", len(t.stages))
-			if _, err := t.tx.Exec(ctx, fmt.Sprintf("CREATE TEMP TABLE %s (%s) ON COMMIT DROP", st.temp, stageDefs(st.cols))); err != nil {
-				return err
-			}
+		if st.cols, err = tableColumns(tbl, false); err != nil {
+			return err
+		}
+		// Every table stages in a temp table, appends too: the namespace
+		// is stamped as it moves to the target.
+		st.temp = fmt.Sprintf("_ff_stage_%d", len(t.stages))
+		if _, err := t.tx.Exec(ctx, fmt.Sprintf("CREATE TEMP TABLE %s (%s) ON COMMIT DROP", st.temp, stageDefs(st.cols))); err != nil {
+			return err
 		}
 		for _, c := range st.cols {
 			st.names = append(st.names, c.name)
 		}
 		t.stages[b.Table.Name] = st
 	}
-	target := pgx.Identifier{st.temp}
-	if st.temp == "" {
-		target = pgx.Identifier{t.s.schema, st.t.Name}
-	}
-	n, err := copyRecord(ctx, t.tx, target, st.names, b.Rec, st.cols)
+	n, err := copyRecord(ctx, t.tx, pgx.Identifier{st.temp}, st.names, b.Rec, st.cols)
 	st.rows += n
 	return err
 }
@@ -210,10 +201,31 @@ func (t *Txn) apply(ctx context.Context) error {
 			return err
 		}
 	}
-	if rawSt == nil {
-		return nil
+	if rawSt != nil {
+		if err := t.replaceViewRows(ctx); err != nil {
+			return err
+		}
 	}
-	return t.replaceViewRows(ctx)
+	return t.appendRows(ctx)
+}
+
+// appendRows moves the staged rows of the append tables (rejects,
+// outcomes) to their targets.
+func (t *Txn) appendRows(ctx context.Context) error {
+	for _, st := range t.stages {
+		if st.t.Kind != schemas.KindAppend {
+			continue
+		}
+		names, sel, err := insertCols(st.t, runStamp(t.run), "s")
+		if err != nil {
+			return err
+		}
+		if err := t.exec(ctx, "append "+st.t.Name, fmt.Sprintf("INSERT INTO %s (%s) SELECT %s FROM %s s",
+			t.s.ident(st.t.Name), names, sel, st.temp)); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // upsertRaw is step 1: the run's winning line per key goes into the raw
@@ -233,6 +245,10 @@ func (t *Txn) upsertRaw(ctx context.Context, rawSt *stage) error {
 	if err != nil {
 		return err
 	}
+	names, sel, err := insertCols(rawSt.t, runStamp(t.run), "s")
+	if err != nil {
+		return err
+	}
 	sets := make([]string, 0, len(cols))
 	for _, c := range cols {
 		sets = append(sets, fmt.Sprintf("%s = EXCLUDED.%s", c.quoted(), c.quoted()))
@@ -244,12 +260,12 @@ func (t *Txn) upsertRaw(ctx context.Context, rawSt *stage) error {
 		WITH up AS (
 			INSERT INTO %[1]s AS r (%[2]s)
 			SELECT %[3]s FROM %[4]s s JOIN _ff_pick p USING (resource_type, id, _seq)
-			ON CONFLICT (resource_type, id) DO UPDATE SET %[5]s
+			ON CONFLICT (namespace, resource_type, id) DO UPDATE SET %[5]s
 			WHERE NOT coalesce(r.last_updated > EXCLUDED.last_updated, false)
 			  AND (r.subsetted OR NOT EXCLUDED.subsetted)
 			RETURNING r.resource_type, r.id)
 		INSERT INTO _ff_won SELECT p.resource_type, p.id, p._seq FROM up JOIN _ff_pick p USING (resource_type, id)`,
-		raw, colList(cols, ""), colList(cols, "s"), rawSt.temp, strings.Join(sets, ", "))
+		raw, names, sel, rawSt.temp, strings.Join(sets, ", "))
 	if err := t.exec(ctx, "upsert "+schemas.RawTable, q); err != nil {
 		return err
 	}
@@ -269,13 +285,14 @@ func (t *Txn) applyDeletes(ctx context.Context, delSt *stage, hasWinners bool) e
 	}
 	q := fmt.Sprintf(`CREATE TEMP TABLE _ff_del ON COMMIT DROP AS
 		SELECT DISTINCT d.resource_type, d.id FROM %[1]s d
-		WHERE NOT EXISTS (SELECT 1 FROM %[2]s r WHERE r.resource_type = d.resource_type AND r.id = d.id
+		WHERE NOT EXISTS (SELECT 1 FROM %[2]s r WHERE r.namespace = $2 AND r.resource_type = d.resource_type AND r.id = d.id
 			AND r.last_updated > $1)`, delSt.temp, raw)
-	if err := t.exec(ctx, "stage deletes", q, tt); err != nil {
+	ns := t.run.Namespace
+	if err := t.exec(ctx, "stage deletes", q, tt, ns); err != nil {
 		return err
 	}
 	if err := t.exec(ctx, "delete "+schemas.RawTable, fmt.Sprintf(`DELETE FROM %s r USING _ff_del d
-		WHERE r.resource_type = d.resource_type AND r.id = d.id`, raw)); err != nil {
+		WHERE r.namespace = $1 AND r.resource_type = d.resource_type AND r.id = d.id`, raw), ns); err != nil {
 		return err
 	}
 	if hasWinners {
@@ -286,7 +303,8 @@ func (t *Txn) applyDeletes(ctx context.Context, delSt *stage, hasWinners bool) e
 	}
 	for _, v := range t.s.tables.Views() {
 		if err := t.exec(ctx, "delete "+v.Name, fmt.Sprintf(`DELETE FROM %s v USING _ff_del d
-			WHERE d.resource_type = $1 AND v.%s = d.id`, t.s.ident(v.Name), pgx.Identifier{schemas.ColResourceID}.Sanitize()), v.ResourceType); err != nil {
+			WHERE d.resource_type = $1 AND v.namespace = $2 AND v.%s = d.id`, t.s.ident(v.Name), pgx.Identifier{schemas.ColResourceID}.Sanitize()),
+			v.ResourceType, ns); err != nil {
 			return err
 		}
 	}
@@ -299,14 +317,14 @@ func (t *Txn) replaceViewRows(ctx context.Context) error {
 	rid := pgx.Identifier{schemas.ColResourceID}.Sanitize()
 	for _, v := range t.s.tables.Views() {
 		if err := t.exec(ctx, "replace "+v.Name, fmt.Sprintf(`DELETE FROM %s v USING _ff_won w
-			WHERE w.resource_type = $1 AND v.%s = w.id`, t.s.ident(v.Name), rid), v.ResourceType); err != nil {
+			WHERE w.resource_type = $1 AND v.namespace = $2 AND v.%s = w.id`, t.s.ident(v.Name), rid), v.ResourceType, t.run.Namespace); err != nil {
 			return err
 		}
 		st := t.stages[v.Name]
 		if st == nil {
 			continue
 		}
-		cols, err := tableColumns(v, true)
+		names, sel, err := insertCols(v, runStamp(t.run), "s")
 		if err != nil {
 			return err
 		}
@@ -315,7 +333,7 @@ func (t *Txn) replaceViewRows(ctx context.Context) error {
 		q := fmt.Sprintf(`INSERT INTO %s (%s) SELECT %s FROM %s s
 			LEFT JOIN _ff_won w ON w.resource_type = $1 AND w.id = s.%s AND w._seq = s._seq
 			WHERE w.id IS NOT NULL OR s.%s IS NULL`,
-			t.s.ident(v.Name), colList(cols, ""), colList(cols, "s"), st.temp, rid, rid)
+			t.s.ident(v.Name), names, sel, st.temp, rid, rid)
 		if err := t.exec(ctx, "insert "+v.Name, q, v.ResourceType); err != nil {
 			return err
 		}

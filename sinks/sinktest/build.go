@@ -128,7 +128,8 @@ func Build(mem memory.Allocator, t *schemas.Table, rows ...[]any) schemas.Batch 
 			appendValue(b.Field(i), v)
 		}
 	}
-	return schemas.Batch{Table: t, Rec: b.NewRecordBatch()}
+	// Stamped as a rebuild stamps its batches; a run uses its own values.
+	return schemas.Batch{Table: t, Rec: b.NewRecordBatch(), Namespace: Namespace, Source: "test"}
 }
 
 func appendValue(fb array.Builder, v any) {

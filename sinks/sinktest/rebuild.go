@@ -26,7 +26,7 @@ func LoadScanFixture(t testing.TB, s sinks.Sink, mem memory.Allocator, extra ...
 		{RawBatch(mem, first...)},
 		{RawBatch(mem, Patient("p1", "2", 1, 1)), DeletedBatch(mem, Deleted{Type: "Patient", ID: "p2"})},
 	} {
-		txn, err := s.Begin(ctx, sinks.RunInfo{RunID: fmt.Sprint("r", i), Source: "s", ExportID: fmt.Sprint("e", i),
+		txn, err := s.Begin(ctx, sinks.RunInfo{RunID: fmt.Sprint("r", i), Source: "s", Namespace: Namespace, ExportID: fmt.Sprint("e", i),
 			TransactionTime: T(2 + i).Format(time.RFC3339)})
 		require.NoError(t, err)
 		for _, b := range batches {
@@ -45,8 +45,10 @@ func Patient(id, versionID string, h int, seq int64) Raw {
 func ScanAll(t testing.TB, s sinks.Rebuilder, typ string) map[string]string {
 	t.Helper()
 	got := map[string]string{}
-	require.NoError(t, s.ScanRaw(t.Context(), typ, func(id string, res []byte) error {
-		got[id] = string(res)
+	require.NoError(t, s.ScanRaw(t.Context(), typ, func(r schemas.RawResource) error {
+		require.Equal(t, Namespace, r.Namespace)
+		require.NotEmpty(t, r.Source)
+		got[r.ID] = string(r.JSON)
 		return nil
 	}))
 	return got

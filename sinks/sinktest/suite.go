@@ -30,6 +30,9 @@ type Harness struct {
 	NoJSONCheck bool
 }
 
+// Namespace is the namespace of the suite's runs, unless a case says otherwise.
+const Namespace = "https://test.example/fhir"
+
 // Base is the time T(0) of the suite's lastUpdated values.
 var Base = time.Date(2025, 1, 10, 8, 0, 0, 0, time.UTC)
 
@@ -71,8 +74,13 @@ func newEnv(t *testing.T, h Harness) *env {
 
 // run returns a RunInfo for export id with transaction time tt.
 func (e *env) run(exportID, tt string) sinks.RunInfo {
+	return e.runOf("test", Namespace, exportID, tt)
+}
+
+// runOf is run for another source and namespace.
+func (e *env) runOf(source, namespace, exportID, tt string) sinks.RunInfo {
 	e.n++
-	return sinks.RunInfo{RunID: fmt.Sprintf("run-%d", e.n), Source: "test", ExportID: exportID,
+	return sinks.RunInfo{RunID: fmt.Sprintf("run-%d", e.n), Source: source, Namespace: namespace, ExportID: exportID,
 		TransactionTime: tt, Started: Base}
 }
 
@@ -88,7 +96,13 @@ func (e *env) write(run sinks.RunInfo, batches ...schemas.Batch) sinks.Txn {
 // apply commits one run made of batches.
 func (e *env) apply(exportID, tt string, batches ...schemas.Batch) {
 	e.t.Helper()
-	txn := e.write(e.run(exportID, tt), batches...)
+	e.applyRun(e.run(exportID, tt), batches...)
+}
+
+// applyRun commits run made of batches.
+func (e *env) applyRun(run sinks.RunInfo, batches ...schemas.Batch) {
+	e.t.Helper()
+	txn := e.write(run, batches...)
 	require.NoError(e.t, txn.Commit(e.ctx, sinks.RunSummary{Finished: Base, Outcome: "success", Resources: 1}))
 }
 
@@ -159,6 +173,8 @@ func Run(t *testing.T, h Harness) {
 		{"ReapplyIsIdempotent", caseReapplyIsIdempotent},
 		{"CheckpointVerbatim", caseCheckpointVerbatim},
 		{"PrepareAddsColumn", casePrepareAddsColumn},
+		{"NamespacesKeepTheirRows", caseNamespacesKeepTheirRows},
+		{"SourcesShareANamespace", caseSourcesShareANamespace},
 	} {
 		t.Run(c.name, func(t *testing.T) { c.run(t, newEnv(t, h), h) })
 	}
@@ -380,4 +396,56 @@ func casePrepareAddsColumn(t *testing.T, e *env, h Harness) {
 	e.apply("e2", tt2, e.rawB(e.pat("p2", "1", T(1), 1)), Build(e.mem, wider, []any{"p2", int64(1), "b", "female"}))
 	require.Equal(t, []string{"p1|a|NULL", "p2|b|female"},
 		e.rows(PatientView.Name, schemas.ColResourceID, "name", "Gender Code"))
+}
+
+// caseNamespacesKeepTheirRows: two servers use the same ids. Each run's
+// upserts, lastUpdated guard, deletes and view replacements touch only its
+// own namespace's rows, and every row says whose it is.
+func caseNamespacesKeepTheirRows(t *testing.T, e *env, _ Harness) {
+	const a, b = "https://a.example/fhir", "https://b.example/fhir"
+	raw := func() []string {
+		return e.rows(schemas.RawTable, schemas.ColNamespace, "resource_type", "id", "version_id")
+	}
+	names := func() []string {
+		return e.rows(PatientView.Name, schemas.ColNamespace, schemas.ColSource, schemas.ColResourceID, "name")
+	}
+	e.applyRun(e.runOf("ehr_a", a, "a1", tt1), e.rawB(e.pat("p1", "1", T(1), 1), e.pat("p2", "1", T(1), 2)),
+		e.nameB("p1", int64(1), "alice", "p2", int64(2), "anna"), RejectBatch(e.mem, Prov{Source: "ehr_a"}, "bad a"))
+	e.applyRun(e.runOf("ehr_b", b, "b1", tt1), e.rawB(e.pat("p1", "1", T(5), 1)),
+		e.nameB("p1", int64(1), "bob"), RejectBatch(e.mem, Prov{Source: "ehr_b"}, "bad b"))
+	require.Equal(t, []string{a + "|Patient|p1|1", a + "|Patient|p2|1", b + "|Patient|p1|1"}, raw(),
+		"the same type and id on two servers are two resources")
+	require.Equal(t, []string{a + "|ehr_a|p1|alice", a + "|ehr_a|p2|anna", b + "|ehr_b|p1|bob"}, names())
+	require.Equal(t, []string{a + "|bad a", b + "|bad b"}, e.rows(schemas.RejectsTable, schemas.ColNamespace, "reason"))
+
+	// b's p1 has the newer lastUpdated; a's update is not older than a's
+	// own row, so it wins in a and leaves b alone.
+	e.applyRun(e.runOf("ehr_a", a, "a2", tt2), e.rawB(e.pat("p1", "2", T(2), 1)), e.nameB("p1", int64(1), "alice2"))
+	require.Equal(t, []string{a + "|Patient|p1|2", a + "|Patient|p2|1", b + "|Patient|p1|1"}, raw())
+	require.Equal(t, []string{a + "|ehr_a|p1|alice2", a + "|ehr_a|p2|anna", b + "|ehr_b|p1|bob"}, names())
+
+	// A delete on b removes b's p1 only; a delete on a of p2 leaves b alone.
+	e.applyRun(e.runOf("ehr_b", b, "b2", tt3), e.del("p1", "p2"))
+	require.Equal(t, []string{a + "|Patient|p1|2", a + "|Patient|p2|1"}, raw(), "a delete on one server removes nothing of another")
+	require.Equal(t, []string{a + "|ehr_a|p1|alice2", a + "|ehr_a|p2|anna"}, names())
+	e.applyRun(e.runOf("ehr_b", b, "b3", tt3), e.rawB(e.pat("p1", "3", T(6), 1)), e.nameB("p1", int64(1), "bob3"))
+	e.applyRun(e.runOf("ehr_a", a, "a3", tt3), e.del("p2"))
+	require.Equal(t, []string{a + "|Patient|p1|2", b + "|Patient|p1|3"}, raw())
+	require.Equal(t, []string{a + "|ehr_a|p1|alice2", b + "|ehr_b|p1|bob3"}, names())
+}
+
+// caseSourcesShareANamespace: two sources of one server (a system export
+// and a Group of it) store a resource once; the lastUpdated guard holds
+// across them and the row says which source wrote it last.
+func caseSourcesShareANamespace(t *testing.T, e *env, _ Harness) {
+	raw := func() []string {
+		return e.rows(schemas.RawTable, schemas.ColNamespace, "id", "version_id")
+	}
+	e.applyRun(e.runOf("all", Namespace, "x1", tt1), e.rawB(e.pat("p1", "2", T(2), 1)), e.nameB("p1", int64(1), "v2"))
+	e.applyRun(e.runOf("cohort", Namespace, "y1", tt1), e.rawB(e.pat("p1", "1", T(1), 1)), e.nameB("p1", int64(1), "v1"))
+	require.Equal(t, []string{Namespace + "|p1|2"}, raw(), "the older copy from the other source loses")
+	require.Equal(t, []string{Namespace + "|all|p1|v2"}, e.rows(PatientView.Name, schemas.ColNamespace, schemas.ColSource, schemas.ColResourceID, "name"))
+	e.applyRun(e.runOf("cohort", Namespace, "y2", tt2), e.rawB(e.pat("p1", "3", T(3), 1)), e.nameB("p1", int64(1), "v3"))
+	require.Equal(t, []string{Namespace + "|p1|3"}, raw())
+	require.Equal(t, []string{Namespace + "|cohort|p1|v3"}, e.rows(PatientView.Name, schemas.ColNamespace, schemas.ColSource, schemas.ColResourceID, "name"))
 }

@@ -43,16 +43,38 @@ const maxListed = 15
 // the views compute from the current resources (RequireViewsMatch).
 func RequireMatchesTruth(t testing.TB, db *sql.DB, views []transform.View, truth Truth) {
 	t.Helper()
-	RequireRawMatches(t, db, truth)
-	RequireViewsMatch(t, db, views, truth)
+	RequireNamespaceMatchesTruth(t, db, "", views, truth)
+}
+
+// RequireNamespaceMatchesTruth is RequireMatchesTruth for the rows of one
+// namespace ("" for every row).
+func RequireNamespaceMatchesTruth(t testing.TB, db *sql.DB, namespace string, views []transform.View, truth Truth) {
+	t.Helper()
+	requireRawMatches(t, db, namespace, truth)
+	requireViewsMatch(t, db, namespace, views, truth)
+}
+
+// inNamespace is the WHERE clause that keeps the rows of namespace ("":
+// every row), with $1 its parameter.
+func inNamespace(namespace string) (string, []any) {
+	if namespace == "" {
+		return "", nil
+	}
+	return " WHERE " + schemas.ColNamespace + " = $1", []any{namespace}
 }
 
 // RequireRawMatches compares the raw landing with truth: same keys, no
 // duplicate key, current version, lastUpdated and JSON.
 func RequireRawMatches(t testing.TB, db *sql.DB, truth Truth) {
 	t.Helper()
+	requireRawMatches(t, db, "", truth)
+}
+
+func requireRawMatches(t testing.TB, db *sql.DB, namespace string, truth Truth) {
+	t.Helper()
 	ctx := context.Background()
-	rows, err := db.QueryContext(ctx, `SELECT resource_type, id, coalesce(version_id, ''), last_updated, CAST(resource AS VARCHAR) FROM `+schemas.RawTable)
+	where, args := inNamespace(namespace)
+	rows, err := db.QueryContext(ctx, `SELECT resource_type, id, coalesce(version_id, ''), last_updated, CAST(resource AS VARCHAR) FROM `+schemas.RawTable+where, args...)
 	require.NoError(t, err)
 	defer rows.Close()
 	type stored struct {
@@ -186,7 +208,7 @@ func ExpectedViews(t testing.TB, views []transform.View, truth Truth) (ViewRows,
 // whose values every engine stores verbatim.
 func TextColumns(tb *schemas.Table) []string {
 	cols := []string{schemas.ColResourceID}
-	for _, f := range tb.StoredFields() {
+	for _, f := range tb.Schema.Fields() { // not the stamped namespace and source
 		if f.Name == schemas.ColResourceID || !arrow.TypeEqual(f.Type, arrow.BinaryTypes.String) || schemas.IsJSON(f) {
 			continue
 		}
@@ -204,11 +226,16 @@ func TextColumns(tb *schemas.Table) []string {
 // resources, with equal text columns.
 func RequireViewsMatch(t testing.TB, db *sql.DB, views []transform.View, truth Truth) {
 	t.Helper()
+	requireViewsMatch(t, db, "", views, truth)
+}
+
+func requireViewsMatch(t testing.TB, db *sql.DB, namespace string, views []transform.View, truth Truth) {
+	t.Helper()
 	want, tables := ExpectedViews(t, views, truth)
 	require.NotEmpty(t, tables, "no view tables to compare")
 	nonEmpty := 0
 	for _, tb := range tables {
-		got := ReadView(t, db, tb)
+		got := readView(t, db, namespace, tb)
 		exp := want[tb.Name]
 		if len(exp) > 0 {
 			nonEmpty++
@@ -239,12 +266,18 @@ func RequireViewsMatch(t testing.TB, db *sql.DB, views []transform.View, truth T
 // group sorted.
 func ReadView(t testing.TB, db *sql.DB, tb *schemas.Table) map[string][]string {
 	t.Helper()
+	return readView(t, db, "", tb)
+}
+
+func readView(t testing.TB, db *sql.DB, namespace string, tb *schemas.Table) map[string][]string {
+	t.Helper()
 	cols := TextColumns(tb)
 	sel := make([]string, len(cols))
 	for i, c := range cols {
 		sel[i] = fmt.Sprintf("CAST(%s AS VARCHAR)", quote(c))
 	}
-	rows, err := db.QueryContext(context.Background(), "SELECT "+strings.Join(sel, ", ")+" FROM "+quote(tb.Name))
+	where, args := inNamespace(namespace)
+	rows, err := db.QueryContext(context.Background(), "SELECT "+strings.Join(sel, ", ")+" FROM "+quote(tb.Name)+where, args...)
 	require.NoError(t, err, "read view %s", tb.Name)
 	defer rows.Close()
 	got := map[string][]string{}

@@ -8,8 +8,6 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/apache/arrow-go/v18/arrow"
-
 	"github.com/fhirferry/fhirferry/schemas"
 	"github.com/fhirferry/fhirferry/sinks"
 )
@@ -49,9 +47,10 @@ func (g *Guard) Write(ctx context.Context, sink string, b schemas.Batch, write f
 }
 
 // ReplaceEmit is the emit a ReplaceTable hands its producer: it takes
-// ownership of each batch, checks that it belongs to t and has rows, and
-// passes the rows to write.
-func ReplaceEmit(ctx context.Context, t *schemas.Table, write func(arrow.RecordBatch) error) func(schemas.Batch) error {
+// ownership of each batch, checks that it belongs to t, has rows and, for
+// a table with a namespace, says whose rows they are, and passes it to
+// write (which must not release it).
+func ReplaceEmit(ctx context.Context, t *schemas.Table, write func(schemas.Batch) error) func(schemas.Batch) error {
 	return func(b schemas.Batch) error {
 		defer b.Release()
 		if err := ctx.Err(); err != nil {
@@ -63,7 +62,10 @@ func ReplaceEmit(ctx context.Context, t *schemas.Table, write func(arrow.RecordB
 		if b.Rec == nil {
 			return errors.New("batch without rows")
 		}
-		return write(b.Rec)
+		if len(t.Stamped()) > 0 && b.Namespace == "" {
+			return fmt.Errorf("batch for table %s without a namespace", t.Name)
+		}
+		return write(b)
 	}
 }
 
