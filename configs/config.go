@@ -180,12 +180,31 @@ type Sink struct {
 
 // DuckDBSink configures the embedded DuckDB warehouse.
 type DuckDBSink struct {
-	Path        string `yaml:"path"`
+	// Path is the warehouse analysts open. With Snapshot (the default) it
+	// is a read-only copy the sink publishes after each commit, and the
+	// sink writes Path+".writer" (WriterPath).
+	Path string `yaml:"path"`
+	// Snapshot publishes the copy at Path, so that readers never meet the
+	// writer's lock; false makes Path the file the sink writes (one process
+	// at a time may open it).
+	Snapshot    *bool  `yaml:"snapshot"`
 	Threads     int    `yaml:"threads"`
 	MemoryLimit string `yaml:"memory_limit"`
 	// StreamThreads is DuckDB's thread count while a run's raw rows
 	// stream in alongside the transform (0: 1); Commit runs with Threads.
 	StreamThreads int `yaml:"stream_threads"`
+}
+
+// SnapshotOn reports whether readers get a published copy (the default).
+func (d DuckDBSink) SnapshotOn() bool { return d.Snapshot == nil || *d.Snapshot }
+
+// WriterPath is the file the sink writes: Path, or with SnapshotOn the
+// working copy beside it.
+func (d DuckDBSink) WriterPath() string {
+	if d.SnapshotOn() && d.Path != ":memory:" {
+		return d.Path + ".writer"
+	}
+	return d.Path
 }
 
 // PostgresSink configures the PostgreSQL warehouse.

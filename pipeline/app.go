@@ -98,7 +98,21 @@ func Build(ctx context.Context, cfg *configs.Config, deps Deps) (*App, error) {
 			return nil, err
 		}
 	}
+	a.Flush(ctx)
 	return a, nil
+}
+
+// Flush makes what the sinks wrote outside a run (tables prepared,
+// migrated or rebuilt) visible to their outside readers; failures are
+// logged (the next commit retries them).
+func (a *App) Flush(ctx context.Context) {
+	for _, sc := range a.cfg.Sinks {
+		if f, ok := a.sinks[sc.Name].(sinks.Flusher); ok {
+			if err := f.Flush(ctx); err != nil {
+				a.log.Warn("publishing the warehouse for readers failed", "sink", sc.Name, "err", err)
+			}
+		}
+	}
 }
 
 // migration is what the sinks need to migrate tables an older fhirferry

@@ -39,7 +39,8 @@ const (
 // StartDemo resets dir (the warehouse, state and config of an earlier
 // demo), starts the server and builds the App. deps.Sinks must build duckdb.
 func StartDemo(ctx context.Context, dir string, patients int, deps Deps) (*Demo, error) {
-	for _, p := range []string{configs.DefaultDuckDBFile, configs.DefaultDuckDBFile + ".wal", "state", "spool", "keys", "fhirferry.yaml"} {
+	for _, p := range []string{configs.DefaultDuckDBFile, configs.DefaultDuckDBFile + ".wal", configs.DefaultDuckDBFile + ".writer",
+		configs.DefaultDuckDBFile + ".writer.wal", "state", "spool", "keys", "fhirferry.yaml"} {
 		if err := os.RemoveAll(filepath.Join(dir, p)); err != nil {
 			return nil, err
 		}

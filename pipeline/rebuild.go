@@ -86,6 +86,7 @@ func (a *App) RebuildViews(ctx context.Context, o RebuildOptions) (*RebuildRepor
 		return nil, errors.New("no configured sink can rebuild views")
 	}
 	rep := &RebuildReport{Views: len(tables)}
+	defer a.Flush(ctx)
 	var errs []error
 	for _, rb := range rbs {
 		stored, err := rb.ViewDefinitions(ctx)
@@ -209,6 +210,7 @@ func (a *App) StaleViews(ctx context.Context) (map[string][]string, error) {
 	}
 	out := map[string][]string{}
 	var errs []error
+	defer a.Flush(ctx)
 	for _, rb := range rbs {
 		stale, err := staleOn(ctx, rb, tables, hashes)
 		if err != nil {

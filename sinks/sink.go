@@ -218,6 +218,14 @@ type Migrator interface {
 	Migrate(ctx context.Context, m Migration) (MigrationReport, error)
 }
 
+// Flusher is implemented by sinks that make their writes visible to
+// outside readers in a step of their own (the DuckDB sink publishes a
+// read-only copy). A Commit flushes on its own; the pipeline calls Flush
+// after writes outside a run (a views rebuild, a migration).
+type Flusher interface {
+	Flush(ctx context.Context) error
+}
+
 // FailureRecorder is implemented by sinks that record runs which did not
 // commit (outcome "failed" or "cancelled") in their runs table, so analysts
 // see every attempt, not only the successes. A run that later succeeds

@@ -2,9 +2,12 @@ package main
 
 import (
 	"bufio"
+	"database/sql"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"net/http"
 	"os"
@@ -12,6 +15,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -315,4 +319,98 @@ func assertWarehouseMatches(t *testing.T, path string, truth map[bulktest.Key]bu
 	views, err := transform.LoadViews(true, "")
 	require.NoError(t, err)
 	e2e.RequireMatchesTruth(t, e2e.OpenDuckDB(t, path), views, truth)
+}
+
+// TestReadersWhileDaemonRuns: an analyst's read-only DuckDB session works
+// at any time while the daemon keeps the warehouse fresh, and each read
+// sees the state of one commit: the checkpoint and the row counts of the
+// raw landing and a view agree with the server's state at that checkpoint,
+// never a mix of two runs.
+func TestReadersWhileDaemonRuns(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binary and runs a daemon")
+	}
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "fhirferry")
+	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
+	require.NoError(t, err, "go build: %s", out)
+	srv, err := bulktest.NewServer(bulktest.Options{Patients: 10, Seed: 12, FileMaxResources: 60, PollsBeforeComplete: 1, RetryAfter: "1"})
+	require.NoError(t, err)
+	defer srv.Close()
+	type counts struct{ raw, patients int }
+	var mu sync.Mutex
+	states := map[time.Time]counts{{}: {}} // the zero time: before the first run
+	snapshot := func() {
+		truth := srv.Truth("system", "", nil)
+		c := counts{raw: len(truth)}
+		for k := range truth {
+			if k.Type == "Patient" {
+				c.patients++
+			}
+		}
+		mu.Lock()
+		states[srv.Now().UTC()] = c
+		mu.Unlock()
+	}
+	snapshot()
+	admin := freePort(t)
+	duckPath := filepath.Join(dir, "warehouse.duckdb")
+	cfgPath := filepath.Join(dir, "config.yaml")
+	require.NoError(t, os.WriteFile(cfgPath, []byte(fmt.Sprintf(`data_dir: %s
+admin: {listen: %s}
+sources:
+  - name: ehr
+    base_url: %s
+    schedule: "@every 1s"
+    http: {min_wait: 50ms, max_wait: 1s}
+sinks:
+  - {name: warehouse, type: duckdb, duckdb: {path: %s}}
+`, filepath.Join(dir, "data"), admin, srv.BaseURL(), duckPath)), 0o600))
+	logPath := filepath.Join(dir, "daemon.log")
+	p := startDaemon(t, bin, cfgPath, admin, logPath)
+
+	read := func() (time.Time, counts, error) {
+		db, err := sql.Open("duckdb", duckPath+"?access_mode=READ_ONLY")
+		if err != nil {
+			return time.Time{}, counts{}, err
+		}
+		defer db.Close()
+		db.SetMaxOpenConns(1) // one connection: one file, one state
+		var tt sql.NullString
+		var c counts
+		err = db.QueryRow(`SELECT (SELECT transaction_time FROM checkpoints WHERE source = 'ehr'),
+			(SELECT count(*) FROM fhir_resources), (SELECT count(*) FROM patient)`).Scan(&tt, &c.raw, &c.patients)
+		if err != nil || !tt.Valid {
+			return time.Time{}, c, err // !Valid: published before the first run
+		}
+		ts, err := time.Parse(time.RFC3339Nano, tt.String)
+		return ts.UTC(), c, err
+	}
+	seen := map[time.Time]bool{}
+	reads := 0
+	deadline := time.Now().Add(90 * time.Second)
+	for len(seen) < 3 && time.Now().Before(deadline) {
+		if _, err := os.Stat(duckPath); errors.Is(err, fs.ErrNotExist) {
+			time.Sleep(20 * time.Millisecond) // before the first commit is published
+			continue
+		}
+		tt, c, err := read()
+		require.NoError(t, err, "a read while the daemon runs failed (read %d)", reads)
+		reads++
+		mu.Lock()
+		want, ok := states[tt]
+		mu.Unlock()
+		require.True(t, ok, "checkpoint %s is no state of the server", tt)
+		require.Equal(t, want, c, "at checkpoint %s the tables hold another run's rows", tt)
+		if !tt.IsZero() && !seen[tt] {
+			seen[tt] = true
+			// The next run has something new to load.
+			srv.Advance(time.Hour, bulktest.Mutation{NewPatients: 1, UpdatedResources: 5, DeletedResources: 2})
+			snapshot()
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	require.Len(t, seen, 3, "the daemon did not publish three runs in time; log:\n%s", readFile(logPath))
+	t.Logf("%d reads, all of them consistent, across %d published runs", reads, len(seen))
+	p.stop(t, 40*time.Second)
 }

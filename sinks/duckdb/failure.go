@@ -37,5 +37,9 @@ func (s *Sink) RecordFailure(ctx context.Context, r sinks.RunInfo, sum sinks.Run
 		sum.Outcome, sum.Files, sum.Bytes, sum.Resources, sum.Deleted, sum.Rejects, sum.Outcomes); err != nil {
 		return fmt.Errorf("duckdb sink %s: record failed run: %w", s.name, err)
 	}
-	return tx.Commit()
+	if err := tx.Commit(); err != nil {
+		return err
+	}
+	s.dirty.Store(true)
+	return nil
 }

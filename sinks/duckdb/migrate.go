@@ -52,7 +52,11 @@ func (s *Sink) Migrate(ctx context.Context, m sinks.Migration) (rep sinks.Migrat
 		ON CONFLICT (key) DO UPDATE SET value = excluded.value`, strconv.Itoa(sinks.SchemaVersion)); err != nil {
 		return rep, err
 	}
-	return rep, tx.Commit()
+	if err := tx.Commit(); err != nil {
+		return rep, err
+	}
+	s.dirty.Store(true)
+	return rep, nil
 }
 
 // schemaVersion is the recorded version; a warehouse with a raw table and

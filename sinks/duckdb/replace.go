@@ -84,6 +84,7 @@ func (s *Sink) ReplaceTable(ctx context.Context, t *schemas.Table,
 		return err
 	}
 	s.tables.Put(t)
+	s.dirty.Store(true)
 	return nil
 }
 

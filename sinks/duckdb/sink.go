@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"os"
 	"strconv"
+	"sync/atomic"
 
 	duckdb "github.com/duckdb/duckdb-go/v2"
 
@@ -27,12 +28,16 @@ var _ sinks.Sink = (*Sink)(nil)
 type Sink struct {
 	// Reads reads the tables back for views rebuild (reader).
 	sqlread.Reads
-	name  string
-	log   *slog.Logger
-	path  string
-	db    *sql.DB
-	spool string
-	stg   staging
+	name string
+	log  *slog.Logger
+	path string // the file the sink writes
+	// published is where the read-only copy goes ("" without snapshots);
+	// dirty says the working copy has changes it lacks.
+	published string
+	dirty     atomic.Bool
+	db        *sql.DB
+	spool     string
+	stg       staging
 	// streamThreads is DuckDB's thread count while raw rows stream in.
 	streamThreads int
 	// memoryLimited: a memory_limit is set, so Commit keeps streamThreads.
@@ -49,12 +54,24 @@ func Open(_ context.Context, cfg configs.Sink, env sinks.Env) (sinks.Sink, error
 	return New(cfg.DuckDB, env)
 }
 
-// New opens (creating if needed) the DuckDB file cfg.Path (":memory:" for
-// a throwaway database).
+// New opens (creating if needed) the DuckDB warehouse cfg.Path (":memory:"
+// for a throwaway database). With cfg.SnapshotOn the sink writes
+// cfg.WriterPath and publishes a read-only copy at cfg.Path (see
+// snapshot.go); a warehouse written before snapshots is adopted as the
+// working copy.
 func New(cfg configs.DuckDBSink, env sinks.Env) (*Sink, error) {
 	name, log := env.Name, env.Log()
 	if cfg.Path == "" {
 		return nil, fmt.Errorf("duckdb sink %s: path is required", name)
+	}
+	published := cfg.Path
+	if cfg.WriterPath() != cfg.Path {
+		if err := adopt(cfg.Path, cfg.WriterPath()); err != nil {
+			return nil, fmt.Errorf("duckdb sink %s: %w", name, err)
+		}
+		cfg.Path = cfg.WriterPath()
+	} else {
+		published = ""
 	}
 	// Commit needs no particular row order, and keeping it costs memory
 	// on large inserts (DuckDB's own advice for bulk loads).
@@ -107,12 +124,18 @@ func New(cfg configs.DuckDBSink, env sinks.Env) (*Sink, error) {
 		return nil, errors.Join(fmt.Errorf("duckdb sink %s: clear spool: %w", name, err), db.Close())
 	}
 	s := &Sink{
-		name: name, log: log, path: cfg.Path, db: db,
+		name: name, log: log, path: cfg.Path, published: published, db: db,
 		spool: spool, stg: defaultStaging(env.Allocator()), streamThreads: max(cfg.StreamThreads, 1),
 		memoryLimited: cfg.MemoryLimit != "",
 		writer:        make(chan struct{}, 1),
 	}
 	s.Reads = sqlread.Reads{Reader: s.reader}
+	if published != "" {
+		// A new warehouse, or a crash before a commit was published.
+		pub, perr := os.Stat(published)
+		wr, werr := os.Stat(s.path)
+		s.dirty.Store(perr != nil || werr != nil || wr.ModTime().After(pub.ModTime()))
+	}
 	return s, nil
 }
 
@@ -139,9 +162,11 @@ func (s *Sink) Name() string { return s.name }
 // must go through a Txn, since DuckDB aborts conflicting writers.
 func (s *Sink) DB() *sql.DB { return s.db }
 
-// Close closes the database. No Txn may be open.
+// Close publishes what is not published yet and closes the database. No
+// Txn may be open.
 func (s *Sink) Close() error {
-	err := s.db.Close()
+	perr := s.Flush(context.Background())
+	err := errors.Join(perr, s.db.Close())
 	// The spool folder is empty between runs; leave it if not.
 	_ = os.Remove(s.spool)
 	return err
@@ -206,6 +231,7 @@ func (s *Sink) Prepare(ctx context.Context, tables []*schemas.Table) (err error)
 	for _, t := range seen {
 		s.tables.Put(t)
 	}
+	s.dirty.Store(true)
 	return nil
 }
 

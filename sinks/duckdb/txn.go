@@ -414,9 +414,17 @@ func (t *Txn) Commit(ctx context.Context, sum sinks.RunSummary) (err error) {
 		}
 	}
 	t0 := time.Now()
-	err = tx.Commit()
+	if err = tx.Commit(); err != nil {
+		return err
+	}
 	t.s.log.Debug("commit step", "run", t.run.RunID, "step", "commit", "duration", time.Since(t0))
-	return err
+	t.s.dirty.Store(true)
+	// The run is committed whatever the copy does: a failed publish is
+	// retried at the next commit or Flush.
+	if perr := t.s.publish(context.WithoutCancel(ctx)); perr != nil {
+		t.s.log.Warn("the committed run is not published for readers yet", "run", t.run.RunID, "err", perr)
+	}
+	return nil
 }
 
 // applied is what Commit's steps have found so far.
