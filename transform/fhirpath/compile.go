@@ -132,124 +132,140 @@ func (cp *compiler) compileNode(n *node) (evalFn, error) {
 	case nVar:
 		return cp.compileVar(n)
 	case nMember:
-		name := n.name
-		typeName := name != "" && name[0] >= 'A' && name[0] <= 'Z'
-		return func(c *Ctx, focus []Item, dst []Item) ([]Item, error) {
-			for _, it := range focus {
-				if typeName && it.k == KindObject && it.fhirType() == name && it.j.Get(name) == nil {
-					dst = append(dst, it) // Patient.name: a type name selects the resource
-					continue
-				}
-				dst = c.child(it, name, dst)
-			}
-			return dst, nil
-		}, nil
+		return compileMember(n.name), nil
 	case nCall:
 		return cp.compileCall(n)
 	case nInvoke:
-		left, err := cp.compile(n.left)
-		if err != nil {
-			return nil, err
-		}
-		var right evalFn
-		if n.right.kind == nMember {
-			name := n.right.name
-			right = func(c *Ctx, in []Item, dst []Item) ([]Item, error) {
-				for _, it := range in {
-					dst = c.child(it, name, dst)
-				}
-				return dst, nil
-			}
-		} else if right, err = cp.compileCall(n.right); err != nil {
-			return nil, err
-		}
-		return func(c *Ctx, focus []Item, dst []Item) ([]Item, error) {
-			buf := c.get()
-			buf, err := left(c, focus, buf)
-			if err == nil {
-				dst, err = right(c, buf, dst)
-			}
-			c.put(buf)
-			return dst, err
-		}, nil
+		return cp.compileInvoke(n)
 	case nIndex:
-		left, err := cp.compile(n.left)
-		if err != nil {
-			return nil, err
-		}
-		idx, err := cp.compile(n.args[0])
-		if err != nil {
-			return nil, err
-		}
-		return func(c *Ctx, focus []Item, dst []Item) ([]Item, error) {
-			buf := c.get()
-			defer c.put(buf)
-			buf, err := left(c, focus, buf)
-			if err != nil {
-				return dst, err
-			}
-			i, ok, err := c.intArg(idx, focus, "indexer")
-			if err != nil || !ok {
-				return dst, err
-			}
-			if i >= 0 && i < int64(len(buf)) {
-				dst = append(dst, buf[i])
-			}
-			return dst, nil
-		}, nil
+		return cp.compileIndex(n)
 	case nUnary:
-		operand, err := cp.compile(n.left)
-		if err != nil {
-			return nil, err
-		}
-		neg := n.name == "-"
-		return func(c *Ctx, focus []Item, dst []Item) ([]Item, error) {
-			buf := c.get()
-			defer c.put(buf)
-			buf, err := operand(c, focus, buf)
-			if err != nil {
-				return dst, err
-			}
-			it, ok, err := single(buf, "unary "+n.name)
-			if err != nil || !ok {
-				return dst, err
-			}
-			if !neg {
-				return append(dst, it), nil
-			}
-			return negate(it, dst)
-		}, nil
+		return cp.compileUnary(n)
 	case nTypeOp:
-		left, err := cp.compile(n.left)
-		if err != nil {
-			return nil, err
-		}
-		t := n.lit.s
-		isOp := n.name == "is"
-		return func(c *Ctx, focus []Item, dst []Item) ([]Item, error) {
-			buf := c.get()
-			defer c.put(buf)
-			buf, err := left(c, focus, buf)
-			if err != nil {
-				return dst, err
-			}
-			it, ok, err := single(buf, n.name)
-			if err != nil || !ok {
-				return dst, err
-			}
-			m, conv := matchType(it, t)
-			if isOp {
-				return append(dst, Bool(m)), nil
-			}
-			if m {
-				dst = append(dst, conv)
-			}
-			return dst, nil
-		}, nil
+		return cp.compileTypeOp(n)
 	case nBinary:
 		return cp.compileBinary(n)
 	}
 	return nil, cp.errf(n, "unsupported expression")
+}
+
+// compileMember compiles an identifier at the start of a path, where an
+// upper-case name may also be the resource type (Patient.name).
+func compileMember(name string) evalFn {
+	typeName := name != "" && name[0] >= 'A' && name[0] <= 'Z'
+	return func(c *Ctx, focus []Item, dst []Item) ([]Item, error) {
+		for _, it := range focus {
+			if typeName && it.k == KindObject && it.fhirType() == name && it.j.Get(name) == nil {
+				dst = append(dst, it) // Patient.name: a type name selects the resource
+				continue
+			}
+			dst = c.child(it, name, dst)
+		}
+		return dst, nil
+	}
+}
+
+// compileInvoke compiles left.right, where right is a member or a call
+// applied to left's result.
+func (cp *compiler) compileInvoke(n *node) (evalFn, error) {
+	left, err := cp.compile(n.left)
+	if err != nil {
+		return nil, err
+	}
+	var right evalFn
+	if n.right.kind == nMember {
+		name := n.right.name
+		right = func(c *Ctx, in []Item, dst []Item) ([]Item, error) {
+			for _, it := range in {
+				dst = c.child(it, name, dst)
+			}
+			return dst, nil
+		}
+	} else if right, err = cp.compileCall(n.right); err != nil {
+		return nil, err
+	}
+	return func(c *Ctx, focus []Item, dst []Item) ([]Item, error) {
+		buf := c.get()
+		buf, err := left(c, focus, buf)
+		if err == nil {
+			dst, err = right(c, buf, dst)
+		}
+		c.put(buf)
+		return dst, err
+	}, nil
+}
+
+// compileIndex compiles left[index]; the index is evaluated on the
+// indexer's own input, not on left's result.
+func (cp *compiler) compileIndex(n *node) (evalFn, error) {
+	left, err := cp.compile(n.left)
+	if err != nil {
+		return nil, err
+	}
+	idx, err := cp.compile(n.args[0])
+	if err != nil {
+		return nil, err
+	}
+	return func(c *Ctx, focus []Item, dst []Item) ([]Item, error) {
+		buf := c.get()
+		defer c.put(buf)
+		buf, err := left(c, focus, buf)
+		if err != nil {
+			return dst, err
+		}
+		i, ok, err := c.intArg(idx, focus, "indexer")
+		if err != nil || !ok {
+			return dst, err
+		}
+		if i >= 0 && i < int64(len(buf)) {
+			dst = append(dst, buf[i])
+		}
+		return dst, nil
+	}, nil
+}
+
+func (cp *compiler) compileUnary(n *node) (evalFn, error) {
+	operand, err := cp.compile(n.left)
+	if err != nil {
+		return nil, err
+	}
+	neg := n.name == "-"
+	what := "unary " + n.name
+	return func(c *Ctx, focus []Item, dst []Item) ([]Item, error) {
+		buf := c.get()
+		defer c.put(buf)
+		buf, err := operand(c, focus, buf)
+		if err != nil {
+			return dst, err
+		}
+		it, ok, err := single(buf, what)
+		if err != nil || !ok {
+			return dst, err
+		}
+		if !neg {
+			return append(dst, it), nil
+		}
+		return negate(it, dst)
+	}, nil
+}
+
+// compileTypeOp compiles the is and as operators, which share their
+// evaluation with the functions of the same name.
+func (cp *compiler) compileTypeOp(n *node) (evalFn, error) {
+	left, err := cp.compile(n.left)
+	if err != nil {
+		return nil, err
+	}
+	what, t, is := n.name, n.lit.s, n.name == "is"
+	return func(c *Ctx, focus []Item, dst []Item) ([]Item, error) {
+		buf := c.get()
+		defer c.put(buf)
+		buf, err := left(c, focus, buf)
+		if err != nil {
+			return dst, err
+		}
+		return typeTest(buf, what, t, is, dst)
+	}, nil
 }
 
 func (cp *compiler) compileVar(n *node) (evalFn, error) {
@@ -428,20 +444,15 @@ func resultType(n *node) string {
 		}
 	case nCall:
 		switch n.name {
-		case "exists", "empty", "not", "all", "hasValue", "is", "allTrue", "anyTrue", "allFalse", "anyFalse",
-			"startsWith", "endsWith", "contains", "isDistinct", "matches":
-			return "boolean"
-		case "count", "length", "toInteger":
-			return "integer"
-		case "join", "lower", "upper", "substring", "toString", "trim", "replace", "getResourceKey", "getReferenceKey":
-			return "string"
 		case "ofType", "as":
 			if len(n.args) == 1 {
 				if t, ok := typeArg(n.args[0]); ok {
 					return typeName(t)
 				}
 			}
+			return ""
 		}
+		return registry[n.name].result
 	}
 	return ""
 }

@@ -9,204 +9,313 @@ import (
 
 type callFn = evalFn
 
-// arity of each supported function: min and max argument counts.
-var arity = map[string][2]int{
-	"empty": {0, 0}, "exists": {0, 1}, "not": {0, 0}, "first": {0, 0}, "last": {0, 0},
-	"tail": {0, 0}, "skip": {1, 1}, "take": {1, 1}, "count": {0, 0}, "single": {0, 0},
-	"where": {1, 1}, "select": {1, 1}, "all": {1, 1}, "ofType": {1, 1}, "is": {1, 1}, "as": {1, 1},
-	"iif": {2, 3}, "extension": {1, 1}, "hasValue": {0, 0}, "join": {0, 1},
-	"lowBoundary": {0, 1}, "highBoundary": {0, 1}, "getResourceKey": {0, 0}, "getReferenceKey": {0, 1},
-	"startsWith": {1, 1}, "endsWith": {1, 1}, "contains": {1, 1}, "lower": {0, 0}, "upper": {0, 0},
-	"length": {0, 0}, "substring": {1, 2}, "toString": {0, 0}, "toInteger": {0, 0}, "trim": {0, 0},
-	"distinct": {0, 0}, "isDistinct": {0, 0}, "allTrue": {0, 0}, "anyTrue": {0, 0}, "allFalse": {0, 0},
-	"anyFalse": {0, 0}, "union": {1, 1}, "combine": {1, 1}, "trace": {1, 2}, "getValue": {0, 0},
+// funcSpec describes one FHIRPath function to the compiler.
+type funcSpec struct {
+	minArgs, maxArgs int
+	// typed functions take a type specifier (ofType(Quantity)): a name,
+	// not an expression to compile.
+	typed bool
+	// result is the FHIR type the function is known to yield (see
+	// Expr.ResultType), or "" when it depends on the data.
+	result string
+	build  func(call) callFn
+}
+
+// call is what a funcSpec's build gets: the function's name, for messages,
+// and its compiled arguments, or for a typed function the type specifier
+// ("" when it was omitted).
+type call struct {
+	name string
+	args []evalFn
+	typ  string
+}
+
+// registry holds the supported FHIRPath functions. It is only read after
+// package initialisation, so compilations may share it.
+var registry = map[string]funcSpec{
+	// Existence.
+	"empty":      {result: "boolean", build: emptyFunc},
+	"exists":     {maxArgs: 1, result: "boolean", build: lambdaFunc},
+	"all":        {minArgs: 1, maxArgs: 1, result: "boolean", build: lambdaFunc},
+	"allTrue":    {result: "boolean", build: boolAggregate(true, true)},
+	"anyTrue":    {result: "boolean", build: boolAggregate(true, false)},
+	"allFalse":   {result: "boolean", build: boolAggregate(false, true)},
+	"anyFalse":   {result: "boolean", build: boolAggregate(false, false)},
+	"count":      {result: "integer", build: countFunc},
+	"distinct":   {build: distinctFunc},
+	"isDistinct": {result: "boolean", build: isDistinctFunc},
+	"hasValue":   {result: "boolean", build: hasValueFunc},
+	"getValue":   {build: getValueFunc},
+
+	// Filtering, projection and types.
+	"where":  {minArgs: 1, maxArgs: 1, build: lambdaFunc},
+	"select": {minArgs: 1, maxArgs: 1, build: selectFunc},
+	"ofType": {minArgs: 1, maxArgs: 1, typed: true, build: ofTypeFunc},
+	"is":     {minArgs: 1, maxArgs: 1, typed: true, result: "boolean", build: isFunc},
+	"as":     {minArgs: 1, maxArgs: 1, typed: true, build: asFunc},
+
+	// Subsetting and combining.
+	"first":   {build: firstFunc},
+	"last":    {build: lastFunc},
+	"tail":    {build: tailFunc},
+	"skip":    {minArgs: 1, maxArgs: 1, build: skipTake(true)},
+	"take":    {minArgs: 1, maxArgs: 1, build: skipTake(false)},
+	"single":  {build: singleFunc},
+	"union":   {minArgs: 1, maxArgs: 1, build: unionFunc},
+	"combine": {minArgs: 1, maxArgs: 1, build: combineFunc},
+
+	// Boolean logic and utility.
+	"not":   {result: "boolean", build: notFunc},
+	"iif":   {minArgs: 2, maxArgs: 3, build: iifFunc},
+	"trace": {minArgs: 1, maxArgs: 2, build: traceFunc},
+
+	// Strings.
+	"startsWith": {minArgs: 1, maxArgs: 1, result: "boolean", build: stringPredicate(strings.HasPrefix)},
+	"endsWith":   {minArgs: 1, maxArgs: 1, result: "boolean", build: stringPredicate(strings.HasSuffix)},
+	"contains":   {minArgs: 1, maxArgs: 1, result: "boolean", build: stringPredicate(strings.Contains)},
+	"lower":      {result: "string", build: lowerFunc},
+	"upper":      {result: "string", build: upperFunc},
+	"trim":       {result: "string", build: trimFunc},
+	"length":     {result: "integer", build: lengthFunc},
+	"toString":   {result: "string", build: toStringFunc},
+	"toInteger":  {result: "integer", build: toIntegerFunc},
+	"substring":  {minArgs: 1, maxArgs: 2, result: "string", build: substringFunc},
+	"join":       {maxArgs: 1, result: "string", build: joinFunc},
+
+	// FHIR and SQL-on-FHIR additions.
+	"extension":       {minArgs: 1, maxArgs: 1, build: extensionFunc},
+	"lowBoundary":     {maxArgs: 1, build: boundaryFunc(false)},
+	"highBoundary":    {maxArgs: 1, build: boundaryFunc(true)},
+	"getResourceKey":  {result: "string", build: getResourceKeyFunc},
+	"getReferenceKey": {maxArgs: 1, typed: true, result: "string", build: getReferenceKeyFunc},
 }
 
 // Functions lists the names of the supported FHIRPath functions.
 func Functions() []string {
-	out := make([]string, 0, len(arity))
-	for k := range arity {
+	out := make([]string, 0, len(registry))
+	for k := range registry {
 		out = append(out, k)
 	}
 	return out
 }
 
+// compileCall checks a call against the registry and builds it; the
+// registry is consulted here only, never during evaluation.
 func (cp *compiler) compileCall(n *node) (callFn, error) {
-	ar, ok := arity[n.name]
+	spec, ok := registry[n.name]
 	if !ok {
 		return nil, cp.errf(n, "unknown function %s()", n.name)
 	}
-	if len(n.args) < ar[0] || len(n.args) > ar[1] {
-		return nil, cp.errf(n, "%s() takes %d to %d arguments, got %d", n.name, ar[0], ar[1], len(n.args))
+	if len(n.args) < spec.minArgs || len(n.args) > spec.maxArgs {
+		return nil, cp.errf(n, "%s() takes %d to %d arguments, got %d", n.name, spec.minArgs, spec.maxArgs, len(n.args))
 	}
-	// Type-specifier arguments are names, not expressions.
-	switch n.name {
-	case "ofType", "is", "as", "getReferenceKey":
-		t := ""
+	cl := call{name: n.name}
+	if spec.typed {
 		if len(n.args) == 1 {
-			var ok bool
-			if t, ok = typeArg(n.args[0]); !ok {
+			if cl.typ, ok = typeArg(n.args[0]); !ok {
 				return nil, cp.errf(n.args[0], "%s() needs a type name", n.name)
 			}
 		}
-		return typeFunc(n.name, t), nil
+		return spec.build(cl), nil
 	}
-	args := make([]evalFn, len(n.args))
+	cl.args = make([]evalFn, len(n.args))
 	for i, a := range n.args {
 		f, err := cp.compile(a)
 		if err != nil {
 			return nil, err
 		}
-		args[i] = f
+		cl.args[i] = f
 	}
-	name := n.name
-	switch name {
-	case "empty":
-		return func(_ *Ctx, in []Item, dst []Item) ([]Item, error) { return append(dst, Bool(len(in) == 0)), nil }, nil
-	case "count":
-		return func(_ *Ctx, in []Item, dst []Item) ([]Item, error) { return append(dst, Integer(int64(len(in)))), nil }, nil
-	case "first":
-		return func(_ *Ctx, in []Item, dst []Item) ([]Item, error) {
-			if len(in) > 0 {
-				dst = append(dst, in[0])
-			}
-			return dst, nil
-		}, nil
-	case "last":
-		return func(_ *Ctx, in []Item, dst []Item) ([]Item, error) {
-			if len(in) > 0 {
-				dst = append(dst, in[len(in)-1])
-			}
-			return dst, nil
-		}, nil
-	case "tail":
-		return func(_ *Ctx, in []Item, dst []Item) ([]Item, error) {
-			if len(in) > 1 {
-				dst = append(dst, in[1:]...)
-			}
-			return dst, nil
-		}, nil
-	case "single":
-		return func(_ *Ctx, in []Item, dst []Item) ([]Item, error) {
-			it, ok, err := single(in, "single()")
-			if ok {
-				dst = append(dst, it)
-			}
-			return dst, err
-		}, nil
-	case "skip", "take":
+	return spec.build(cl), nil
+}
+
+func emptyFunc(call) callFn {
+	return func(_ *Ctx, in []Item, dst []Item) ([]Item, error) { return append(dst, Bool(len(in) == 0)), nil }
+}
+
+func countFunc(call) callFn {
+	return func(_ *Ctx, in []Item, dst []Item) ([]Item, error) { return append(dst, Integer(int64(len(in)))), nil }
+}
+
+func firstFunc(call) callFn {
+	return func(_ *Ctx, in []Item, dst []Item) ([]Item, error) {
+		if len(in) > 0 {
+			dst = append(dst, in[0])
+		}
+		return dst, nil
+	}
+}
+
+func lastFunc(call) callFn {
+	return func(_ *Ctx, in []Item, dst []Item) ([]Item, error) {
+		if len(in) > 0 {
+			dst = append(dst, in[len(in)-1])
+		}
+		return dst, nil
+	}
+}
+
+func tailFunc(call) callFn {
+	return func(_ *Ctx, in []Item, dst []Item) ([]Item, error) {
+		if len(in) > 1 {
+			dst = append(dst, in[1:]...)
+		}
+		return dst, nil
+	}
+}
+
+func singleFunc(call) callFn {
+	return func(_ *Ctx, in []Item, dst []Item) ([]Item, error) {
+		it, ok, err := single(in, "single()")
+		if ok {
+			dst = append(dst, it)
+		}
+		return dst, err
+	}
+}
+
+// skipTake builds skip(n) (skip true) or take(n).
+func skipTake(skip bool) func(call) callFn {
+	return func(cl call) callFn {
+		what, arg := cl.name+"()", cl.args[0]
 		return func(c *Ctx, in []Item, dst []Item) ([]Item, error) {
-			k, ok, err := c.intArg(args[0], in, name+"()")
+			k, ok, err := c.intArg(arg, in, what)
 			if err != nil || !ok {
 				return dst, err
 			}
 			k = max(0, min(k, int64(len(in))))
-			if name == "skip" {
+			if skip {
 				return append(dst, in[k:]...), nil
 			}
 			return append(dst, in[:k]...), nil
-		}, nil
-	case "not":
-		return func(_ *Ctx, in []Item, dst []Item) ([]Item, error) {
-			b, ok, err := asBool(in, "not()")
-			if ok {
-				dst = append(dst, Bool(!b))
+		}
+	}
+}
+
+func notFunc(call) callFn {
+	return func(_ *Ctx, in []Item, dst []Item) ([]Item, error) {
+		b, ok, err := asBool(in, "not()")
+		if ok {
+			dst = append(dst, Bool(!b))
+		}
+		return dst, err
+	}
+}
+
+func selectFunc(cl call) callFn {
+	proj := cl.args[0]
+	return func(c *Ctx, in []Item, dst []Item) ([]Item, error) {
+		saved := c.iterIdx
+		defer func() { c.iterIdx = saved }()
+		for i := range in {
+			c.iterIdx = i
+			var err error
+			if dst, err = proj(c, in[i:i+1], dst); err != nil {
+				return dst, err
 			}
+		}
+		return dst, nil
+	}
+}
+
+func iifFunc(cl call) callFn {
+	args := cl.args
+	return func(c *Ctx, in []Item, dst []Item) ([]Item, error) {
+		buf := c.get()
+		defer c.put(buf)
+		buf, err := args[0](c, in, buf)
+		if err != nil {
 			return dst, err
-		}, nil
-	case "exists", "where", "all":
-		return lambdaFunc(name, args), nil
-	case "select":
-		return func(c *Ctx, in []Item, dst []Item) ([]Item, error) {
-			saved := c.iterIdx
-			defer func() { c.iterIdx = saved }()
-			for i := range in {
-				c.iterIdx = i
-				var err error
-				if dst, err = args[0](c, in[i:i+1], dst); err != nil {
-					return dst, err
-				}
+		}
+		b, ok, err := asBool(buf, "iif()")
+		if err != nil {
+			return dst, err
+		}
+		if ok && b {
+			return args[1](c, in, dst)
+		}
+		if len(args) == 3 {
+			return args[2](c, in, dst)
+		}
+		return dst, nil
+	}
+}
+
+// traceFunc passes its input through: there is no trace log to write to.
+func traceFunc(call) callFn {
+	return func(_ *Ctx, in []Item, dst []Item) ([]Item, error) { return append(dst, in...), nil }
+}
+
+func extensionFunc(cl call) callFn {
+	arg := cl.args[0]
+	return func(c *Ctx, in []Item, dst []Item) ([]Item, error) {
+		url, ok, err := c.strArg(arg, in, "extension()")
+		if err != nil || !ok {
+			return dst, err
+		}
+		for _, it := range in {
+			if it.k != KindObject {
+				continue
 			}
-			return dst, nil
-		}, nil
-	case "iif":
-		return func(c *Ctx, in []Item, dst []Item) ([]Item, error) {
-			buf := c.get()
-			defer c.put(buf)
-			buf, err := args[0](c, in, buf)
-			if err != nil {
-				return dst, err
-			}
-			b, ok, err := asBool(buf, "iif()")
-			if err != nil {
-				return dst, err
-			}
-			if ok && b {
-				return args[1](c, in, dst)
-			}
-			if len(args) == 3 {
-				return args[2](c, in, dst)
-			}
-			return dst, nil
-		}, nil
-	case "extension":
-		return func(c *Ctx, in []Item, dst []Item) ([]Item, error) {
-			url, ok, err := c.strArg(args[0], in, "extension()")
-			if err != nil || !ok {
-				return dst, err
-			}
-			for _, it := range in {
-				if it.k != KindObject {
-					continue
-				}
-				for _, e := range it.j.GetArray("extension") {
-					if b2s(e.GetStringBytes("url")) == url {
-						if x, ok := c.wrap(e, "Extension"); ok {
-							dst = append(dst, x)
-						}
+			for _, e := range it.j.GetArray("extension") {
+				if b2s(e.GetStringBytes("url")) == url {
+					if x, ok := c.wrap(e, "Extension"); ok {
+						dst = append(dst, x)
 					}
 				}
 			}
+		}
+		return dst, nil
+	}
+}
+
+func hasValueFunc(call) callFn {
+	return func(_ *Ctx, in []Item, dst []Item) ([]Item, error) {
+		return append(dst, Bool(len(in) == 1 && in[0].k != KindObject)), nil
+	}
+}
+
+func getValueFunc(call) callFn {
+	return func(_ *Ctx, in []Item, dst []Item) ([]Item, error) {
+		if len(in) == 1 && in[0].k != KindObject {
+			dst = append(dst, in[0])
+		}
+		return dst, nil
+	}
+}
+
+func joinFunc(cl call) callFn {
+	args := cl.args
+	return func(c *Ctx, in []Item, dst []Item) ([]Item, error) {
+		sep := ""
+		if len(args) == 1 {
+			s, _, err := c.strArg(args[0], in, "join()")
+			if err != nil {
+				return dst, err
+			}
+			sep = s
+		}
+		if len(in) == 0 {
 			return dst, nil
-		}, nil
-	case "hasValue":
-		return func(_ *Ctx, in []Item, dst []Item) ([]Item, error) {
-			return append(dst, Bool(len(in) == 1 && in[0].k != KindObject)), nil
-		}, nil
-	case "getValue":
-		return func(_ *Ctx, in []Item, dst []Item) ([]Item, error) {
-			if len(in) == 1 && in[0].k != KindObject {
-				dst = append(dst, in[0])
+		}
+		var b strings.Builder
+		for i, it := range in {
+			if it.k == KindObject {
+				return dst, fmt.Errorf("fhirpath: join() needs strings, got an object")
 			}
-			return dst, nil
-		}, nil
-	case "join":
-		return func(c *Ctx, in []Item, dst []Item) ([]Item, error) {
-			sep := ""
-			if len(args) == 1 {
-				s, _, err := c.strArg(args[0], in, "join()")
-				if err != nil {
-					return dst, err
-				}
-				sep = s
+			if i > 0 {
+				b.WriteString(sep)
 			}
-			if len(in) == 0 {
-				return dst, nil
-			}
-			var b strings.Builder
-			for i, it := range in {
-				if it.k == KindObject {
-					return dst, fmt.Errorf("fhirpath: join() needs strings, got an object")
-				}
-				if i > 0 {
-					b.WriteString(sep)
-				}
-				b.WriteString(it.s)
-			}
-			return append(dst, String(b.String())), nil
-		}, nil
-	case "lowBoundary", "highBoundary":
-		high := name == "highBoundary"
+			b.WriteString(it.s)
+		}
+		return append(dst, String(b.String())), nil
+	}
+}
+
+// boundaryFunc builds highBoundary() (high true) or lowBoundary(). The
+// optional precision argument is accepted and ignored.
+func boundaryFunc(high bool) func(call) callFn {
+	return func(call) callFn {
 		return func(_ *Ctx, in []Item, dst []Item) ([]Item, error) {
 			for _, it := range in {
 				b, ok := boundary(it, high)
@@ -215,110 +324,182 @@ func (cp *compiler) compileCall(n *node) (callFn, error) {
 				}
 			}
 			return dst, nil
-		}, nil
-	case "getResourceKey":
-		return func(c *Ctx, in []Item, dst []Item) ([]Item, error) {
-			for _, it := range in {
-				if it.k != KindObject || it.j.Get("resourceType") == nil {
-					continue
-				}
-				if id := it.j.Get("id"); id != nil {
-					if x, ok := c.wrap(id, "id"); ok {
-						dst = append(dst, x)
-					}
+		}
+	}
+}
+
+func getResourceKeyFunc(call) callFn {
+	return func(c *Ctx, in []Item, dst []Item) ([]Item, error) {
+		for _, it := range in {
+			if it.k != KindObject || it.j.Get("resourceType") == nil {
+				continue
+			}
+			if id := it.j.Get("id"); id != nil {
+				if x, ok := c.wrap(id, "id"); ok {
+					dst = append(dst, x)
 				}
 			}
-			return dst, nil
-		}, nil
-	case "startsWith", "endsWith", "contains":
+		}
+		return dst, nil
+	}
+}
+
+// stringPredicate builds startsWith(), endsWith() and contains(): pred
+// tests the input string against the argument.
+func stringPredicate(pred func(s, arg string) bool) func(call) callFn {
+	return func(cl call) callFn {
+		what, argFn := cl.name+"()", cl.args[0]
 		return func(c *Ctx, in []Item, dst []Item) ([]Item, error) {
-			it, ok, err := single(in, name+"()")
+			it, ok, err := single(in, what)
 			if err != nil || !ok {
 				return dst, err
 			}
-			arg, ok, err := c.strArg(args[0], in, name+"()")
+			arg, ok, err := c.strArg(argFn, in, what)
 			if err != nil || !ok {
 				return dst, err
 			}
-			var r bool
-			switch name {
-			case "startsWith":
-				r = strings.HasPrefix(it.s, arg)
-			case "endsWith":
-				r = strings.HasSuffix(it.s, arg)
-			default:
-				r = strings.Contains(it.s, arg)
+			return append(dst, Bool(pred(it.s, arg))), nil
+		}
+	}
+}
+
+// singlePrimitive is single for the string functions, which yield
+// nothing for an object: ok is false then too.
+func singlePrimitive(in []Item, what string) (Item, bool, error) {
+	it, ok, err := single(in, what)
+	return it, ok && it.k != KindObject, err
+}
+
+// The string functions call their strings function directly rather than
+// through a shared helper taking a func: the indirect call was measurably
+// slower.
+
+func lowerFunc(cl call) callFn {
+	what := cl.name + "()"
+	return func(_ *Ctx, in []Item, dst []Item) ([]Item, error) {
+		it, ok, err := singlePrimitive(in, what)
+		if !ok {
+			return dst, err
+		}
+		return append(dst, String(strings.ToLower(it.s))), nil
+	}
+}
+
+func upperFunc(cl call) callFn {
+	what := cl.name + "()"
+	return func(_ *Ctx, in []Item, dst []Item) ([]Item, error) {
+		it, ok, err := singlePrimitive(in, what)
+		if !ok {
+			return dst, err
+		}
+		return append(dst, String(strings.ToUpper(it.s))), nil
+	}
+}
+
+func trimFunc(cl call) callFn {
+	what := cl.name + "()"
+	return func(_ *Ctx, in []Item, dst []Item) ([]Item, error) {
+		it, ok, err := singlePrimitive(in, what)
+		if !ok {
+			return dst, err
+		}
+		return append(dst, String(strings.TrimSpace(it.s))), nil
+	}
+}
+
+func lengthFunc(cl call) callFn {
+	what := cl.name + "()"
+	return func(_ *Ctx, in []Item, dst []Item) ([]Item, error) {
+		it, ok, err := singlePrimitive(in, what)
+		if !ok {
+			return dst, err
+		}
+		return append(dst, Integer(int64(len([]rune(it.s))))), nil
+	}
+}
+
+func toStringFunc(cl call) callFn {
+	what := cl.name + "()"
+	return func(_ *Ctx, in []Item, dst []Item) ([]Item, error) {
+		it, ok, err := singlePrimitive(in, what)
+		if !ok {
+			return dst, err
+		}
+		if it.k == KindBool {
+			return append(dst, String(strconv.FormatBool(it.i != 0))), nil
+		}
+		return append(dst, String(it.s)), nil
+	}
+}
+
+func toIntegerFunc(cl call) callFn {
+	what := cl.name + "()"
+	return func(_ *Ctx, in []Item, dst []Item) ([]Item, error) {
+		it, ok, err := singlePrimitive(in, what)
+		switch {
+		case !ok:
+			return dst, err
+		case it.k == KindInteger:
+			return append(dst, it), nil
+		}
+		if n, err := strconv.ParseInt(it.s, 10, 64); err == nil && it.k == KindString {
+			return append(dst, Integer(n)), nil
+		}
+		if it.k == KindBool {
+			return append(dst, Integer(it.i)), nil
+		}
+		return dst, nil
+	}
+}
+
+func substringFunc(cl call) callFn {
+	args := cl.args
+	return func(c *Ctx, in []Item, dst []Item) ([]Item, error) {
+		it, ok, err := single(in, "substring()")
+		if err != nil || !ok || it.k == KindObject {
+			return dst, err
+		}
+		r := []rune(it.s)
+		start, ok, err := c.intArg(args[0], in, "substring()")
+		if err != nil || !ok || start < 0 || start >= int64(len(r)) {
+			return dst, err
+		}
+		end := int64(len(r))
+		if len(args) == 2 {
+			l, ok, err := c.intArg(args[1], in, "substring()")
+			if err != nil {
+				return dst, err
 			}
-			return append(dst, Bool(r)), nil
-		}, nil
-	case "lower", "upper", "trim", "toString", "length", "toInteger":
+			if ok {
+				end = min(end, start+max(l, 0))
+			}
+		}
+		return append(dst, String(string(r[start:end]))), nil
+	}
+}
+
+func distinctFunc(call) callFn {
+	return func(c *Ctx, in []Item, dst []Item) ([]Item, error) {
+		buf := appendDistinct(c.get(), in)
+		defer c.put(buf)
+		return append(dst, buf...), nil
+	}
+}
+
+func isDistinctFunc(call) callFn {
+	return func(c *Ctx, in []Item, dst []Item) ([]Item, error) {
+		buf := appendDistinct(c.get(), in)
+		defer c.put(buf)
+		return append(dst, Bool(len(buf) == len(in))), nil
+	}
+}
+
+// boolAggregate builds allTrue(), anyTrue(), allFalse() and anyFalse():
+// want is the value looked for, all whether every item must have it.
+func boolAggregate(want, all bool) func(call) callFn {
+	return func(cl call) callFn {
+		name := cl.name
 		return func(_ *Ctx, in []Item, dst []Item) ([]Item, error) {
-			it, ok, err := single(in, name+"()")
-			if err != nil || !ok || it.k == KindObject {
-				return dst, err
-			}
-			switch name {
-			case "lower":
-				return append(dst, String(strings.ToLower(it.s))), nil
-			case "upper":
-				return append(dst, String(strings.ToUpper(it.s))), nil
-			case "trim":
-				return append(dst, String(strings.TrimSpace(it.s))), nil
-			case "length":
-				return append(dst, Integer(int64(len([]rune(it.s))))), nil
-			case "toInteger":
-				if it.k == KindInteger {
-					return append(dst, it), nil
-				}
-				if n, err := strconv.ParseInt(it.s, 10, 64); err == nil && it.k == KindString {
-					return append(dst, Integer(n)), nil
-				}
-				if it.k == KindBool {
-					return append(dst, Integer(it.i)), nil
-				}
-				return dst, nil
-			}
-			if it.k == KindBool {
-				return append(dst, String(strconv.FormatBool(it.i != 0))), nil
-			}
-			return append(dst, String(it.s)), nil
-		}, nil
-	case "substring":
-		return func(c *Ctx, in []Item, dst []Item) ([]Item, error) {
-			it, ok, err := single(in, "substring()")
-			if err != nil || !ok || it.k == KindObject {
-				return dst, err
-			}
-			r := []rune(it.s)
-			start, ok, err := c.intArg(args[0], in, "substring()")
-			if err != nil || !ok || start < 0 || start >= int64(len(r)) {
-				return dst, err
-			}
-			end := int64(len(r))
-			if len(args) == 2 {
-				l, ok, err := c.intArg(args[1], in, "substring()")
-				if err != nil {
-					return dst, err
-				}
-				if ok {
-					end = min(end, start+max(l, 0))
-				}
-			}
-			return append(dst, String(string(r[start:end]))), nil
-		}, nil
-	case "distinct", "isDistinct":
-		return func(c *Ctx, in []Item, dst []Item) ([]Item, error) {
-			buf := appendDistinct(c.get(), in)
-			defer c.put(buf)
-			if name == "isDistinct" {
-				return append(dst, Bool(len(buf) == len(in))), nil
-			}
-			return append(dst, buf...), nil
-		}, nil
-	case "allTrue", "anyTrue", "allFalse", "anyFalse":
-		return func(_ *Ctx, in []Item, dst []Item) ([]Item, error) {
-			want := name == "allTrue" || name == "anyTrue"
-			all := name[:3] == "all"
 			res := all
 			for _, it := range in {
 				if it.k != KindBool {
@@ -333,28 +514,40 @@ func (cp *compiler) compileCall(n *node) (callFn, error) {
 				}
 			}
 			return append(dst, Bool(res)), nil
-		}, nil
-	case "union", "combine":
-		return func(c *Ctx, in []Item, dst []Item) ([]Item, error) {
-			other := c.get()
-			defer c.put(other)
-			other, err := args[0](c, in, other)
-			if err != nil {
-				return dst, err
-			}
-			if name == "combine" {
-				return append(append(dst, in...), other...), nil
-			}
-			return appendDistinct(appendDistinct(dst, in), other), nil
-		}, nil
-	case "trace":
-		return func(_ *Ctx, in []Item, dst []Item) ([]Item, error) { return append(dst, in...), nil }, nil
+		}
 	}
-	return nil, cp.errf(n, "unknown function %s()", n.name)
+}
+
+func unionFunc(cl call) callFn {
+	arg := cl.args[0]
+	return func(c *Ctx, in []Item, dst []Item) ([]Item, error) {
+		other := c.get()
+		defer c.put(other)
+		other, err := arg(c, in, other)
+		if err != nil {
+			return dst, err
+		}
+		return appendDistinct(appendDistinct(dst, in), other), nil
+	}
+}
+
+func combineFunc(cl call) callFn {
+	arg := cl.args[0]
+	return func(c *Ctx, in []Item, dst []Item) ([]Item, error) {
+		other := c.get()
+		defer c.put(other)
+		other, err := arg(c, in, other)
+		if err != nil {
+			return dst, err
+		}
+		return append(append(dst, in...), other...), nil
+	}
 }
 
 // lambdaFunc implements functions whose argument is evaluated per item.
-func lambdaFunc(name string, args []evalFn) callFn {
+func lambdaFunc(cl call) callFn {
+	name, args := cl.name, cl.args
+	what, isWhere, isExists := name+"()", name == "where", name == "exists"
 	return func(c *Ctx, in []Item, dst []Item) ([]Item, error) {
 		if len(args) == 0 { // exists()
 			return append(dst, Bool(len(in) > 0)), nil
@@ -371,17 +564,17 @@ func lambdaFunc(name string, args []evalFn) callFn {
 			if err != nil {
 				return dst, err
 			}
-			b, ok, err := asBool(buf, name+"()")
+			b, ok, err := asBool(buf, what)
 			if err != nil {
 				return dst, err
 			}
 			keep := ok && b
 			if keep {
 				any = true
-				if name == "where" {
+				if isWhere {
 					dst = append(dst, in[i])
 				}
-				if name == "exists" {
+				if isExists {
 					break
 				}
 			} else {
@@ -398,32 +591,48 @@ func lambdaFunc(name string, args []evalFn) callFn {
 	}
 }
 
-func typeFunc(name, t string) callFn {
-	return func(c *Ctx, in []Item, dst []Item) ([]Item, error) {
-		switch name {
-		case "ofType":
-			for _, it := range in {
-				if ok, conv := matchType(it, t); ok {
-					dst = append(dst, conv)
-				}
-			}
-			return dst, nil
-		case "is", "as":
-			it, ok, err := single(in, name+"()")
-			if err != nil || !ok {
-				return dst, err
-			}
-			m, conv := matchType(it, t)
-			if name == "is" {
-				return append(dst, Bool(m)), nil
-			}
-			if m {
+func ofTypeFunc(cl call) callFn {
+	t := cl.typ
+	return func(_ *Ctx, in []Item, dst []Item) ([]Item, error) {
+		for _, it := range in {
+			if ok, conv := matchType(it, t); ok {
 				dst = append(dst, conv)
 			}
-			return dst, nil
 		}
-		// getReferenceKey
-		want := strings.TrimPrefix(t, "FHIR.")
+		return dst, nil
+	}
+}
+
+func isFunc(cl call) callFn {
+	what, t := cl.name+"()", cl.typ
+	return func(_ *Ctx, in []Item, dst []Item) ([]Item, error) { return typeTest(in, what, t, true, dst) }
+}
+
+func asFunc(cl call) callFn {
+	what, t := cl.name+"()", cl.typ
+	return func(_ *Ctx, in []Item, dst []Item) ([]Item, error) { return typeTest(in, what, t, false, dst) }
+}
+
+// typeTest implements is (is true) and as on a single item, for both the
+// functions and the operators; what names it in messages.
+func typeTest(in []Item, what, t string, is bool, dst []Item) ([]Item, error) {
+	it, ok, err := single(in, what)
+	if err != nil || !ok {
+		return dst, err
+	}
+	m, conv := matchType(it, t)
+	if is {
+		return append(dst, Bool(m)), nil
+	}
+	if m {
+		dst = append(dst, conv)
+	}
+	return dst, nil
+}
+
+func getReferenceKeyFunc(cl call) callFn {
+	want := strings.TrimPrefix(cl.typ, "FHIR.")
+	return func(_ *Ctx, in []Item, dst []Item) ([]Item, error) {
 		for _, it := range in {
 			if it.k != KindObject {
 				continue

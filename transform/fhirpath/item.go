@@ -238,7 +238,7 @@ func fastCmp(a, b string) (int, bool) {
 	if zeroA && zeroB {
 		return 0, true
 	}
-	if na != nb && !(zeroA || zeroB) {
+	if na != nb && !zeroA && !zeroB {
 		if na {
 			return -1, true
 		}

@@ -2,6 +2,7 @@ package fhirpath
 
 import (
 	"fmt"
+	"math"
 	"math/big"
 	"strings"
 )
@@ -105,7 +106,81 @@ func binary(op string, a, b []Item, dst []Item) ([]Item, error) {
 	return arith(op, x, y, dst)
 }
 
+// truth is a FHIRPath Boolean operand or result: the empty collection is
+// a third value.
+type truth uint8
+
+const (
+	truthFalse truth = iota
+	truthTrue
+	truthEmpty
+)
+
+// logicRule is a Boolean operator's truth table, indexed [left][right],
+// and the left values that decide the result without evaluating the right
+// side.
+type logicRule struct {
+	table   [3][3]truth
+	decides [3]bool
+}
+
+// logicRules are the FHIRPath Boolean operators. xor decides nothing
+// early: its right side is always evaluated, so its errors surface.
+var logicRules = map[string]logicRule{
+	"and": {
+		table: [3][3]truth{
+			truthFalse: {truthFalse, truthFalse, truthFalse},
+			truthTrue:  {truthFalse, truthTrue, truthEmpty},
+			truthEmpty: {truthFalse, truthEmpty, truthEmpty},
+		},
+		decides: [3]bool{truthFalse: true},
+	},
+	"or": {
+		table: [3][3]truth{
+			truthFalse: {truthFalse, truthTrue, truthEmpty},
+			truthTrue:  {truthTrue, truthTrue, truthTrue},
+			truthEmpty: {truthEmpty, truthTrue, truthEmpty},
+		},
+		decides: [3]bool{truthTrue: true},
+	},
+	"xor": {
+		table: [3][3]truth{
+			truthFalse: {truthFalse, truthTrue, truthEmpty},
+			truthTrue:  {truthTrue, truthFalse, truthEmpty},
+			truthEmpty: {truthEmpty, truthEmpty, truthEmpty},
+		},
+	},
+	"implies": {
+		table: [3][3]truth{
+			truthFalse: {truthTrue, truthTrue, truthTrue},
+			truthTrue:  {truthFalse, truthTrue, truthEmpty},
+			truthEmpty: {truthEmpty, truthTrue, truthEmpty},
+		},
+		decides: [3]bool{truthFalse: true},
+	},
+}
+
+// truthOf applies singleton evaluation for a Boolean operand.
+func truthOf(in []Item, what string) (truth, error) {
+	b, ok, err := asBool(in, what)
+	switch {
+	case err != nil || !ok:
+		return truthEmpty, err
+	case b:
+		return truthTrue, nil
+	}
+	return truthFalse, nil
+}
+
+func appendTruth(dst []Item, t truth) []Item {
+	if t == truthEmpty {
+		return dst
+	}
+	return append(dst, Bool(t == truthTrue))
+}
+
 func logicOp(op string, left, right evalFn) evalFn {
+	rule := logicRules[op]
 	return func(c *Ctx, focus []Item, dst []Item) ([]Item, error) {
 		a := c.get()
 		defer c.put(a)
@@ -113,56 +188,23 @@ func logicOp(op string, left, right evalFn) evalFn {
 		if err != nil {
 			return dst, err
 		}
-		x, xok, err := asBool(a, op)
+		x, err := truthOf(a, op)
 		if err != nil {
 			return dst, err
 		}
-		// Short-circuit where the left side decides.
-		switch {
-		case op == "and" && xok && !x:
-			return append(dst, Bool(false)), nil
-		case op == "or" && xok && x:
-			return append(dst, Bool(true)), nil
-		case op == "implies" && xok && !x:
-			return append(dst, Bool(true)), nil
+		if rule.decides[x] {
+			return appendTruth(dst, rule.table[x][truthEmpty]), nil
 		}
 		b := c.get()
 		defer c.put(b)
 		if b, err = right(c, focus, b); err != nil {
 			return dst, err
 		}
-		y, yok, err := asBool(b, op)
+		y, err := truthOf(b, op)
 		if err != nil {
 			return dst, err
 		}
-		switch op {
-		case "and":
-			if yok && !y {
-				return append(dst, Bool(false)), nil
-			}
-			if xok && yok {
-				return append(dst, Bool(true)), nil
-			}
-		case "or":
-			if yok && y {
-				return append(dst, Bool(true)), nil
-			}
-			if xok && yok {
-				return append(dst, Bool(false)), nil
-			}
-		case "xor":
-			if xok && yok {
-				return append(dst, Bool(x != y)), nil
-			}
-		case "implies":
-			if yok && y {
-				return append(dst, Bool(true)), nil
-			}
-			if xok && yok {
-				return append(dst, Bool(false)), nil
-			}
-		}
-		return dst, nil
+		return appendTruth(dst, rule.table[x][y]), nil
 	}
 }
 
@@ -318,6 +360,9 @@ func negate(it Item, dst []Item) ([]Item, error) {
 	return dst, fmt.Errorf("fhirpath: cannot negate %s", it.k)
 }
 
+// arith applies an arithmetic operator. Integer arithmetic is exact
+// except for '/': overflow is an error rather than a wrapped result, and
+// division by zero is empty. The rest goes to decimalArith.
 func arith(op string, x, y Item, dst []Item) ([]Item, error) {
 	if op == "+" && x.k == KindString && y.k == KindString {
 		return append(dst, String(x.s+y.s)), nil
@@ -337,10 +382,7 @@ func arith(op string, x, y Item, dst []Item) ([]Item, error) {
 				return append(dst, Integer(r)), nil
 			}
 		case "*":
-			if a == 0 || b == 0 {
-				return append(dst, Integer(0)), nil
-			}
-			if r := a * b; r/b == a && !(a == -1 && b == -1<<63) && !(b == -1 && a == -1<<63) {
+			if r, ok := mulInt64(a, b); ok {
 				return append(dst, Integer(r)), nil
 			}
 		case "div":
@@ -358,8 +400,27 @@ func arith(op string, x, y Item, dst []Item) ([]Item, error) {
 			return dst, fmt.Errorf("fhirpath: integer overflow in %d %s %d", a, op, b)
 		}
 	}
-	ra, ok1 := parseRat(x.s)
-	rb, ok2 := parseRat(y.s)
+	return decimalArith(op, x.s, y.s, dst)
+}
+
+// mulInt64 multiplies a and b; ok is false on overflow.
+func mulInt64(a, b int64) (int64, bool) {
+	if a == 0 || b == 0 {
+		return 0, true
+	}
+	r := a * b
+	// r/b == a misses MinInt64 * -1, which wraps to MinInt64.
+	if r/b != a || (a == -1 && b == math.MinInt64) || (b == -1 && a == math.MinInt64) {
+		return 0, false
+	}
+	return r, true
+}
+
+// decimalArith is exact arithmetic on the lexical forms of two numbers;
+// division by zero is empty.
+func decimalArith(op, x, y string, dst []Item) ([]Item, error) {
+	ra, ok1 := parseRat(x)
+	rb, ok2 := parseRat(y)
 	if !ok1 || !ok2 {
 		return dst, fmt.Errorf("fhirpath: bad number in arithmetic")
 	}
@@ -403,33 +464,13 @@ func (it Item) asInteger() Item {
 func matchType(it Item, t string) (bool, Item) {
 	t = strings.TrimPrefix(strings.TrimPrefix(t, "FHIR."), "System.")
 	if typ := it.fhirType(); typ != "" {
-		if strings.EqualFold(typ, t) {
-			return true, it
-		}
-		switch t { // System types match FHIR types by kind
-		case "String":
-			return it.k == KindString, it
-		case "Integer", "Decimal", "Boolean", "Date", "DateTime", "Time":
-			return it.k.String() == t, it
-		}
-		return false, it
+		return matchKnownType(it.k, typ, t), it
 	}
 	switch it.k {
-	case KindObject:
-		return false, it
 	case KindBool:
 		return t == "boolean" || t == "Boolean", it.WithType("boolean")
 	case KindInteger:
-		switch t {
-		case "integer", "Integer", "integer64":
-			return true, it.WithType(typeName(t))
-		case "unsignedInt":
-			return it.i >= 0, it.WithType(t)
-		case "positiveInt":
-			return it.i > 0, it.WithType(t)
-		case "decimal", "Decimal":
-			return false, it
-		}
+		return matchInteger(it, t)
 	case KindDecimal:
 		return t == "decimal" || t == "Decimal", it.WithType("decimal")
 	case KindDate:
@@ -439,29 +480,69 @@ func matchType(it Item, t string) (bool, Item) {
 	case KindTime:
 		return t == "time" || t == "Time", it
 	case KindString:
-		if isStringType(t) || t == "String" {
-			return true, it.WithType(typeName(t))
-		}
-		var want Kind
-		switch t {
-		case "date", "Date":
-			want = KindDate
-		case "dateTime", "DateTime", "instant":
-			want = KindDateTime
-		case "time", "Time":
-			want = KindTime
-		default:
+		k, ok := stringKind(it.s, t)
+		if !ok {
 			return false, it
 		}
-		tm, ok := temporalOf(it)
-		if !ok || (want == KindTime) != tm.timeOnly {
-			return false, it
-		}
-		if want == KindDate && tm.k != KindDate {
-			return false, it
-		}
-		it.k = want
+		it.k = k
 		return true, it.WithType(typeName(t))
 	}
 	return false, it
+}
+
+// matchKnownType matches an item of kind k whose FHIR type typ is
+// recorded.
+func matchKnownType(k Kind, typ, t string) bool {
+	if strings.EqualFold(typ, t) {
+		return true
+	}
+	switch t { // System types match FHIR types by kind
+	case "String":
+		return k == KindString
+	case "Integer", "Decimal", "Boolean", "Date", "DateTime", "Time":
+		return k.String() == t
+	}
+	return false
+}
+
+// matchInteger matches an untyped integer, which is also a positiveInt or
+// unsignedInt when its value allows.
+func matchInteger(it Item, t string) (bool, Item) {
+	switch t {
+	case "integer", "Integer", "integer64":
+		return true, it.WithType(typeName(t))
+	case "unsignedInt":
+		return it.i >= 0, it.WithType(t)
+	case "positiveInt":
+		return it.i > 0, it.WithType(t)
+	}
+	return false, it
+}
+
+// stringKind reports whether an untyped string s is of type t: any string
+// type, or a temporal type when s parses as one. k is the kind s is then
+// read as.
+func stringKind(s, t string) (k Kind, ok bool) {
+	if isStringType(t) || t == "String" {
+		return KindString, true
+	}
+	var want Kind
+	switch t {
+	case "date", "Date":
+		want = KindDate
+	case "dateTime", "DateTime", "instant":
+		want = KindDateTime
+	case "time", "Time":
+		want = KindTime
+	default:
+		return 0, false
+	}
+	tm, ok := guessTemporal(s)
+	if !ok || (want == KindTime) != tm.timeOnly {
+		return 0, false
+	}
+	if want == KindDate && tm.k != KindDate {
+		return 0, false
+	}
+	return want, true
 }

@@ -60,31 +60,9 @@ func parseTemporal(s string, want Kind) (temporal, error) {
 		}
 		return t, nil
 	}
-	y, ok := digits(s, 4)
-	if !ok {
-		return t, errBadTemporal
-	}
-	t.f[0], t.prec, t.k = y, precYear, KindDate
-	s = s[4:]
-	for _, idx := range []int{1, 2} {
-		if len(s) == 0 || s[0] != '-' {
-			break
-		}
-		v, ok := digits(s[1:], 2)
-		if !ok || len(s) > 3 && s[3] >= '0' && s[3] <= '9' {
-			return t, errBadTemporal
-		}
-		t.f[idx], t.prec = v, idx+1
-		s = s[3:]
-	}
-	if t.prec >= precMonth && (t.f[1] < 1 || t.f[1] > 12) {
-		return t, errBadTemporal
-	}
-	if t.prec >= precDay && (t.f[2] < 1 || t.f[2] > daysIn(t.f[0], t.f[1])) {
-		return t, errBadTemporal
-	}
-	if s == "" {
-		return t, nil
+	s, err := t.parseDate(s)
+	if err != nil || s == "" {
+		return t, err
 	}
 	if s[0] != 'T' {
 		return t, errBadTemporal
@@ -98,26 +76,59 @@ func parseTemporal(s string, want Kind) (temporal, error) {
 	if err != nil {
 		return t, err
 	}
-	if rest == "" {
-		return t, nil
+	err = t.parseZone(rest)
+	return t, err
+}
+
+// parseDate parses YYYY[-MM[-DD]] and returns the rest of s.
+func (t *temporal) parseDate(s string) (string, error) {
+	y, ok := digits(s, 4)
+	if !ok {
+		return s, errBadTemporal
 	}
-	if rest == "Z" {
+	t.f[0], t.prec, t.k = y, precYear, KindDate
+	s = s[4:]
+	for _, idx := range []int{1, 2} {
+		if len(s) == 0 || s[0] != '-' {
+			break
+		}
+		v, ok := digits(s[1:], 2)
+		if !ok || len(s) > 3 && s[3] >= '0' && s[3] <= '9' {
+			return s, errBadTemporal
+		}
+		t.f[idx], t.prec = v, idx+1
+		s = s[3:]
+	}
+	if t.prec >= precMonth && (t.f[1] < 1 || t.f[1] > 12) {
+		return s, errBadTemporal
+	}
+	if t.prec >= precDay && (t.f[2] < 1 || t.f[2] > daysIn(t.f[0], t.f[1])) {
+		return s, errBadTemporal
+	}
+	return s, nil
+}
+
+// parseZone parses what follows the clock: nothing, Z or ±hh:mm.
+func (t *temporal) parseZone(s string) error {
+	switch {
+	case s == "":
+		return nil
+	case s == "Z":
 		t.hasTZ = true
-		return t, nil
-	}
-	if (rest[0] == '+' || rest[0] == '-') && len(rest) == 6 && rest[3] == ':' {
-		h, ok1 := digits(rest[1:], 2)
-		m, ok2 := digits(rest[4:], 2)
+		return nil
+	case (s[0] == '+' || s[0] == '-') && len(s) == 6 && s[3] == ':':
+		h, ok1 := digits(s[1:], 2)
+		m, ok2 := digits(s[4:], 2)
 		if !ok1 || !ok2 || h > 14 || m > 59 {
-			return t, errBadTemporal
+			return errBadTemporal
 		}
 		t.hasTZ, t.tzMin = true, h*60+m
-		if rest[0] == '-' {
+		if s[0] == '-' {
 			t.tzMin = -t.tzMin
 		}
-		return t, nil
+		return nil
 	}
-	return t, errBadTemporal
+	return errBadTemporal
 }
 
 // parseClock parses hh[:mm[:ss[.fff]]] requiring at least minParts parts.

@@ -163,6 +163,29 @@ func Compile(def []byte, opts ...Option) (*View, error) {
 		return nil, errors.New("view: definition is not a JSON object")
 	}
 	c := &compiler{consts: map[string]fhirpath.Item{}}
+	label := c.identity(v, root)
+	c.constants(root.Get("constant"))
+	c.opts = &fhirpath.Options{Constants: c.consts, Vars: []string{"rowIndex"}}
+	v.where = c.where(root.Get("where"))
+	v.root = &selectNode{loc: "view", selects: c.selects(root.Get("select"))}
+	if len(c.errs) == 0 {
+		v.cols = c.columns(v.root)
+	}
+	if len(c.errs) == 0 {
+		v.conv = c.converters(v.cols, v.cfg.partial)
+	}
+	if len(c.errs) > 0 {
+		return nil, &CompileError{View: label, Problems: c.errs}
+	}
+	v.schema = v.buildSchema()
+	n := len(v.cols)
+	v.states.New = func() any { return newState(n) }
+	return v, nil
+}
+
+// identity reads the view's name and resource into v and returns the
+// label errors are reported under.
+func (c *compiler) identity(v *View, root *fastjson.Value) string {
 	label := "(unnamed)"
 	if n := root.Get("name"); n != nil {
 		s, err := n.StringBytes()
@@ -186,63 +209,76 @@ func Compile(def []byte, opts ...Option) (*View, error) {
 			c.errf("resource", "unknown FHIR resource type %q", v.Resource)
 		}
 	}
-	c.constants(root.Get("constant"))
-	c.opts = &fhirpath.Options{Constants: c.consts, Vars: []string{"rowIndex"}}
-	if w := root.Get("where"); w != nil {
-		arr, err := w.Array()
-		if err != nil {
-			c.errf("where", "must be an array")
-		}
-		for i, e := range arr {
-			loc := fmt.Sprintf("where[%d].path", i)
-			if ex := c.expr(e.Get("path"), loc, true); ex != nil {
-				v.where = append(v.where, ex)
-			}
+	return label
+}
+
+// where compiles the view's where paths (w may be nil).
+func (c *compiler) where(w *fastjson.Value) []*fhirpath.Expr {
+	if w == nil {
+		return nil
+	}
+	arr, err := w.Array()
+	if err != nil {
+		c.errf("where", "must be an array")
+	}
+	var out []*fhirpath.Expr
+	for i, e := range arr {
+		loc := fmt.Sprintf("where[%d].path", i)
+		if ex := c.expr(e.Get("path"), loc, true); ex != nil {
+			out = append(out, ex)
 		}
 	}
-	v.root = &selectNode{loc: "view"}
-	sel := root.Get("select")
+	return out
+}
+
+// selects compiles the view's top-level select, which is required.
+func (c *compiler) selects(sel *fastjson.Value) []*selectNode {
 	if sel == nil {
 		c.errf("select", "missing")
-	} else if arr, err := sel.Array(); err != nil || len(arr) == 0 {
+		return nil
+	}
+	arr, err := sel.Array()
+	if err != nil || len(arr) == 0 {
 		c.errf("select", "must be a non-empty array")
-	} else {
-		for i, s := range arr {
-			if n := c.selection(s, fmt.Sprintf("select[%d]", i)); n != nil {
-				v.root.selects = append(v.root.selects, n)
-			}
+		return nil
+	}
+	var out []*selectNode
+	for i, s := range arr {
+		if n := c.selection(s, fmt.Sprintf("select[%d]", i)); n != nil {
+			out = append(out, n)
 		}
 	}
-	if len(c.errs) == 0 {
-		var cols []Column
-		c.layout(v.root, 0, &cols)
-		seen := map[string]bool{}
-		for _, col := range cols {
-			if seen[col.Name] {
-				c.errf("select", "column %q is defined more than once", col.Name)
-			}
-			seen[col.Name] = true
+	return out
+}
+
+// columns lays out the output columns of the tree under root, whose
+// names must be unique.
+func (c *compiler) columns(root *selectNode) []Column {
+	var cols []Column
+	c.layout(root, 0, &cols)
+	seen := map[string]bool{}
+	for _, col := range cols {
+		if seen[col.Name] {
+			c.errf("select", "column %q is defined more than once", col.Name)
 		}
-		v.cols = cols
+		seen[col.Name] = true
 	}
-	if len(c.errs) == 0 {
-		v.conv = make([]converter, len(v.cols))
-		for i, col := range v.cols {
-			cv, err := newConverter(col, v.cfg.partial)
-			if err != nil {
-				c.errf("column "+col.Name, "%v", err)
-				continue
-			}
-			v.conv[i] = cv
+	return cols
+}
+
+// converters makes each column's converter, reporting the columns whose
+// type and ansi/type tag do not fit.
+func (c *compiler) converters(cols []Column, partial PartialPolicy) []converter {
+	conv := make([]converter, len(cols))
+	for i, col := range cols {
+		cv, err := newConverter(col, partial)
+		if err != nil {
+			c.errf("column "+col.Name, "%v", err)
+			continue
 		}
+		conv[i] = cv
 	}
-	if len(c.errs) > 0 {
-		return nil, &CompileError{View: label, Problems: c.errs}
-	}
-	v.schema = v.buildSchema()
-	n := len(v.cols)
-	v.states.New = func() any { return newState(n) }
-	return v, nil
+	return conv
 }
 
 func (c *compiler) expr(val *fastjson.Value, loc string, required bool) *fhirpath.Expr {

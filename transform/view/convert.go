@@ -67,68 +67,100 @@ var (
 
 func newConverter(col Column, partial PartialPolicy) (converter, error) {
 	cv := converter{col: col.Name, fhirType: col.Type, partial: partial, collection: col.Collection}
-	switch t := col.Type; {
-	case t == "boolean":
-		cv.kind = outBool
-	case t == "integer" || t == "positiveInt" || t == "unsignedInt":
-		cv.kind = outInt32
-	case t == "integer64":
-		cv.kind = outInt64
-	case t == "instant":
-		cv.kind = outTimestamp
-	case t == "" || fhirpath.IsPrimitiveType(t):
-		cv.kind = outString
-	default: // complex types and backbone element ids
-		cv.kind, cv.json = outString, true
-	}
-	ansi := strings.ToUpper(strings.Join(strings.Fields(col.Tag("ansi/type")), " "))
+	cv.kind, cv.json = fhirStorage(col.Type)
 	cv.ansi = col.Tag("ansi/type")
+	ansi := strings.ToUpper(strings.Join(strings.Fields(cv.ansi), " "))
 	if ansi == "" {
 		return cv, nil
 	}
-	if cv.json && !strings.HasPrefix(ansi, "VARCHAR") && !strings.HasPrefix(ansi, "CHARACTER VARYING") && ansi != "TEXT" && ansi != "JSON" {
+	if cv.json && !isVarchar(ansi) && ansi != "TEXT" && ansi != "JSON" {
 		return cv, fmt.Errorf("ansi/type %q does not fit complex type %s", cv.ansi, col.Type)
 	}
+	return cv, cv.applyANSI(ansi)
+}
+
+// fhirStorage is the storage of a column of FHIR type t with no ansi/type
+// tag; json is true for complex types, stored as JSON text.
+func fhirStorage(t string) (kind outKind, json bool) {
 	switch {
-	case ansi == "BOOLEAN":
-		cv.kind = outBool
-	case ansi == "INTEGER" || ansi == "INT" || ansi == "SMALLINT":
-		cv.kind, cv.smallint = outInt32, ansi == "SMALLINT"
-	case ansi == "BIGINT":
-		cv.kind = outInt64
-	case ansi == "DOUBLE" || ansi == "DOUBLE PRECISION" || ansi == "FLOAT" || ansi == "REAL":
-		cv.kind, cv.real = outFloat64, ansi == "REAL"
-	case ansi == "DECIMAL" || ansi == "NUMERIC":
-		cv.kind, cv.prec, cv.scal = outDecimal128, 38, 9
-	case decimalTag.MatchString(ansi):
-		m := decimalTag.FindStringSubmatch(ansi)
-		p, _ := strconv.Atoi(m[1])
-		s, _ := strconv.Atoi(m[2])
-		if p < 1 || p > 38 || s > p {
-			return cv, fmt.Errorf("ansi/type %q: precision must be 1..38 and scale <= precision", cv.ansi)
-		}
-		cv.kind, cv.prec, cv.scal = outDecimal128, int32(p), int32(s)
-	case ansi == "DATE":
-		cv.kind = outDate32
-	case ansi == "TIMESTAMP" || ansi == "TIMESTAMP WITH TIME ZONE" || ansi == "TIMESTAMPTZ" || ansi == "TIMESTAMP WITHOUT TIME ZONE":
-		cv.kind = outTimestamp
-	case ansi == "TIME" || ansi == "TIME WITHOUT TIME ZONE":
-		cv.kind = outTime64
-	case ansi == "TEXT" || ansi == "JSON" || strings.HasPrefix(ansi, "VARCHAR") || strings.HasPrefix(ansi, "CHARACTER VARYING") ||
-		strings.HasPrefix(ansi, "CHAR"):
-		cv.kind = outString
-		if m := lengthTag.FindStringSubmatch(ansi); m != nil {
-			n, err := strconv.Atoi(m[1])
-			if err != nil || n < 1 {
-				return cv, fmt.Errorf("ansi/type %q: length must be at least 1", cv.ansi)
-			}
-			cv.maxLen = n
-		}
-		cv.jsonText = ansi == "JSON" && !cv.json
-	default:
-		return cv, fmt.Errorf("unsupported ansi/type %q", cv.ansi)
+	case t == "boolean":
+		return outBool, false
+	case t == "integer" || t == "positiveInt" || t == "unsignedInt":
+		return outInt32, false
+	case t == "integer64":
+		return outInt64, false
+	case t == "instant":
+		return outTimestamp, false
+	case t == "" || fhirpath.IsPrimitiveType(t):
+		return outString, false
 	}
-	return cv, nil
+	return outString, true // complex types and backbone element ids
+}
+
+// isVarchar reports whether the normalised ANSI type is VARCHAR(n) or
+// CHARACTER VARYING(n), with or without a length.
+func isVarchar(ansi string) bool {
+	return strings.HasPrefix(ansi, "VARCHAR") || strings.HasPrefix(ansi, "CHARACTER VARYING")
+}
+
+// applyANSI sets the storage an ansi/type tag asks for; ansi is the tag
+// upper-cased with its blanks normalised.
+func (cv *converter) applyANSI(ansi string) error {
+	switch ansi {
+	case "BOOLEAN":
+		cv.kind = outBool
+	case "INTEGER", "INT", "SMALLINT":
+		cv.kind, cv.smallint = outInt32, ansi == "SMALLINT"
+	case "BIGINT":
+		cv.kind = outInt64
+	case "DOUBLE", "DOUBLE PRECISION", "FLOAT", "REAL":
+		cv.kind, cv.real = outFloat64, ansi == "REAL"
+	case "DECIMAL", "NUMERIC":
+		cv.kind, cv.prec, cv.scal = outDecimal128, 38, 9
+	case "DATE":
+		cv.kind = outDate32
+	case "TIMESTAMP", "TIMESTAMP WITH TIME ZONE", "TIMESTAMPTZ", "TIMESTAMP WITHOUT TIME ZONE":
+		cv.kind = outTimestamp
+	case "TIME", "TIME WITHOUT TIME ZONE":
+		cv.kind = outTime64
+	case "TEXT", "JSON":
+		return cv.applyText(ansi)
+	default:
+		if m := decimalTag.FindStringSubmatch(ansi); m != nil {
+			return cv.applyDecimal(m)
+		}
+		if isVarchar(ansi) || strings.HasPrefix(ansi, "CHAR") {
+			return cv.applyText(ansi)
+		}
+		return fmt.Errorf("unsupported ansi/type %q", cv.ansi)
+	}
+	return nil
+}
+
+// applyDecimal sets DECIMAL(p[,s]) storage from decimalTag's match m.
+func (cv *converter) applyDecimal(m []string) error {
+	p, _ := strconv.Atoi(m[1])
+	s, _ := strconv.Atoi(m[2])
+	if p < 1 || p > 38 || s > p {
+		return fmt.Errorf("ansi/type %q: precision must be 1..38 and scale <= precision", cv.ansi)
+	}
+	cv.kind, cv.prec, cv.scal = outDecimal128, int32(p), int32(s)
+	return nil
+}
+
+// applyText sets text storage for TEXT, JSON, VARCHAR and CHAR types and
+// the limits they put on the values.
+func (cv *converter) applyText(ansi string) error {
+	cv.kind = outString
+	if m := lengthTag.FindStringSubmatch(ansi); m != nil {
+		n, err := strconv.Atoi(m[1])
+		if err != nil || n < 1 {
+			return fmt.Errorf("ansi/type %q: length must be at least 1", cv.ansi)
+		}
+		cv.maxLen = n
+	}
+	cv.jsonText = ansi == "JSON" && !cv.json
+	return nil
 }
 
 // arrowType is the column's Arrow element type.
@@ -170,77 +202,107 @@ func isNum(it fhirpath.Item) bool {
 
 // convert maps one item to the column's storage type.
 func (cv *converter) convert(it fhirpath.Item) (scalar, error) {
-	k := it.Kind()
 	switch cv.kind {
 	case outBool:
-		if k != fhirpath.KindBool {
+		if it.Kind() != fhirpath.KindBool {
 			return scalar{}, cv.mismatch(it, "BOOLEAN")
 		}
 		return scalar{i: it.Int()}, nil
 	case outInt32, outInt64:
-		if k != fhirpath.KindInteger {
-			return scalar{}, cv.mismatch(it, "an integer column")
-		}
-		if cv.kind == outInt32 && (it.Int() > math.MaxInt32 || it.Int() < math.MinInt32) {
-			return scalar{}, cv.mismatch(it, "INTEGER (32-bit)")
-		}
-		if cv.smallint && (it.Int() > math.MaxInt16 || it.Int() < math.MinInt16) {
-			return scalar{}, cv.mismatch(it, "SMALLINT")
-		}
-		return scalar{i: it.Int()}, nil
+		return cv.convertInt(it)
 	case outFloat64:
-		if !isNum(it) {
-			return scalar{}, cv.mismatch(it, "DOUBLE")
-		}
-		f, err := strconv.ParseFloat(it.Str(), 64)
-		if err != nil {
-			return scalar{}, cv.mismatch(it, "DOUBLE")
-		}
-		if cv.real && math.Abs(f) > math.MaxFloat32 {
-			return scalar{}, cv.mismatch(it, "REAL")
-		}
-		return scalar{f: f}, nil
+		return cv.convertFloat(it)
 	case outDecimal128:
-		if !isNum(it) {
-			return scalar{}, cv.mismatch(it, "DECIMAL")
-		}
-		n, err := decimal128.FromString(it.Str(), cv.prec, cv.scal)
-		if err != nil || !n.FitsInPrecision(cv.prec) {
-			return scalar{}, cv.mismatch(it, fmt.Sprintf("DECIMAL(%d,%d)", cv.prec, cv.scal))
-		}
-		return scalar{d: n}, nil
+		return cv.convertDecimal(it)
 	case outDate32:
-		if !isTemporalOrString(k) {
-			return scalar{}, cv.mismatch(it, "DATE")
-		}
-		s := it.Str()
-		if i := strings.IndexByte(s, 'T'); i >= 0 {
-			s = s[:i] // a dateTime's calendar date as written
-		}
-		if d, ok := fhirpath.ParseDate(s); ok {
-			return scalar{i: int64(d)}, nil
-		}
-		return cv.partialValue(it, "DATE")
+		return cv.convertDate(it)
 	case outTimestamp:
-		if !isTemporalOrString(k) {
-			return scalar{}, cv.mismatch(it, "TIMESTAMP")
-		}
-		if t, ok := fhirpath.ParseInstant(it.Str()); ok {
-			return scalar{i: t.UnixMicro()}, nil
-		}
-		return cv.partialValue(it, "TIMESTAMP")
+		return cv.convertTimestamp(it)
 	case outTime64:
-		if !isTemporalOrString(k) {
-			return scalar{}, cv.mismatch(it, "TIME")
-		}
-		if ns, ok := fhirpath.ParseTime(it.Str()); ok {
-			return scalar{i: ns / 1000}, nil
-		}
-		return cv.partialValue(it, "TIME")
+		return cv.convertTime(it)
 	}
-	// Text.
+	return cv.convertText(it)
+}
+
+func (cv *converter) convertInt(it fhirpath.Item) (scalar, error) {
+	if it.Kind() != fhirpath.KindInteger {
+		return scalar{}, cv.mismatch(it, "an integer column")
+	}
+	if cv.kind == outInt32 && (it.Int() > math.MaxInt32 || it.Int() < math.MinInt32) {
+		return scalar{}, cv.mismatch(it, "INTEGER (32-bit)")
+	}
+	if cv.smallint && (it.Int() > math.MaxInt16 || it.Int() < math.MinInt16) {
+		return scalar{}, cv.mismatch(it, "SMALLINT")
+	}
+	return scalar{i: it.Int()}, nil
+}
+
+func (cv *converter) convertFloat(it fhirpath.Item) (scalar, error) {
+	if !isNum(it) {
+		return scalar{}, cv.mismatch(it, "DOUBLE")
+	}
+	f, err := strconv.ParseFloat(it.Str(), 64)
+	if err != nil {
+		return scalar{}, cv.mismatch(it, "DOUBLE")
+	}
+	if cv.real && math.Abs(f) > math.MaxFloat32 {
+		return scalar{}, cv.mismatch(it, "REAL")
+	}
+	return scalar{f: f}, nil
+}
+
+func (cv *converter) convertDecimal(it fhirpath.Item) (scalar, error) {
+	if !isNum(it) {
+		return scalar{}, cv.mismatch(it, "DECIMAL")
+	}
+	n, err := decimal128.FromString(it.Str(), cv.prec, cv.scal)
+	if err != nil || !n.FitsInPrecision(cv.prec) {
+		return scalar{}, cv.mismatch(it, fmt.Sprintf("DECIMAL(%d,%d)", cv.prec, cv.scal))
+	}
+	return scalar{d: n}, nil
+}
+
+// convertDate, convertTimestamp and convertTime leave values that are
+// valid but too partial for the column to the PartialPolicy.
+func (cv *converter) convertDate(it fhirpath.Item) (scalar, error) {
+	if !isTemporalOrString(it.Kind()) {
+		return scalar{}, cv.mismatch(it, "DATE")
+	}
+	s := it.Str()
+	if i := strings.IndexByte(s, 'T'); i >= 0 {
+		s = s[:i] // a dateTime's calendar date as written
+	}
+	if d, ok := fhirpath.ParseDate(s); ok {
+		return scalar{i: int64(d)}, nil
+	}
+	return cv.partialValue(it, "DATE")
+}
+
+func (cv *converter) convertTimestamp(it fhirpath.Item) (scalar, error) {
+	if !isTemporalOrString(it.Kind()) {
+		return scalar{}, cv.mismatch(it, "TIMESTAMP")
+	}
+	if t, ok := fhirpath.ParseInstant(it.Str()); ok {
+		return scalar{i: t.UnixMicro()}, nil
+	}
+	return cv.partialValue(it, "TIMESTAMP")
+}
+
+func (cv *converter) convertTime(it fhirpath.Item) (scalar, error) {
+	if !isTemporalOrString(it.Kind()) {
+		return scalar{}, cv.mismatch(it, "TIME")
+	}
+	if ns, ok := fhirpath.ParseTime(it.Str()); ok {
+		return scalar{i: ns / 1000}, nil
+	}
+	return cv.partialValue(it, "TIME")
+}
+
+// convertText converts to text: primitives as written, complex values as
+// JSON, within the limits of the column's ansi/type.
+func (cv *converter) convertText(it fhirpath.Item) (scalar, error) {
 	var str string
-	switch {
+	switch k := it.Kind(); {
 	case k == fhirpath.KindObject:
 		if !cv.json && cv.fhirType != "" {
 			return scalar{}, fmt.Errorf("a complex value does not fit primitive type %s (declare the column's complex type)", cv.fhirType)
