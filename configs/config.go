@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"reflect"
 	"regexp"
 	"strings"
@@ -219,7 +220,9 @@ type ParquetSink struct {
 	Compression string `yaml:"compression"`
 }
 
-// Load reads, expands, decodes and validates the file at path.
+// Load reads, expands, decodes and validates the file at path. Relative
+// paths in it (data_dir, views.dir, key, token and CA files, the DuckDB
+// file, the lake) are relative to the file's folder.
 func Load(path string, checks ...Check) (*Config, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
@@ -229,6 +232,11 @@ func Load(path string, checks ...Check) (*Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
+	abs, err := filepath.Abs(filepath.Dir(path))
+	if err != nil {
+		return nil, err
+	}
+	cfg.resolvePaths(abs)
 	return cfg, nil
 }
 
@@ -441,4 +449,27 @@ func (c *Config) Source(name string) (Source, bool) {
 		}
 	}
 	return Source{}, false
+}
+
+// resolvePaths makes the config's relative paths relative to base (the
+// config file's folder), so a config means the same from any working
+// directory.
+func (c *Config) resolvePaths(base string) {
+	abs := func(p *string) {
+		if *p != "" && *p != ":memory:" && !filepath.IsAbs(*p) {
+			*p = filepath.Join(base, *p)
+		}
+	}
+	abs(&c.DataDir)
+	abs(&c.Views.Dir)
+	for i := range c.Sources {
+		a, h := &c.Sources[i].Auth, &c.Sources[i].HTTP
+		abs(&a.PrivateKeyFile)
+		abs(&a.TokenFile)
+		abs(&h.CAFile)
+	}
+	for i := range c.Sinks {
+		abs(&c.Sinks[i].DuckDB.Path)
+		abs(&c.Sinks[i].Parquet.Dir)
+	}
 }

@@ -162,3 +162,34 @@ sources:
 	require.ErrorContains(t, err, `namespace "https://h/fhir" must match`)
 	require.ErrorContains(t, err, "duplicate source name")
 }
+
+// TestPathsAreRelativeToTheConfig: a config means the same whatever the
+// working directory: its relative paths are taken from its own folder.
+func TestPathsAreRelativeToTheConfig(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "sub", "fhirferry.yaml")
+	require.NoError(t, os.MkdirAll(filepath.Dir(p), 0o755))
+	require.NoError(t, os.WriteFile(p, []byte(`
+data_dir: ./data
+views: {dir: views}
+sources:
+  - name: a
+    base_url: https://h/fhir
+    http: {ca_file: ca.pem}
+    auth: {type: smart, client_id: c, private_key_file: keys/k.pem}
+sinks:
+  - {type: duckdb}
+  - {name: mem, type: duckdb, duckdb: {path: ":memory:"}}
+  - {name: lake, type: parquet, parquet: {dir: /abs/lake}}
+`), 0o600))
+	cfg, err := Load(p)
+	require.NoError(t, err)
+	base := filepath.Join(dir, "sub")
+	require.Equal(t, filepath.Join(base, "data"), cfg.DataDir)
+	require.Equal(t, filepath.Join(base, "views"), cfg.Views.Dir)
+	require.Equal(t, filepath.Join(base, "keys/k.pem"), cfg.Sources[0].Auth.PrivateKeyFile)
+	require.Equal(t, filepath.Join(base, "ca.pem"), cfg.Sources[0].HTTP.CAFile)
+	require.Equal(t, filepath.Join(base, "data", DefaultDuckDBFile), cfg.Sinks[0].DuckDB.Path)
+	require.Equal(t, ":memory:", cfg.Sinks[1].DuckDB.Path)
+	require.Equal(t, "/abs/lake", cfg.Sinks[2].Parquet.Dir)
+}
