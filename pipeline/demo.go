@@ -50,7 +50,10 @@ func StartDemo(ctx context.Context, dir string, patients int, deps Deps) (*Demo,
 	if err != nil {
 		return nil, err
 	}
-	srv, err := bulktest.NewServer(bulktest.Options{Patients: patients, Seed: 7, Auth: smart, FileMaxResources: 2000})
+	// The server's clock starts today, so the data's last year is the
+	// calendar's and the README's "in the last year" queries find rows.
+	srv, err := bulktest.NewServer(bulktest.Options{Patients: patients, Seed: 7, Auth: smart, FileMaxResources: 2000,
+		Start: time.Now().UTC().Truncate(24 * time.Hour)})
 	if err != nil {
 		return nil, err
 	}

@@ -69,11 +69,15 @@ var Raw = &Table{
 	Kind: KindRaw,
 	Schema: arrow.NewSchema(append([]arrow.Field{
 		str("resource_type", false),
-		{Name: "id", Type: arrow.BinaryTypes.String, Nullable: false, Metadata: KeyMetadata},
-		str("version_id", true),
-		{Name: "last_updated", Type: Timestamp, Nullable: true},
-		{Name: "subsetted", Type: arrow.FixedWidthTypes.Boolean, Nullable: false},
-		{Name: "resource", Type: arrow.BinaryTypes.String, Nullable: false, Metadata: JSONMetadata},
+		described(arrow.Field{Name: "id", Type: arrow.BinaryTypes.String, Nullable: false, Metadata: KeyMetadata},
+			"The resource's id; with namespace and resource_type, its key."),
+		described(str("version_id", true), "meta.versionId, as the server sent it."),
+		described(arrow.Field{Name: "last_updated", Type: Timestamp, Nullable: true},
+			"meta.lastUpdated: an older version never overwrites a newer one."),
+		described(arrow.Field{Name: "subsetted", Type: arrow.FixedWidthTypes.Boolean, Nullable: false},
+			"The server marked the resource SUBSETTED (an _elements export): it never overwrites a full version."),
+		described(arrow.Field{Name: "resource", Type: arrow.BinaryTypes.String, Nullable: false, Metadata: JSONMetadata},
+			"The resource as JSON, exactly as exported (lossless)."),
 		i64(ColSeq, false),
 	}, provenance()...), nil),
 	Description: "Every current FHIR resource as JSON, with meta.lastUpdated and provenance.",
@@ -95,9 +99,9 @@ var Rejects = &Table{
 	Kind: KindAppend,
 	Schema: arrow.NewSchema(append([]arrow.Field{
 		str("resource_type", true),
-		str("id", true),
-		str("reason", false),
-		str("content", true), // the offending line, truncated
+		described(str("id", true), "The resource's id, when the line had one."),
+		described(str("reason", false), "Why the line was not loaded, naming the field or view column at fault."),
+		described(str("content", true), "The offending line, truncated."),
 	}, provenance()...), nil),
 	Description: "Input lines that were not loaded, with file, line and reason.",
 }
@@ -107,10 +111,10 @@ var Outcomes = &Table{
 	Name: OutcomesTable,
 	Kind: KindAppend,
 	Schema: arrow.NewSchema(append([]arrow.Field{
-		str("severity", true),
-		str("code", true),
-		str("diagnostics", true),
-		str("details", true),
+		described(str("severity", true), "OperationOutcome.issue.severity: fatal, error, warning or information."),
+		described(str("code", true), "OperationOutcome.issue.code."),
+		described(str("diagnostics", true), "OperationOutcome.issue.diagnostics, as the server wrote it."),
+		described(str("details", true), "OperationOutcome.issue.details.text."),
 	}, provenance()...), nil),
 	Description: "Issues of the OperationOutcomes the server reported in error files.",
 }

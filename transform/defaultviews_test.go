@@ -212,40 +212,62 @@ func refTypeOf(col string) string {
 
 func TestDefaultViewsCompile(t *testing.T) {
 	for _, vf := range schemas.DefaultViews() {
-		v, err := view.Compile(vf.JSON)
+		v, err := view.Compile(vf.JSON, view.WarehouseTypes())
 		require.NoError(t, err, vf.Source)
 		doc := decodeView(t, vf)
 		require.Equal(t, vf.Name, v.Name)
 		require.Equal(t, doc.Resource, v.Resource)
 		cols := doc.columns()
-		require.Len(t, v.Columns(), len(cols), vf.Source)
+		// The warehouse's columns: the view's own, then a precision column
+		// per date or dateTime column, in the same order.
+		var precision []string
+		for _, c := range cols {
+			if c.Type == "date" || c.Type == "dateTime" {
+				precision = append(precision, c.Name+"_precision")
+			}
+		}
 		sch := v.ArrowSchema()
-		require.Equal(t, len(cols), sch.NumFields(), vf.Source)
+		require.Len(t, v.Columns(), len(cols)+len(precision), vf.Source)
+		require.Equal(t, len(cols)+len(precision), sch.NumFields(), vf.Source)
+		for i, name := range precision {
+			f := sch.Field(len(cols) + i)
+			require.Equal(t, name, f.Name, vf.Source)
+			require.Equal(t, arrow.STRING, f.Type.ID(), "%s.%s", vf.Name, name)
+		}
 		for i, c := range cols {
 			require.Equal(t, c.Name, sch.Field(i).Name, vf.Source)
-			// Only instants become timestamps; dates stay text so partial
-			// dates load.
-			switch c.Type {
-			case "instant":
-				require.Equal(t, arrow.TIMESTAMP, sch.Field(i).Type.ID(), "%s.%s", vf.Name, c.Name)
-			case "date", "dateTime", "string", "code", "uri", "url", "id":
-				require.Equal(t, arrow.STRING, sch.Field(i).Type.ID(), "%s.%s", vf.Name, c.Name)
-			case "boolean":
-				require.Equal(t, arrow.BOOL, sch.Field(i).Type.ID(), "%s.%s", vf.Name, c.Name)
-			}
+			want, ok := map[string]arrow.Type{
+				"instant": arrow.TIMESTAMP, "dateTime": arrow.TIMESTAMP, "date": arrow.DATE32,
+				"decimal": arrow.FLOAT64, "integer": arrow.INT64, "positiveInt": arrow.INT64, "unsignedInt": arrow.INT64,
+				"boolean": arrow.BOOL, "string": arrow.STRING, "code": arrow.STRING, "uri": arrow.STRING,
+				"url": arrow.STRING, "id": arrow.STRING, "base64Binary": arrow.STRING,
+			}[c.Type]
+			require.True(t, ok, "%s.%s: type %q has no expected storage", vf.Name, c.Name, c.Type)
+			require.Equal(t, want, sch.Field(i).Type.ID(), "%s.%s", vf.Name, c.Name)
 		}
 	}
 }
 
-// A partial birth date (legal FHIR) must load, not reject the patient.
+// A partial birth date (legal FHIR) must load, not reject the patient: as
+// its earliest day, with the precision beside it.
 func TestDefaultViewsKeepPartialDates(t *testing.T) {
 	line := `{"resourceType":"Patient","id":"p1","birthDate":"1970-03","deceasedDateTime":"2020",
 	  "meta":{"lastUpdated":"2024-01-02T03:04:05.123+01:00"}}`
 	rows := evalOne(t, "patient", line)
 	require.Len(t, rows, 1)
 	require.Equal(t, "p1", rows[0]["id"])
-	require.Equal(t, "1970-03", rows[0]["birth_date"])
-	require.Equal(t, "2020", rows[0]["deceased_datetime"])
+	require.Equal(t, "1970-03-01", rows[0]["birth_date"])
+	require.Equal(t, "month", rows[0]["birth_date_precision"])
+	require.Equal(t, "2020-01-01T00:00:00Z", rows[0]["deceased_datetime"])
+	require.Equal(t, "year", rows[0]["deceased_datetime_precision"])
+	full := evalOne(t, "patient", `{"resourceType":"Patient","id":"p2","birthDate":"1970-03-15","deceasedDateTime":"2020-02-03T04:05:06+02:00"}`)
+	require.Equal(t, "1970-03-15", full[0]["birth_date"])
+	require.Equal(t, "day", full[0]["birth_date_precision"])
+	require.Equal(t, "2020-02-03T02:05:06Z", full[0]["deceased_datetime"])
+	require.Equal(t, "time", full[0]["deceased_datetime_precision"])
+	none := evalOne(t, "patient", `{"resourceType":"Patient","id":"p3"}`)
+	require.Empty(t, none[0]["birth_date"])
+	require.Empty(t, none[0]["birth_date_precision"])
 	require.Equal(t, "true", rows[0]["deceased"])
 	require.Equal(t, "2024-01-02T02:04:05.123Z", rows[0]["last_updated"])
 }
@@ -331,7 +353,7 @@ func compileDefault(t *testing.T, name string) *view.View {
 	t.Helper()
 	for _, vf := range schemas.DefaultViews() {
 		if vf.Name == name {
-			v, err := view.Compile(vf.JSON)
+			v, err := view.Compile(vf.JSON, view.WarehouseTypes())
 			require.NoError(t, err)
 			return v
 		}
@@ -435,7 +457,7 @@ var keyColumns = map[string]map[string]string{
 func checkSample(t *testing.T, vf schemas.ViewFile, doc viewDoc, path string) {
 	mem := memory.NewCheckedAllocator(memory.DefaultAllocator)
 	defer mem.AssertSize(t, 0)
-	v, err := view.Compile(vf.JSON)
+	v, err := view.Compile(vf.JSON, view.WarehouseTypes())
 	require.NoError(t, err)
 	cols := doc.columns()
 
@@ -764,7 +786,13 @@ func requireSameValue(t *testing.T, col colDoc, want, got string, whereFn func()
 		require.NoError(t, err1, where)
 		require.NoError(t, err2, where)
 		require.LessOrEqual(t, math.Abs(w-g), 1e-9*math.Max(1, math.Abs(w)), where)
-	case "instant":
+	case "date":
+		require.Len(t, got, 10, where)
+		require.True(t, strings.HasPrefix(got, want), "%s: %s is not the earliest day of %s", where, got, want)
+	case "instant", "dateTime":
+		if len(want) <= 10 { // a partial dateTime: its earliest instant, in UTC
+			want += "-01-01T00:00:00Z"[len(want)-4:]
+		}
 		w, err := time.Parse(time.RFC3339Nano, want)
 		require.NoError(t, err, where)
 		g, err := time.Parse(time.RFC3339Nano, got)

@@ -105,10 +105,20 @@ func New(opts Options) (*Engine, error) {
 			{Name: schemas.ColSeq, Type: arrow.PrimitiveTypes.Int64},
 		}, vs.Fields()...)
 		if cr, ok := v.Runner.(interface{ Columns() []view.Column }); ok {
-			for i, col := range cr.Columns() {
-				if f := &fields[2+i]; strings.TrimSpace(col.Path) == "getResourceKey()" && f.Type.ID() == arrow.STRING {
+			byName := make(map[string]int, len(fields))
+			for i, f := range fields {
+				byName[f.Name] = i
+			}
+			for _, col := range cr.Columns() {
+				i, ok := byName[col.Name]
+				if !ok {
+					continue
+				}
+				f := &fields[i]
+				if col.PrecisionOf == "" && strings.TrimSpace(col.Path) == "getResourceKey()" && f.Type.ID() == arrow.STRING {
 					f.Metadata = withKey(f.Metadata)
 				}
+				f.Metadata = schemas.Describe(f.Metadata, col.Description)
 			}
 		}
 		t := &schemas.Table{

@@ -20,7 +20,7 @@ func LoadViews(defaults bool, dir string) ([]View, error) {
 	var out []View
 	var errs []error
 	for _, f := range files {
-		v, err := view.Compile(f.JSON)
+		v, err := view.Compile(f.JSON, view.WarehouseTypes())
 		if err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", f.Source, err))
 			continue

@@ -6,6 +6,7 @@ import (
 	"regexp"
 	"strconv"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 )
@@ -22,10 +23,13 @@ func TestDemo(t *testing.T) {
 	require.NoError(t, root.Execute(), out.String())
 	s := out.String()
 	require.Contains(t, s, "SMART Backend Services")
-	require.Regexp(t, `demo\s+success\s+-\s+2025-01-01T00:00:00(\.000)?Z`, s, "run 1 is a full export")
-	require.Regexp(t, `demo\s+success\s+2025-01-01T00:00:00(\.000)?Z\s+2025-01-02T00:00:00(\.000)?Z`, s, "run 2 starts at run 1's transactionTime")
+	// The server's clock starts today (UTC midnight) and moves a day on.
+	today := time.Now().UTC().Truncate(24 * time.Hour)
+	day := func(t time.Time) string { return regexp.QuoteMeta(t.Format("2006-01-02")) + `T00:00:00(\.000)?Z` }
+	require.Regexp(t, `demo\s+success\s+-\s+`+day(today), s, "run 1 is a full export")
+	require.Regexp(t, `demo\s+success\s+`+day(today)+`\s+`+day(today.AddDate(0, 0, 1)), s, "run 2 starts at run 1's transactionTime")
 	require.Regexp(t, `deleted\s+\S+/\S+: no longer in the warehouse`, s)
-	require.Regexp(t, `updated\s+\S+/\S+: version 2, lastUpdated 2025-01-02`, s)
+	require.Regexp(t, `updated\s+\S+/\S+: version 2, lastUpdated `+regexp.QuoteMeta(today.AddDate(0, 0, 1).Format("2006-01-02")), s)
 	m := regexp.MustCompile(`(?m)^  (female|male)\s+(\d+)\s+(\d+)`).FindAllStringSubmatch(s, -1)
 	require.NotEmpty(t, m, "the sample query returns rows")
 	patients := 0

@@ -19,6 +19,8 @@ import (
 
 	"github.com/fhirferry/fhirferry/pipeline"
 	"github.com/fhirferry/fhirferry/schemas"
+	"github.com/fhirferry/fhirferry/sinks/duckdb"
+	"github.com/fhirferry/fhirferry/sinks/postgres"
 	"github.com/fhirferry/fhirferry/transform"
 	"github.com/fhirferry/fhirferry/transform/view"
 )
@@ -30,7 +32,7 @@ func newViewsCmd(g *globals) *cobra.Command {
 		Long: `views works with the SQL-on-FHIR v2 ViewDefinitions that become warehouse
 tables: the embedded default pack and the folder named by the config's views.dir.`,
 	}
-	cmd.AddCommand(newViewsListCmd(g), newViewsValidateCmd(g), newViewsRunCmd(g), newViewsRebuildCmd(g))
+	cmd.AddCommand(newViewsListCmd(g), newViewsDescribeCmd(g), newViewsValidateCmd(g), newViewsRunCmd(g), newViewsRebuildCmd(g))
 	return cmd
 }
 
@@ -95,6 +97,79 @@ make the command fail.`,
 	cmd.Flags().StringVar(&cfgPath, "config", "", "config file whose views section selects the views")
 	cmd.Flags().StringVar(&dir, "dir", "", "folder of your own ViewDefinition JSON files (overrides views.dir)")
 	return cmd
+}
+
+func newViewsDescribeCmd(*globals) *cobra.Command {
+	var cfgPath, dir string
+	cmd := &cobra.Command{
+		Use:   "describe NAME [--config FILE] [--dir DIR]",
+		Short: "Print a view table's columns with their SQL types and descriptions",
+		Long: `describe prints the table a view becomes in the warehouse: every column (the
+namespace and source fhirferry adds, the view's own, and the <column>_precision
+companions of date and dateTime columns) with its DuckDB and PostgreSQL type, its
+FHIR type and its description. The same descriptions are the tables' and columns'
+COMMENT in DuckDB and PostgreSQL.`,
+		Example: `  fhirferry views describe observation
+  fhirferry views describe my_view --config fhirferry.yaml`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			defaults := true
+			if cfgPath != "" {
+				cfg, err := pipeline.LoadConfig(cfgPath)
+				if err != nil {
+					return err
+				}
+				defaults = cfg.Views.DefaultsOn()
+				if dir == "" {
+					dir = cfg.Views.Dir
+				}
+			}
+			views, err := transform.LoadViews(defaults, dir)
+			if err != nil {
+				return err
+			}
+			eng, err := transform.New(transform.Options{Views: views})
+			if err != nil {
+				return err
+			}
+			for _, t := range eng.Tables() {
+				if t.Kind == schemas.KindView && t.Name == args[0] {
+					return describeTable(cmd.OutOrStdout(), t)
+				}
+			}
+			names := make([]string, len(views))
+			for i, v := range views {
+				names[i] = v.Name
+			}
+			return &exitError{2, fmt.Errorf("no view named %q (views: %s)", args[0], strings.Join(names, ", "))}
+		},
+	}
+	cmd.Flags().StringVar(&cfgPath, "config", "", "config file whose views section selects the views")
+	cmd.Flags().StringVar(&dir, "dir", "", "folder of your own ViewDefinition JSON files (overrides views.dir)")
+	return cmd
+}
+
+func describeTable(w io.Writer, t *schemas.Table) error {
+	fmt.Fprintf(w, "%s (%s)\n", t.Name, t.ResourceType)
+	if t.Description != "" {
+		fmt.Fprintf(w, "%s\n", t.Description)
+	}
+	fmt.Fprintln(w)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "COLUMN\tDUCKDB\tPOSTGRESQL\tFHIR\tDESCRIPTION")
+	for _, f := range t.StoredFields() {
+		dt, err := duckdb.ColumnType(f)
+		if err != nil {
+			return err
+		}
+		pt, err := postgres.ColumnType(f)
+		if err != nil {
+			return err
+		}
+		ft, _ := f.Metadata.GetValue(view.MetaFHIRType)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", f.Name, dt, pt, ft, schemas.Description(f))
+	}
+	return tw.Flush()
 }
 
 // resourceOf reads a view's resource for listing a view that does not compile.

@@ -277,3 +277,35 @@ func TestViewsRunErrors(t *testing.T) {
 	_, _, err = runViews(t, "run", in)
 	require.ErrorContains(t, err, `"view" not set`)
 }
+
+func TestViewsDescribe(t *testing.T) {
+	dir := t.TempDir()
+	write(t, dir, "a.json", `{"resourceType":"ViewDefinition","name":"pt","resource":"Patient","description":"My patients.",
+	  "select":[{"column":[
+	    {"name":"id","path":"getResourceKey()","type":"id","description":"The key."},
+	    {"name":"born","path":"birthDate","type":"date","description":"Birth date."},
+	    {"name":"n","path":"name.count()","type":"integer"},
+	    {"name":"exact","path":"multipleBirthInteger","type":"integer","tag":[{"name":"ansi/type","value":"DECIMAL(10,2)"}]}]}]}`)
+	out, _, err := runViews(t, "describe", "pt", "--dir", dir)
+	require.NoError(t, err)
+	rows := map[string][]string{}
+	for _, l := range strings.Split(out, "\n") {
+		if f := strings.Fields(l); len(f) >= 3 {
+			rows[f[0]] = f
+		}
+	}
+	require.True(t, strings.HasPrefix(out, "pt (Patient)\nMy patients.\n"), out)
+	require.Equal(t, []string{"born", "DATE", "date", "date", "Birth", "date."}, rows["born"])
+	require.Equal(t, []string{"n", "BIGINT", "bigint", "integer"}, rows["n"])
+	require.Equal(t, "DECIMAL(10,2)", rows["exact"][1])
+	require.Equal(t, "decimal(10,2)", rows["exact"][2])
+	require.Equal(t, []string{"born_precision", "VARCHAR", "text", "code", "Precision"}, rows["born_precision"][:5])
+	require.Contains(t, out, "namespace ")
+	require.Less(t, strings.Index(out, "exact"), strings.Index(out, "born_precision"), "precision columns follow the view's own")
+
+	_, _, err = runViews(t, "describe", "nope")
+	var ee *exitError
+	require.ErrorAs(t, err, &ee)
+	require.Equal(t, 2, ee.code)
+	require.ErrorContains(t, err, "observation")
+}

@@ -51,6 +51,10 @@ func arrowType(name string, t arrow.DataType) (string, error) {
 		return "DOUBLE", nil
 	case *arrow.Date32Type:
 		return "DATE", nil
+	case *arrow.Time64Type:
+		return "TIME", nil
+	case *arrow.Decimal128Type:
+		return fmt.Sprintf("DECIMAL(%d,%d)", t.Precision, t.Scale), nil
 	case *arrow.TimestampType:
 		// Instants are stored in microseconds; a zone makes them TIMESTAMPTZ,
 		// which is also what DuckDB reads from Parquet's isAdjustedToUTC.
@@ -146,10 +150,32 @@ func existingColumns(ctx context.Context, db execer, table string) (map[string]b
 	return cols, rows.Err()
 }
 
+// comment describes t and its columns (only the columns in cols, when it
+// is not nil) with COMMENT ON, so analysts find the descriptions in
+// duckdb_tables() and duckdb_columns().
+func comment(ctx context.Context, db execer, t *schemas.Table, cols map[string]bool) error {
+	var q strings.Builder
+	if t.Description != "" && cols == nil {
+		q.WriteString("COMMENT ON TABLE " + quote(t.Name) + " IS " + lit(t.Description) + ";\n")
+	}
+	for _, c := range t.Comments() {
+		if cols == nil || cols[c.Column] {
+			q.WriteString("COMMENT ON COLUMN " + quote(t.Name) + "." + quote(c.Column) + " IS " + lit(c.Text) + ";\n")
+		}
+	}
+	if q.Len() == 0 {
+		return nil
+	}
+	if _, err := db.ExecContext(ctx, q.String()); err != nil {
+		return fmt.Errorf("comment on table %s: %w", t.Name, err)
+	}
+	return nil
+}
+
 // ensureTable creates t's stored table, or adds the columns it lacks. Added
 // columns are nullable, since existing rows have no value for them; no
 // column is ever dropped or retyped.
-func ensureTable(ctx context.Context, db execer, t *schemas.Table) error {
+func ensureTable(ctx context.Context, db execer, t *schemas.Table) (err error) {
 	fields := storedFields(t)
 	have, err := existingColumns(ctx, db, t.Name)
 	if err != nil {
@@ -163,17 +189,19 @@ func ensureTable(ctx context.Context, db execer, t *schemas.Table) error {
 		if _, err := db.ExecContext(ctx, "CREATE TABLE "+quote(t.Name)+" ("+defs+")"); err != nil {
 			return fmt.Errorf("create table %s: %w", t.Name, err)
 		}
-		if t.Description != "" {
-			if _, err := db.ExecContext(ctx, "COMMENT ON TABLE "+quote(t.Name)+" IS "+lit(t.Description)); err != nil {
-				return fmt.Errorf("comment on table %s: %w", t.Name, err)
-			}
-		}
-		return nil
+		return comment(ctx, db, t, nil)
 	}
+	added := map[string]bool{}
+	defer func() {
+		if err == nil && len(added) > 0 {
+			err = comment(ctx, db, t, added)
+		}
+	}()
 	for _, f := range fields {
 		if have[f.Name] {
 			continue
 		}
+		added[f.Name] = true
 		typ, err := sqlType(f, false)
 		if err != nil {
 			return fmt.Errorf("table %s: %w", t.Name, err)
@@ -239,3 +267,6 @@ func selectList(t *schemas.Table, st stamp) (cols, sel string) {
 	}
 	return strings.Join(c, ", "), strings.Join(s, ", ")
 }
+
+// ColumnType is the DuckDB type of the column the sink stores f in.
+func ColumnType(f arrow.Field) (string, error) { return sqlType(f, false) }

@@ -75,10 +75,8 @@ func (s *Sink) ReplaceTable(ctx context.Context, t *schemas.Table,
 			return errors.Join(err, ignoreDone(tx.Rollback()))
 		}
 	}
-	if t.Description != "" {
-		if _, err := tx.ExecContext(ctx, "COMMENT ON TABLE "+quote(t.Name)+" IS "+lit(t.Description)); err != nil {
-			return errors.Join(err, ignoreDone(tx.Rollback()))
-		}
+	if err := comment(ctx, tx, t, nil); err != nil {
+		return errors.Join(err, ignoreDone(tx.Rollback()))
 	}
 	if err := tx.Commit(); err != nil {
 		return err

@@ -179,6 +179,10 @@ func duckType(dt arrow.DataType) string {
 		return "DOUBLE"
 	case *arrow.Date32Type:
 		return "DATE"
+	case *arrow.Time64Type:
+		return "TIME"
+	case *arrow.Decimal128Type:
+		return fmt.Sprintf("DECIMAL(%d,%d)", t.Precision, t.Scale)
 	case *arrow.TimestampType:
 		if t.TimeZone != "" {
 			return "TIMESTAMP WITH TIME ZONE"

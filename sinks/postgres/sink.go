@@ -238,8 +238,17 @@ func (s *Sink) createTable(ctx context.Context, tx pgx.Tx, t *schemas.Table) err
 			return fmt.Errorf("index %s: %w", t.Name, err)
 		}
 	}
+	// One round trip describes the table and its columns (\d+ and any
+	// catalog browser show them).
+	var q strings.Builder
 	if t.Description != "" {
-		if _, err := tx.Exec(ctx, fmt.Sprintf("COMMENT ON TABLE %s IS %s", s.ident(t.Name), quoteLiteral(t.Description))); err != nil {
+		fmt.Fprintf(&q, "COMMENT ON TABLE %s IS %s;\n", s.ident(t.Name), quoteLiteral(t.Description))
+	}
+	for _, c := range t.Comments() {
+		fmt.Fprintf(&q, "COMMENT ON COLUMN %s.%s IS %s;\n", s.ident(t.Name), pgx.Identifier{c.Column}.Sanitize(), quoteLiteral(c.Text))
+	}
+	if q.Len() > 0 {
+		if _, err := tx.Exec(ctx, q.String()); err != nil {
 			return fmt.Errorf("comment %s: %w", t.Name, err)
 		}
 	}

@@ -9,6 +9,7 @@ import (
 	"github.com/apache/arrow-go/v18/arrow"
 	"github.com/apache/arrow-go/v18/arrow/array"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/fhirferry/fhirferry/schemas"
 )
@@ -102,6 +103,10 @@ func pgType(dt arrow.DataType) (string, bool, error) {
 		return "double precision", false, nil
 	case *arrow.Date32Type:
 		return "date", false, nil
+	case *arrow.Time64Type:
+		return "time", false, nil
+	case *arrow.Decimal128Type:
+		return fmt.Sprintf("numeric(%d,%d)", t.Precision, t.Scale), false, nil
 	case *arrow.TimestampType:
 		if t.TimeZone == "" {
 			return "timestamp", false, nil
@@ -121,28 +126,34 @@ func pgType(dt arrow.DataType) (string, bool, error) {
 	return "", false, fmt.Errorf("arrow type %s has no PostgreSQL mapping", dt)
 }
 
+// jsonGetter reads row i of a as JSON text: strings as they are, nested
+// values marshalled.
+func jsonGetter(a arrow.Array) func(i int) any {
+	if s, ok := a.(*array.String); ok {
+		return func(i int) any {
+			if s.IsNull(i) {
+				return nil
+			}
+			return s.Value(i)
+		}
+	}
+	return func(i int) any {
+		if a.IsNull(i) {
+			return nil
+		}
+		b, err := json.Marshal(a.GetOneForMarshal(i))
+		if err != nil {
+			return nil
+		}
+		return string(b)
+	}
+}
+
 // getter returns a function reading row i of a as a value pgx encodes into
 // the column's staging type (nil for NULL).
 func getter(a arrow.Array, c column) (func(i int) any, error) {
 	if c.asJSON {
-		if s, ok := a.(*array.String); ok {
-			return func(i int) any {
-				if s.IsNull(i) {
-					return nil
-				}
-				return s.Value(i)
-			}, nil
-		}
-		return func(i int) any {
-			if a.IsNull(i) {
-				return nil
-			}
-			b, err := json.Marshal(a.GetOneForMarshal(i))
-			if err != nil {
-				return nil
-			}
-			return string(b)
-		}, nil
+		return jsonGetter(a), nil
 	}
 	var get func(i int) any
 	switch v := a.(type) {
@@ -174,6 +185,12 @@ func getter(a arrow.Array, c column) (func(i int) any, error) {
 		get = func(i int) any { return v.Value(i) }
 	case *array.Date32:
 		get = func(i int) any { return v.Value(i).ToTime().UTC() }
+	case *array.Time64:
+		ns := int64(v.DataType().(*arrow.Time64Type).Unit.Multiplier())
+		get = func(i int) any { return pgtype.Time{Microseconds: int64(v.Value(i)) * ns / 1000, Valid: true} }
+	case *array.Decimal128:
+		exp := -v.DataType().(*arrow.Decimal128Type).Scale
+		get = func(i int) any { return pgtype.Numeric{Int: v.Value(i).BigInt(), Exp: exp, Valid: true} }
 	case *array.Timestamp:
 		unit := v.DataType().(*arrow.TimestampType).Unit
 		get = func(i int) any { return v.Value(i).ToTime(unit).UTC() }
@@ -240,3 +257,9 @@ func (s *recordSource) Values() ([]any, error) {
 func (s *recordSource) Err() error { return nil }
 
 var _ pgx.CopyFromSource = (*recordSource)(nil)
+
+// ColumnType is the PostgreSQL type of the column the sink stores f in.
+func ColumnType(f arrow.Field) (string, error) {
+	c, err := columnFor(f)
+	return c.store, err
+}

@@ -64,9 +64,9 @@ func (v *View) Eval(res *fastjson.Value, emit func(row []Value) error) error {
 		row := make([]Value, len(v.cols))
 		for j := range v.cols {
 			cv := &v.conv[j]
-			cells := st.cells[j]
+			cells := st.cells[cv.src]
 			switch {
-			case st.isNull[j]:
+			case st.isNull[cv.src]:
 			case v.cols[j].Collection:
 				list := make([]Value, 0, len(cells))
 				for _, it := range cells {
@@ -103,10 +103,10 @@ func (v *View) AppendRows(res *fastjson.Value, b *array.RecordBuilder, off int, 
 	err := v.run(st, res, func() error {
 		for j := 0; j < n; j++ {
 			cv := &v.conv[j]
-			cells := st.cells[j]
+			cells := st.cells[cv.src]
 			var sc scalar
 			switch {
-			case st.isNull[j]:
+			case st.isNull[cv.src]:
 				sc.null = true
 			case cv.collection:
 				sc.lo = int32(len(st.elems))

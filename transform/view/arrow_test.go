@@ -182,3 +182,70 @@ func TestAppendRowsANSILimits(t *testing.T) {
 		rec.Release()
 	}
 }
+
+// WarehouseTypes: typed storage for untagged columns, tags still win, and
+// a precision column after the view's own per date or dateTime column,
+// read from the same cells (also for collections and Eval).
+func TestWarehouseTypes(t *testing.T) {
+	const def = `{"name":"w","resource":"Encounter","select":[{"column":[
+	  {"name":"id","path":"getResourceKey()","type":"id"},
+	  {"name":"start","path":"period.start","type":"dateTime"},
+	  {"name":"start_text","path":"period.start","type":"dateTime","tag":[{"name":"ansi/type","value":"VARCHAR"}]},
+	  {"name":"minutes","path":"length.value","type":"decimal"},
+	  {"name":"n_types","path":"type.coding.count()","type":"integer"},
+	  {"name":"day","path":"period.start.toString().substring(0, 10)","type":"date"},
+	  {"name":"starts","path":"period.start","type":"dateTime","collection":true}]}]}`
+	v, err := Compile([]byte(def), WarehouseTypes())
+	require.NoError(t, err)
+	var got []string
+	for _, f := range v.ArrowSchema().Fields() {
+		got = append(got, f.Name+" "+f.Type.String())
+	}
+	require.Equal(t, []string{
+		"id utf8", "start timestamp[us, tz=UTC]", "start_text utf8", "minutes float64", "n_types int64", "day date32",
+		"starts list<item: timestamp[us, tz=UTC], nullable>",
+		"start_precision utf8", "day_precision utf8", "starts_precision list<item: utf8, nullable>",
+	}, got)
+	require.Equal(t, "start", v.Columns()[7].PrecisionOf)
+	require.NotEmpty(t, v.Columns()[7].Description)
+
+	mem := memory.NewCheckedAllocator(memory.DefaultAllocator)
+	defer mem.AssertSize(t, 0)
+	rec, errs := buildRecord(t, mem, v, fixtures[:2])
+	defer rec.Release()
+	require.Empty(t, errs)
+	col := func(name string) arrow.Array { return rec.Column(2 + v.ArrowSchema().FieldIndices(name)[0]) }
+	start := col("start").(*array.Timestamp)
+	require.Equal(t, time.Date(2020, 1, 2, 9, 0, 0, 0, time.UTC), start.Value(0).ToTime(arrow.Microsecond))
+	require.Equal(t, time.Date(2021, 6, 1, 0, 0, 0, 0, time.UTC), start.Value(1).ToTime(arrow.Microsecond), "earliest instant of 2021-06")
+	require.Equal(t, "time", col("start_precision").(*array.String).Value(0))
+	require.Equal(t, "month", col("start_precision").(*array.String).Value(1))
+	require.Equal(t, "2021-06", col("start_text").(*array.String).Value(1))
+	require.InDelta(t, 90.0, col("minutes").(*array.Float64).Value(0), 0)
+	require.True(t, col("minutes").IsNull(1))
+	require.Equal(t, int64(2), col("n_types").(*array.Int64).Value(0))
+	require.Equal(t, "day", col("day_precision").(*array.String).Value(0))
+	require.Equal(t, "month", col("day_precision").(*array.String).Value(1))
+	sp := col("starts_precision").(*array.List)
+	require.Equal(t, `["month"]`, sp.ValueStr(1))
+
+	// Eval gives the same precision values.
+	var p fastjson.Parser
+	res, err := p.Parse(fixtures[1])
+	require.NoError(t, err)
+	require.NoError(t, v.Eval(res, func(row []Value) error {
+		require.Equal(t, "month", row[7])
+		require.Equal(t, []Value{"month"}, row[9])
+		return nil
+	}))
+
+	// A name the precision column needs is taken: a compile error, not a
+	// silently dropped column.
+	_, err = Compile([]byte(`{"name":"w","resource":"Patient","select":[{"column":[
+	  {"name":"birth","path":"birthDate","type":"date"},{"name":"birth_precision","path":"id","type":"string"}]}]}`), WarehouseTypes())
+	require.ErrorContains(t, err, "birth_precision")
+	// Without the option nothing changes: dates stay text as written.
+	plain, err := Compile([]byte(def))
+	require.NoError(t, err)
+	require.Len(t, plain.Columns(), 7)
+}

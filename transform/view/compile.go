@@ -29,6 +29,10 @@ type Column struct {
 	Type       string
 	Collection bool
 	Tags       []Tag
+	// PrecisionOf names the date or dateTime column whose precision this
+	// companion column holds (see WarehouseTypes); "" for the view's own
+	// columns.
+	PrecisionOf string
 }
 
 // Tag returns the value of the first tag named name, or "".
@@ -58,6 +62,7 @@ const (
 
 type config struct {
 	partial        PartialPolicy
+	warehouse      bool
 	anyResource    bool
 	maxRepeatDepth int
 }
@@ -67,6 +72,18 @@ type Option func(*config)
 
 // WithPartialDates sets how partial dates reach DATE/TIMESTAMP columns.
 func WithPartialDates(p PartialPolicy) Option { return func(c *config) { c.partial = p } }
+
+// WarehouseTypes types the columns for SQL: integer, positiveInt,
+// unsignedInt and integer64 → int64; decimal → float64; date → date32;
+// dateTime and instant → timestamp[us, UTC]; other primitives stay text as
+// written. FHIR allows partial dates (2024, 2024-05) and dateTimes without
+// a time, so each date and dateTime column gets a companion text column
+// <name>_precision (year, month, day or time), after the view's own
+// columns, and its partial values are stored as the earliest instant they
+// cover in UTC: with both, nothing of the value is lost but the zone offset,
+// which the raw landing keeps. An ansi/type tag still decides its column's
+// type.
+func WarehouseTypes() Option { return func(c *config) { c.warehouse = true } }
 
 // AllowUnknownResource accepts resource types outside FHIR R4/R5 (custom
 // or newer resources).
@@ -170,9 +187,12 @@ func Compile(def []byte, opts ...Option) (*View, error) {
 	v.root = &selectNode{loc: "view", selects: c.selects(root.Get("select"))}
 	if len(c.errs) == 0 {
 		v.cols = c.columns(v.root)
+		if v.cfg.warehouse {
+			v.cols = c.precisionColumns(v.cols)
+		}
 	}
 	if len(c.errs) == 0 {
-		v.conv = c.converters(v.cols, v.cfg.partial)
+		v.conv = c.converters(v.cols, v.cfg)
 	}
 	if len(c.errs) > 0 {
 		return nil, &CompileError{View: label, Problems: c.errs}
@@ -266,16 +286,56 @@ func (c *compiler) columns(root *selectNode) []Column {
 	return cols
 }
 
+// precisionColumns appends the companion <name>_precision column of each
+// date and dateTime column that WarehouseTypes types.
+func (c *compiler) precisionColumns(cols []Column) []Column {
+	seen := make(map[string]bool, len(cols))
+	for _, col := range cols {
+		seen[col.Name] = true
+	}
+	n := len(cols)
+	for _, col := range cols[:n] {
+		if !hasPrecision(col) {
+			continue
+		}
+		name := col.Name + "_precision"
+		if seen[name] {
+			c.errf("column "+name, "clashes with the precision column of %s (rename one of them)", col.Name)
+			continue
+		}
+		seen[name] = true
+		cols = append(cols, Column{
+			Name: name, Path: col.Path, Type: "code", Collection: col.Collection, PrecisionOf: col.Name,
+			Description: "Precision of " + col.Name + " as the source wrote it: year, month, day or time; " +
+				col.Name + " holds the earliest instant the value covers.",
+		})
+	}
+	return cols
+}
+
+// hasPrecision reports whether WarehouseTypes gives col a precision
+// companion: a date or dateTime column without an ansi/type tag.
+func hasPrecision(col Column) bool {
+	return (col.Type == "date" || col.Type == "dateTime") && col.Tag("ansi/type") == ""
+}
+
 // converters makes each column's converter, reporting the columns whose
 // type and ansi/type tag do not fit.
-func (c *compiler) converters(cols []Column, partial PartialPolicy) []converter {
+func (c *compiler) converters(cols []Column, cfg config) []converter {
 	conv := make([]converter, len(cols))
+	index := make(map[string]int, len(cols))
 	for i, col := range cols {
-		cv, err := newConverter(col, partial)
+		index[col.Name] = i
+		if col.PrecisionOf != "" {
+			conv[i] = converter{col: col.Name, fhirType: col.Type, src: index[col.PrecisionOf], precision: true, collection: col.Collection}
+			continue
+		}
+		cv, err := newConverter(col, cfg)
 		if err != nil {
 			c.errf("column "+col.Name, "%v", err)
 			continue
 		}
+		cv.src = i
 		conv[i] = cv
 	}
 	return conv

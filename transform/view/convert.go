@@ -39,6 +39,10 @@ type converter struct {
 	partial    PartialPolicy
 	ansi       string
 	collection bool
+	// src is the output column whose cells this column converts: its own,
+	// or for a precision column (precision true) its date column's.
+	src       int
+	precision bool
 	// Limits an ansi/type tag sets beyond the storage type, checked here so
 	// a value that does not fit is the view's reject, not a failed cast
 	// that would fail the whole run in a SQL sink: maxLen characters for
@@ -65,12 +69,15 @@ var (
 	lengthTag  = regexp.MustCompile(`^(?:VARCHAR|CHARACTER VARYING|CHAR|CHARACTER)\s*\(\s*(\d+)\s*\)$`)
 )
 
-func newConverter(col Column, partial PartialPolicy) (converter, error) {
-	cv := converter{col: col.Name, fhirType: col.Type, partial: partial, collection: col.Collection}
+func newConverter(col Column, cfg config) (converter, error) {
+	cv := converter{col: col.Name, fhirType: col.Type, partial: cfg.partial, collection: col.Collection}
 	cv.kind, cv.json = fhirStorage(col.Type)
 	cv.ansi = col.Tag("ansi/type")
 	ansi := strings.ToUpper(strings.Join(strings.Fields(cv.ansi), " "))
 	if ansi == "" {
+		if cfg.warehouse {
+			cv.warehouseStorage()
+		}
 		return cv, nil
 	}
 	if cv.json && !isVarchar(ansi) && ansi != "TEXT" && ansi != "JSON" {
@@ -95,6 +102,36 @@ func fhirStorage(t string) (kind outKind, json bool) {
 		return outString, false
 	}
 	return outString, true // complex types and backbone element ids
+}
+
+// warehouseStorage sets the storage WarehouseTypes gives an untagged
+// column.
+func (cv *converter) warehouseStorage() {
+	switch cv.fhirType {
+	case "integer", "positiveInt", "unsignedInt", "integer64":
+		cv.kind = outInt64
+	case "decimal":
+		cv.kind = outFloat64
+	case "date":
+		cv.kind, cv.partial = outDate32, PartialLowBoundary
+	case "dateTime", "instant":
+		cv.kind, cv.partial = outTimestamp, PartialLowBoundary
+	}
+}
+
+// precisionOf is the precision of a FHIR date, dateTime or instant as
+// written: year, month, day or time. The date column's own converter has
+// validated the value.
+func precisionOf(s string) string {
+	switch {
+	case len(s) <= 4:
+		return "year"
+	case len(s) <= 7:
+		return "month"
+	case len(s) <= 10:
+		return "day"
+	}
+	return "time"
 }
 
 // isVarchar reports whether the normalised ANSI type is VARCHAR(n) or
@@ -202,6 +239,9 @@ func isNum(it fhirpath.Item) bool {
 
 // convert maps one item to the column's storage type.
 func (cv *converter) convert(it fhirpath.Item) (scalar, error) {
+	if cv.precision {
+		return scalar{s: precisionOf(it.Str())}, nil
+	}
 	switch cv.kind {
 	case outBool:
 		if it.Kind() != fhirpath.KindBool {
@@ -364,8 +404,12 @@ func (cv *converter) partialValue(it fhirpath.Item, want string) (scalar, error)
 // bool, int64, json.Number (decimals, exact), string (text and temporal
 // values in FHIR form) or json.RawMessage (complex values).
 func (cv *converter) value(it fhirpath.Item) (Value, error) {
-	if _, err := cv.convert(it); err != nil {
+	sc, err := cv.convert(it)
+	if err != nil {
 		return nil, err
+	}
+	if cv.precision {
+		return sc.s, nil
 	}
 	switch it.Kind() {
 	case fhirpath.KindBool:

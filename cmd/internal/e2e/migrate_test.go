@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"fmt"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"testing"
 
@@ -30,16 +31,20 @@ func TestMigrateVersion1Warehouse(t *testing.T) {
 			dir := t.TempDir()
 			var sinkYAML string
 			var open, openRW func(t *testing.T) *sql.DB
+			asVersion1 := func(*testing.T) {}
 			switch kind {
 			case "duckdb":
 				path := filepath.Join(dir, "w.duckdb")
 				sinkYAML = "type: duckdb\n    duckdb: {path: " + path + "}"
 				open = func(t *testing.T) *sql.DB { return e2e.OpenDuckDB(t, path) }
+				// Version 1 had one file, written in place: the test
+				// downgrades the writer's copy and makes it that file.
 				openRW = func(t *testing.T) *sql.DB {
-					db, err := sql.Open("duckdb", path)
+					db, err := sql.Open("duckdb", path+".writer")
 					require.NoError(t, err)
 					return db
 				}
+				asVersion1 = func(t *testing.T) { require.NoError(t, os.Rename(path+".writer", path)) }
 			case "postgres":
 				dsn, schema := e2e.PostgresSchema(t)
 				sinkYAML = fmt.Sprintf("type: postgres\n    postgres: {dsn: %q, schema: %s}", dsn, schema)
@@ -78,6 +83,7 @@ sinks:
 			}
 			a.Close()
 			downgrade(t, kind, openRW(t))
+			asVersion1(t)
 			// Before namespaces, ehr_b's resources overwrote ehr_a's of the
 			// same type and id (the servers' shared pools): they are lost.
 			nsA, nsB := "https://a.example/fhir", "ehr_b"

@@ -221,3 +221,46 @@ func TestANSILimitRejectedOnEverySink(t *testing.T) {
 		})
 	}
 }
+
+// TestTaggedTypesOnEverySink: ansi/type tags that ask for exact decimals,
+// times and dates load into every sink with those types and values.
+func TestTaggedTypesOnEverySink(t *testing.T) {
+	dir := t.TempDir()
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "tagged.json"), []byte(`{"resourceType":"ViewDefinition",
+	  "name":"tagged","resource":"Observation","status":"active","select":[{"column":[
+	  {"name":"id","path":"getResourceKey()"},
+	  {"name":"exact","path":"value.ofType(Quantity).value","type":"decimal","tag":[{"name":"ansi/type","value":"DECIMAL(18,4)"}]},
+	  {"name":"as_double","path":"value.ofType(Quantity).value","type":"decimal"},
+	  {"name":"day","path":"effective.ofType(dateTime)","type":"dateTime","tag":[{"name":"ansi/type","value":"DATE"}]},
+	  {"name":"at_time","path":"effective.ofType(dateTime).toString().substring(11, 8)","type":"time","tag":[{"name":"ansi/type","value":"TIME"}]}]}]}`), 0o644))
+	views, err := transform.LoadViews(false, dir)
+	require.NoError(t, err)
+	for _, k := range sinkKinds {
+		t.Run(k.kind, func(t *testing.T) {
+			t.Parallel()
+			srv, err := bulktest.NewServer(bulktest.Options{Patients: 5, Seed: 5, PollsBeforeComplete: -1})
+			require.NoError(t, err)
+			t.Cleanup(srv.Close)
+			s := k.open(t, "wh")
+			res, err := e2eRunner(t, srv, views, t.TempDir(), "system", "", s.sink).Run(context.Background())
+			require.NoError(t, err)
+			require.Equal(t, []string{"wh"}, res.Committed)
+			require.Zero(t, res.Stats.Rejects)
+			db, done := s.read(t)
+			defer done()
+			var n, exactDiffers int64
+			require.NoError(t, db.QueryRow(`SELECT count(*), count(*) FILTER (WHERE abs(CAST(exact AS DOUBLE PRECISION) - as_double) > 1e-9)
+				FROM tagged WHERE exact IS NOT NULL`).Scan(&n, &exactDiffers))
+			require.Positive(t, n)
+			require.Zero(t, exactDiffers)
+			var typ string
+			require.NoError(t, db.QueryRow(`SELECT CAST(typeof_exact AS VARCHAR) FROM (SELECT `+map[string]string{
+				"postgres": `pg_typeof(exact)`, "duckdb": `typeof(exact)`, "parquet": `typeof(exact)`}[k.kind]+` AS typeof_exact FROM tagged LIMIT 1) t`).Scan(&typ))
+			require.Contains(t, []string{"DECIMAL(18,4)", "numeric"}, typ)
+			var days, times int64
+			require.NoError(t, db.QueryRow(`SELECT count(day), count(at_time) FROM tagged WHERE day > DATE '1900-01-01' AND at_time >= TIME '00:00:00'`).Scan(&days, &times))
+			require.Positive(t, days)
+			require.Positive(t, times)
+		})
+	}
+}

@@ -14,9 +14,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"maps"
+	"math"
 	"reflect"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -133,7 +135,7 @@ func head(s []string) []string {
 }
 
 // ViewRows maps a view table to its rows grouped by resource id; each row
-// is its text columns joined by "|" (see TextColumns), and each resource's
+// is its compared columns joined by "|" (see ComparedColumns), and each resource's
 // rows are sorted, so equal maps mean equal tables.
 type ViewRows map[string]map[string][]string
 
@@ -170,21 +172,16 @@ func ExpectedViews(t testing.TB, views []transform.View, truth Truth) (ViewRows,
 			if b.Table.Kind != schemas.KindView {
 				return nil
 			}
-			cols := TextColumns(b.Table)
+			cols := ComparedColumns(b.Table)
 			idx := make([]int, len(cols))
 			for j, c := range cols {
-				idx[j] = b.Rec.Schema().FieldIndices(c)[0]
+				idx[j] = b.Rec.Schema().FieldIndices(c.Name)[0]
 			}
 			rid := b.Rec.Column(b.Rec.Schema().FieldIndices(schemas.ColResourceID)[0]).(*array.String)
 			vals := make([]string, len(cols))
 			for r := range int(b.Rec.NumRows()) {
 				for j, ci := range idx {
-					col := b.Rec.Column(ci).(*array.String)
-					if col.IsNull(r) {
-						vals[j] = "NULL"
-					} else {
-						vals[j] = col.Value(r)
-					}
+					vals[j] = arrowCell(b.Rec.Column(ci), r)
 				}
 				id := rid.Value(r)
 				out[b.Table.Name][id] = append(out[b.Table.Name][id], strings.Join(vals, "|"))
@@ -203,21 +200,64 @@ func ExpectedViews(t testing.TB, views []transform.View, truth Truth) (ViewRows,
 	return out, tables
 }
 
-// TextColumns are the columns of a view table the comparison reads: the
-// resource id and every plain text column (no ansi/type tag, not JSON),
-// whose values every engine stores verbatim.
-func TextColumns(tb *schemas.Table) []string {
-	cols := []string{schemas.ColResourceID}
+// ComparedColumns are the columns of a view table the comparison reads:
+// the resource id, every plain text column (no ansi/type tag, not JSON),
+// whose values every engine stores verbatim, and every typed scalar
+// column, read in a form every engine renders alike (see sqlCell).
+func ComparedColumns(tb *schemas.Table) []arrow.Field {
+	var cols []arrow.Field
 	for _, f := range tb.Schema.Fields() { // not the stamped namespace and source
-		if f.Name == schemas.ColResourceID || !arrow.TypeEqual(f.Type, arrow.BinaryTypes.String) || schemas.IsJSON(f) {
+		if f.Name == schemas.ColSeq || schemas.IsJSON(f) {
 			continue
 		}
 		if _, tagged := f.Metadata.GetValue("ansi/type"); tagged {
 			continue
 		}
-		cols = append(cols, f.Name)
+		switch f.Type.ID() {
+		case arrow.STRING, arrow.INT64, arrow.FLOAT64, arrow.BOOL, arrow.DATE32, arrow.TIMESTAMP:
+			if f.Name == schemas.ColResourceID {
+				cols = append([]arrow.Field{f}, cols...)
+			} else {
+				cols = append(cols, f)
+			}
+		}
 	}
 	return cols
+}
+
+// arrowCell renders row r of a ComparedColumns column as sqlCell reads it.
+func arrowCell(a arrow.Array, r int) string {
+	if a.IsNull(r) {
+		return "NULL"
+	}
+	switch a := a.(type) {
+	case *array.String:
+		return a.Value(r)
+	case *array.Int64:
+		return strconv.FormatInt(a.Value(r), 10)
+	case *array.Float64:
+		return strconv.FormatInt(int64(math.Round(a.Value(r)*1e6)), 10)
+	case *array.Boolean:
+		return strconv.FormatBool(a.Value(r))
+	case *array.Date32:
+		return a.Value(r).FormattedString()
+	case *array.Timestamp:
+		return strconv.FormatInt(int64(a.Value(r)), 10) // microseconds
+	}
+	panic("arrowCell: type " + a.DataType().String())
+}
+
+// sqlCell is the portable SQL (DuckDB and PostgreSQL) that renders column
+// f as arrowCell does: doubles in millionths, instants in epoch
+// microseconds.
+func sqlCell(f arrow.Field) string {
+	switch f.Type.ID() {
+	case arrow.FLOAT64:
+		return fmt.Sprintf("CAST(CAST(ROUND(%s * 1000000) AS BIGINT) AS VARCHAR)", quote(f.Name))
+	case arrow.TIMESTAMP:
+		return fmt.Sprintf("CAST(CAST(ROUND(EXTRACT(EPOCH FROM %s) * 1000000) AS BIGINT) AS VARCHAR)", quote(f.Name))
+	}
+	return fmt.Sprintf("CAST(%s AS VARCHAR)", quote(f.Name))
 }
 
 // RequireViewsMatch fails t unless every view table in db holds exactly
@@ -271,10 +311,10 @@ func ReadView(t testing.TB, db *sql.DB, tb *schemas.Table) map[string][]string {
 
 func readView(t testing.TB, db *sql.DB, namespace string, tb *schemas.Table) map[string][]string {
 	t.Helper()
-	cols := TextColumns(tb)
+	cols := ComparedColumns(tb)
 	sel := make([]string, len(cols))
 	for i, c := range cols {
-		sel[i] = fmt.Sprintf("CAST(%s AS VARCHAR)", quote(c))
+		sel[i] = sqlCell(c)
 	}
 	where, args := inNamespace(namespace)
 	rows, err := db.QueryContext(context.Background(), "SELECT "+strings.Join(sel, ", ")+" FROM "+quote(tb.Name)+where, args...)
