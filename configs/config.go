@@ -248,22 +248,25 @@ func Parse(data []byte, checks ...Check) (*Config, error) {
 		return nil, fmt.Errorf("parse config: %w", err)
 	}
 	cfg := Default()
+	var p problems
 	if len(root.Content) > 0 {
 		doc := root.Content[0]
 		// Unknown keys are found on the node tree, where lines are the user's;
 		// yaml.v3 enforces KnownFields only on a Decoder, not on Node.Decode.
-		if problems := unknownKeys(doc, reflect.TypeOf(cfg), ""); len(problems) > 0 {
-			return nil, errors.New("config: " + strings.Join(problems, "; "))
-		}
-		if err := expandEnv(doc); err != nil {
-			return nil, err
-		}
+		p = append(p, unknownKeys(doc, reflect.TypeOf(cfg), "")...)
+		p = append(p, expandEnv(doc)...)
 		if err := doc.Decode(&cfg); err != nil {
-			return nil, fmt.Errorf("config: %w", err)
+			return nil, append(p, err.Error()).err()
 		}
 	}
 	cfg.applyDefaults()
-	if err := cfg.Validate(checks...); err != nil {
+	var ve *Error
+	if err := cfg.Validate(checks...); errors.As(err, &ve) {
+		p = append(p, ve.Problems...)
+	} else if err != nil {
+		return nil, err
+	}
+	if err := p.err(); err != nil {
 		return nil, err
 	}
 	return &cfg, nil
@@ -319,9 +322,9 @@ func orRoot(path string) string {
 var envRef = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)(:-([^}]*))?\}`)
 
 // expandEnv replaces ${NAME} and ${NAME:-default} in scalar values. An
-// unset variable without a default is an error naming the line, so a
+// unset variable without a default is a problem naming the line, so a
 // missing secret is caught at start-up rather than sent as "".
-func expandEnv(n *yaml.Node) error {
+func expandEnv(n *yaml.Node) []string {
 	var problems []string
 	var walk func(*yaml.Node)
 	walk = func(n *yaml.Node) {
@@ -343,10 +346,7 @@ func expandEnv(n *yaml.Node) error {
 		}
 	}
 	walk(n)
-	if len(problems) > 0 {
-		return errors.New("config: " + strings.Join(problems, "; "))
-	}
-	return nil
+	return problems
 }
 
 // Default is the configuration of an empty file: every top-level default

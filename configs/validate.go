@@ -1,7 +1,6 @@
 package configs
 
 import (
-	"errors"
 	"fmt"
 	"net/url"
 	"regexp"
@@ -236,5 +235,10 @@ func (p problems) err() error {
 	if len(p) == 0 {
 		return nil
 	}
-	return errors.New("invalid config:\n  - " + strings.Join(p, "\n  - "))
+	return &Error{Problems: p}
 }
+
+// Error is every problem found in a config, each naming its line or key.
+type Error struct{ Problems []string }
+
+func (e *Error) Error() string { return "invalid config:\n  - " + strings.Join(e.Problems, "\n  - ") }

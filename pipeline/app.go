@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -52,18 +53,13 @@ type App struct {
 
 // Build applies cfg's process settings (the Go memory limit), creates
 // data_dir, compiles the views and opens and prepares every sink.
-func Build(ctx context.Context, cfg *configs.Config, deps Deps) (*App, error) {
+func Build(ctx context.Context, cfg *configs.Config, deps Deps) (app *App, err error) {
 	a := &App{cfg: cfg, deps: deps, log: deps.Logger, sinks: map[string]sinks.Sink{}}
 	if a.log == nil {
 		a.log = slog.New(slog.DiscardHandler)
 	}
-	if cfg.MemoryLimit > 0 && os.Getenv("GOMEMLIMIT") == "" {
-		// The environment wins, as it does for the Go runtime itself.
-		debug.SetMemoryLimit(int64(cfg.MemoryLimit))
-	}
-	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
-		return nil, err
-	}
+	// Everything that can fail without touching the disk comes first, so
+	// a start that fails validation creates nothing.
 	views, err := transform.LoadViews(cfg.Views.DefaultsOn(), cfg.Views.Dir)
 	if err != nil {
 		return nil, err
@@ -80,6 +76,22 @@ func Build(ctx context.Context, cfg *configs.Config, deps Deps) (*App, error) {
 	})
 	if err != nil {
 		return nil, err
+	}
+	// A start that fails after this removes what it created (the data
+	// folder, a new warehouse file or lake), so a retry starts clean and
+	// a typo leaves no stray /var/lib/fhirferry behind.
+	fresh := missingPaths(cfg)
+	defer func() {
+		if err != nil {
+			removeCreated(fresh)
+		}
+	}()
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, err
+	}
+	if cfg.MemoryLimit > 0 && os.Getenv("GOMEMLIMIT") == "" {
+		// The environment wins, as it does for the Go runtime itself.
+		debug.SetMemoryLimit(int64(cfg.MemoryLimit))
 	}
 	var migrated []string
 	for _, sc := range cfg.Sinks {
@@ -100,6 +112,36 @@ func Build(ctx context.Context, cfg *configs.Config, deps Deps) (*App, error) {
 	}
 	a.Flush(ctx)
 	return a, nil
+}
+
+// missingPaths lists the files and folders a start may create that do not
+// exist yet: the data folder and the local sinks' files.
+func missingPaths(cfg *configs.Config) []string {
+	paths := []string{cfg.DataDir}
+	for _, sc := range cfg.Sinks {
+		switch {
+		case sc.Type == configs.SinkDuckDB && sc.DuckDB.Path != ":memory:" && sc.DuckDB.Path != "":
+			for _, p := range []string{sc.DuckDB.Path, sc.DuckDB.WriterPath()} {
+				paths = append(paths, p, p+".wal", p+".tmp")
+			}
+		case sc.Type == configs.SinkParquet && sc.Parquet.Dir != "":
+			paths = append(paths, sc.Parquet.Dir)
+		}
+	}
+	var out []string
+	for _, p := range paths {
+		if _, err := os.Lstat(p); errors.Is(err, fs.ErrNotExist) {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// removeCreated removes those of paths that exist now.
+func removeCreated(paths []string) {
+	for _, p := range paths {
+		_ = os.RemoveAll(p) // best effort: the start has failed already
+	}
 }
 
 // Flush makes what the sinks wrote outside a run (tables prepared,
