@@ -13,8 +13,9 @@ import (
 func newDaemonCmd(g *globals) *cobra.Command {
 	var cfgPath string
 	cmd := &cobra.Command{
-		Use:   "daemon",
-		Short: "Run every source on its schedule and serve metrics, health and status",
+		Use:     "daemon",
+		Example: "  fhirferry daemon --config /etc/fhirferry/config.yaml\n  systemctl reload fhirferry   # SIGHUP: reload the config",
+		Short:   "Run every source on its schedule and serve metrics, health and status",
 		Long: `daemon runs each source on its cron schedule (never overlapping a source with
 itself, at most daemon.max_concurrent_runs at once), resumes at start any run a
 previous process left unfinished, and serves /metrics, /healthz, /readyz,
@@ -30,18 +31,11 @@ Under systemd (Type=notify) it reports READY, STOPPING, RELOADING, STATUS and
 pets the watchdog.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, err := pipeline.LoadConfig(cfgPath)
+			cfg, err := loadConfig(g, cfgPath)
 			if err != nil {
 				return err
 			}
-			fl := cmd.Flags()
 			lg := *g
-			if !fl.Changed("log-level") {
-				lg.logLevel = cfg.Log.Level
-			}
-			if !fl.Changed("log-format") {
-				lg.logFormat = cfg.Log.Format
-			}
 			// Catch SIGHUP from the start: its default action would kill us.
 			hup := make(chan os.Signal, 1)
 			signal.Notify(hup, syscall.SIGHUP)

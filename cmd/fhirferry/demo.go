@@ -18,8 +18,9 @@ func newDemoCmd(g *globals) *cobra.Command {
 	var dir string
 	var patients int
 	cmd := &cobra.Command{
-		Use:   "demo",
-		Short: "Run fhirferry end to end against the built-in test server",
+		Use:     "demo",
+		Example: "  fhirferry demo\n  fhirferry demo --dir /tmp/demo --patients 100",
+		Short:   "Run fhirferry end to end against the built-in test server",
 		Long: `demo starts the built-in Bulk Data test server (with SMART Backend Services
 auth) in this process, registers a freshly generated ES384 key, runs an initial
 Group export into <dir>/warehouse.duckdb, advances the server's clock (new, updated and

@@ -111,7 +111,7 @@ func (f *exportFlags) resolve(cmd *cobra.Command) error {
 		}
 		cfg, err := pipeline.LoadConfig(f.cfgPath)
 		if err != nil {
-			return err
+			return &exitError{2, err}
 		}
 		src, ok := cfg.Source(f.source)
 		if !ok {

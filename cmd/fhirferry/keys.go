@@ -13,8 +13,9 @@ import (
 
 func newKeysCmd(*globals) *cobra.Command {
 	cmd := &cobra.Command{
-		Use:   "keys",
-		Short: "Manage SMART Backend Services signing keys",
+		Use:     "keys",
+		Example: "  fhirferry keys generate --out /etc/fhirferry/keys",
+		Short:   "Manage SMART Backend Services signing keys",
 	}
 	cmd.AddCommand(newKeysGenerateCmd())
 	return cmd
@@ -24,8 +25,9 @@ func newKeysGenerateCmd() *cobra.Command {
 	var alg, out, kid string
 	var force bool
 	cmd := &cobra.Command{
-		Use:   "generate --out DIR [--alg ES384|RS384] [--kid KID] [--force]",
-		Short: "Generate a key pair: private-key.pem (0600) and jwks.json to register with the server",
+		Use:     "generate --out DIR [--alg ES384|RS384] [--kid KID] [--force]",
+		Example: "  fhirferry keys generate --out /etc/fhirferry/keys\n  fhirferry keys generate --out ./keys --alg RS384 --kid my-key",
+		Short:   "Generate a key pair: private-key.pem (0600) and jwks.json to register with the server",
 		Long: `Generate a signing key pair for SMART Backend Services.
 
 Writes DIR/private-key.pem (PKCS#8, mode 0600; point auth.private_key_file at

@@ -10,8 +10,9 @@ func newLoadCmd(g *globals) *cobra.Command {
 	var cfgPath string
 	var o pipeline.LoadOptions
 	cmd := &cobra.Command{
-		Use:   "load DIR --config FILE",
-		Short: "Load an export folder (NDJSON files, with or without a manifest) into the sinks",
+		Use:     "load DIR --config FILE",
+		Example: "  fhirferry load ./dl --config fhirferry.yaml\n  fhirferry load ./dl --config fhirferry.yaml --source ehr --sink warehouse",
+		Short:   "Load an export folder (NDJSON files, with or without a manifest) into the sinks",
 		Long: `load applies an export folder written by 'fhirferry export' or by another bulk
 client to the configured sinks, with the same upsert, delete and checkpoint rules as a
 server run. Files are found by manifest.json when present, otherwise by name
@@ -23,7 +24,7 @@ loading it again is a no-op.`,
 			ctx := cmd.Context()
 			o.Dir = args[0]
 			prog := newProgress(cmd.ErrOrStderr())
-			a, err := buildApp(ctx, cfgPath, g.deps(prog, nil))
+			a, err := buildApp(ctx, g, cfgPath, g.deps(prog, nil))
 			if err != nil {
 				return err
 			}

@@ -10,13 +10,17 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/signal"
+	"slices"
+	"strings"
 	"syscall"
 
 	"github.com/spf13/cobra"
 
+	"github.com/fhirferry/fhirferry/configs"
 	"github.com/fhirferry/fhirferry/fetch"
 	"github.com/fhirferry/fhirferry/pipeline"
 	"github.com/fhirferry/fhirferry/sinks/builtin"
@@ -26,6 +30,22 @@ import (
 type globals struct {
 	logLevel  string
 	logFormat string
+	// levelSet and formatSet say the command line set them; otherwise a
+	// command that reads a config file takes its log settings.
+	levelSet, formatSet bool
+	// cli is set when a command runs under the root command (not in a
+	// test calling a command's pieces with its own logger).
+	cli bool
+}
+
+// adopt takes the config file's log settings the command line left open.
+func (g *globals) adopt(l configs.Log) {
+	if !g.levelSet && l.Level != "" {
+		g.logLevel = l.Level
+	}
+	if !g.formatSet && l.Format != "" {
+		g.logFormat = l.Format
+	}
 }
 
 // logger builds the process logger. Commands never log tokens, keys or
@@ -42,6 +62,19 @@ func (g *globals) logger() *slog.Logger {
 	return slog.New(slog.NewTextHandler(os.Stderr, opts))
 }
 
+// checkFlags validates the global flags before any command runs.
+func (g *globals) checkFlags(cmd *cobra.Command) error {
+	fl := cmd.Flags()
+	g.levelSet, g.formatSet, g.cli = fl.Changed("log-level"), fl.Changed("log-format"), true
+	if !slices.Contains([]string{"debug", "info", "warn", "error"}, g.logLevel) {
+		return usageErrorf("--log-level %q: want debug, info, warn or error", g.logLevel)
+	}
+	if g.logFormat != "text" && g.logFormat != "json" {
+		return usageErrorf("--log-format %q: want text or json", g.logFormat)
+	}
+	return nil
+}
+
 // deps wires the binary's sink types and the run's observers (either may
 // be nil) into what pipeline.Build needs.
 func (g *globals) deps(hooks pipeline.Hooks, obs func(string) fetch.Observer) pipeline.Deps {
@@ -53,30 +86,88 @@ func (g *globals) deps(hooks pipeline.Hooks, obs func(string) fetch.Observer) pi
 func newRoot() *cobra.Command {
 	g := &globals{}
 	root := &cobra.Command{
-		Use:           "fhirferry",
-		Short:         "Move FHIR Bulk Data exports into analytics warehouses",
-		SilenceUsage:  true,
-		SilenceErrors: true,
+		Use:   "fhirferry",
+		Short: "Move FHIR Bulk Data exports into analytics warehouses",
+		Long: `fhirferry moves FHIR Bulk Data ($export) exports into analytics warehouses:
+incremental exports on a schedule, a lossless raw landing and SQL-on-FHIR views,
+loaded into DuckDB, PostgreSQL or a Parquet lake with updates and deletes applied.
+
+Exit codes: 0 success, 1 a run (or another operation) failed, 2 a usage or
+configuration error (nothing was run).`,
+		Example: `  fhirferry demo                                  # end to end on the built-in test server
+  fhirferry config check fhirferry.yaml
+  fhirferry run --config fhirferry.yaml
+  fhirferry daemon --config /etc/fhirferry/config.yaml`,
+		Version:           versionString(),
+		SilenceUsage:      true,
+		SilenceErrors:     true,
+		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error { return g.checkFlags(cmd) },
 	}
-	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "info", "debug, info, warn or error")
-	root.PersistentFlags().StringVar(&g.logFormat, "log-format", "text", "text or json")
+	root.SetVersionTemplate("fhirferry {{.Version}}\n")
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return &usageError{err} })
+	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "info", "debug, info, warn or error (default: the config's log.level)")
+	root.PersistentFlags().StringVar(&g.logFormat, "log-format", "text", "text or json (default: the config's log.format)")
 	root.AddCommand(
 		newRunCmd(g), newLoadCmd(g), newExportCmd(g), newDaemonCmd(g), newTriggerCmd(g), newHealthCmd(g),
-		newViewsCmd(g), newDemoCmd(g), newTestServerCmd(g), newKeysCmd(g), newVersionCmd(g),
+		newViewsCmd(g), newConfigCmd(g), newDemoCmd(g), newTestServerCmd(g), newKeysCmd(g), newVersionCmd(g),
 	)
+	usageArgs(root)
 	return root
+}
+
+// usageArgs makes every command's argument errors usage errors (exit 2).
+func usageArgs(c *cobra.Command) {
+	if args := c.Args; args != nil {
+		c.Args = func(cmd *cobra.Command, a []string) error {
+			if err := args(cmd, a); err != nil {
+				return &usageError{err}
+			}
+			return nil
+		}
+	}
+	for _, sub := range c.Commands() {
+		usageArgs(sub)
+	}
+}
+
+// usageError is a command line the command cannot run (exit 2); its
+// message is followed by a pointer to the command's help.
+type usageError struct{ err error }
+
+func (e *usageError) Error() string { return e.err.Error() }
+func (e *usageError) Unwrap() error { return e.err }
+func (e *usageError) ExitCode() int { return 2 }
+
+func usageErrorf(format string, a ...any) error { return &usageError{fmt.Errorf(format, a...)} }
+
+// execute runs the command line and prints its error once: usage errors
+// with a pointer to the command's help. It returns the exit code.
+func execute(ctx context.Context, root *cobra.Command, stderr io.Writer) int {
+	cmd, err := root.ExecuteContextC(ctx)
+	if err == nil {
+		return 0
+	}
+	code := 1
+	var ec interface{ ExitCode() int }
+	if errors.As(err, &ec) {
+		code = ec.ExitCode()
+	}
+	var ue *usageError
+	usage := errors.As(err, &ue)
+	// Cobra's own: an unknown command, a required flag left out.
+	if strings.HasPrefix(err.Error(), "unknown command") || strings.HasPrefix(err.Error(), "required flag") {
+		code, usage = 2, true
+	}
+	fmt.Fprintln(stderr, "fhirferry:", err)
+	if usage && cmd != nil {
+		fmt.Fprintf(stderr, "see '%s --help'\n", cmd.CommandPath())
+	}
+	return code
 }
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	err := newRoot().ExecuteContext(ctx)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "fhirferry:", err)
-		var ec interface{ ExitCode() int }
-		if errors.As(err, &ec) {
-			os.Exit(ec.ExitCode())
-		}
-		os.Exit(1)
-	}
+	code := execute(ctx, newRoot(), os.Stderr)
+	stop()
+	os.Exit(code)
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 
+	"github.com/fhirferry/fhirferry/configs"
 	"github.com/fhirferry/fhirferry/fetch"
 	"github.com/fhirferry/fhirferry/pipeline"
 	"github.com/fhirferry/fhirferry/transform"
@@ -25,8 +26,9 @@ import (
 func newRunCmd(g *globals) *cobra.Command {
 	var cfgPath, source string
 	cmd := &cobra.Command{
-		Use:   "run --config FILE [--source NAME]",
-		Short: "Run one incremental export per source into the configured sinks",
+		Use:     "run --config FILE [--source NAME]",
+		Example: "  fhirferry run --config fhirferry.yaml\n  fhirferry run --config fhirferry.yaml --source ehr --log-level debug",
+		Short:   "Run one incremental export per source into the configured sinks",
 		Long: `run performs one run of each configured source (or of --source): it resumes
 an unfinished run if there is one, otherwise kicks off an export with _since set to
 the oldest checkpoint of the source's sinks, loads it, and commits; at most
@@ -36,7 +38,7 @@ non-zero if any source failed.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
 			prog := newProgress(cmd.ErrOrStderr())
-			a, err := buildApp(ctx, cfgPath, g.deps(prog, prog.observer))
+			a, err := buildApp(ctx, g, cfgPath, g.deps(prog, prog.observer))
 			if err != nil {
 				return err
 			}
@@ -48,7 +50,7 @@ non-zero if any source failed.`,
 			}
 			results, errs := a.RunSources(ctx, names, func(string) { prog.finish() })
 			printSummary(cmd.OutOrStdout(), results, errs)
-			return errors.Join(errs...)
+			return runFailures(errs)
 		},
 	}
 	cmd.Flags().StringVar(&cfgPath, "config", "", "configuration file (required)")
@@ -58,13 +60,29 @@ non-zero if any source failed.`,
 }
 
 // printSummary writes one line per run.
-// buildApp loads the config file and builds its components.
-func buildApp(ctx context.Context, cfgPath string, deps pipeline.Deps) (*pipeline.App, error) {
-	cfg, err := pipeline.LoadConfig(cfgPath)
+// buildApp loads the config file and builds its components. The config's
+// log settings apply unless --log-level or --log-format was given; a config
+// that does not load is a configuration error (exit 2).
+func buildApp(ctx context.Context, g *globals, cfgPath string, deps pipeline.Deps) (*pipeline.App, error) {
+	cfg, err := loadConfig(g, cfgPath)
 	if err != nil {
 		return nil, err
 	}
+	if g.cli {
+		deps.Logger = g.logger()
+	}
 	return pipeline.Build(ctx, cfg, deps)
+}
+
+// loadConfig loads the config file and adopts its log settings where the
+// command line set none.
+func loadConfig(g *globals, cfgPath string) (*configs.Config, error) {
+	cfg, err := pipeline.LoadConfig(cfgPath)
+	if err != nil {
+		return nil, &exitError{2, err}
+	}
+	g.adopt(cfg.Log)
+	return cfg, nil
 }
 
 // warnStaleViews prints, once per sink, the views whose tables miss rows
@@ -128,11 +146,21 @@ func printSummary(w io.Writer, results []*pipeline.Result, errs []error) {
 			fmt.Fprintf(w, "%s: sinks %v hold an older state than this full export can update; they catch up in the next run\n", r.Source, r.Deferred)
 		}
 	}
-	for i, err := range errs {
+}
+
+// runFailures is the error of the runs that failed, one line per run
+// (main prints it once, after the summary); nil if every run succeeded.
+func runFailures(errs []error) error {
+	var out []error
+	for _, err := range errs {
 		if err != nil {
-			fmt.Fprintf(w, "\n%s: %v\n", results[i].Source, err)
+			out = append(out, err) // it names its source
 		}
 	}
+	if len(out) == 0 {
+		return nil
+	}
+	return &exitError{1, errors.Join(out...)}
 }
 
 func orDash(s string) string {

@@ -23,9 +23,10 @@ func newHealthCmd(_ *globals) *cobra.Command {
 	var ready bool
 	var timeout time.Duration
 	cmd := &cobra.Command{
-		Use:   "health",
-		Short: "Exit 0 when a running daemon is alive (or ready, with --ready)",
-		Args:  cobra.NoArgs,
+		Use:     "health",
+		Example: "  fhirferry health\n  fhirferry health --ready --admin 127.0.0.1:9464",
+		Short:   "Exit 0 when a running daemon is alive (or ready, with --ready)",
+		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			path := "/healthz"
 			if ready {
@@ -60,8 +61,9 @@ func newTriggerCmd(_ *globals) *cobra.Command {
 	var wait bool
 	var poll time.Duration
 	cmd := &cobra.Command{
-		Use:   "trigger SOURCE",
-		Short: "Ask a running daemon to run a source now",
+		Use:     "trigger SOURCE",
+		Example: "  fhirferry trigger ehr\n  fhirferry trigger ehr --wait",
+		Short:   "Ask a running daemon to run a source now",
 		Long: `trigger sends POST /runs/SOURCE to a running daemon's admin endpoint. The run
 starts at once (no jitter) when a run slot is free. It fails when the source is
 unknown (404) or already running (409). With --wait it follows /status until

@@ -17,7 +17,6 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/valyala/fastjson"
 
-	"github.com/fhirferry/fhirferry/pipeline"
 	"github.com/fhirferry/fhirferry/schemas"
 	"github.com/fhirferry/fhirferry/sinks/duckdb"
 	"github.com/fhirferry/fhirferry/sinks/postgres"
@@ -27,8 +26,9 @@ import (
 
 func newViewsCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
-		Use:   "views",
-		Short: "List, validate and try SQL-on-FHIR ViewDefinitions",
+		Use:     "views",
+		Example: "  fhirferry views list\n  fhirferry views describe observation",
+		Short:   "List, validate and try SQL-on-FHIR ViewDefinitions",
 		Long: `views works with the SQL-on-FHIR v2 ViewDefinitions that become warehouse
 tables: the embedded default pack and the folder named by the config's views.dir.`,
 	}
@@ -46,11 +46,12 @@ func (e *exitError) Error() string { return e.err.Error() }
 func (e *exitError) Unwrap() error { return e.err }
 func (e *exitError) ExitCode() int { return e.code }
 
-func newViewsListCmd(*globals) *cobra.Command {
+func newViewsListCmd(g *globals) *cobra.Command {
 	var cfgPath, dir string
 	cmd := &cobra.Command{
-		Use:   "list [--config FILE] [--dir DIR]",
-		Short: "List the views a run evaluates, with resource type and column count",
+		Use:     "list [--config FILE] [--dir DIR]",
+		Example: "  fhirferry views list\n  fhirferry views list --config fhirferry.yaml",
+		Short:   "List the views a run evaluates, with resource type and column count",
 		Long: `list shows the default view pack, or with --config the views that config selects
 (views.defaults and views.dir). A view in the folder that has a default view's name
 replaces that default. Views that do not compile are listed with "-" columns and
@@ -59,7 +60,7 @@ make the command fail.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			defaults := true
 			if cfgPath != "" {
-				cfg, err := pipeline.LoadConfig(cfgPath)
+				cfg, err := loadConfig(g, cfgPath)
 				if err != nil {
 					return err
 				}
@@ -99,7 +100,7 @@ make the command fail.`,
 	return cmd
 }
 
-func newViewsDescribeCmd(*globals) *cobra.Command {
+func newViewsDescribeCmd(g *globals) *cobra.Command {
 	var cfgPath, dir string
 	cmd := &cobra.Command{
 		Use:   "describe NAME [--config FILE] [--dir DIR]",
@@ -115,7 +116,7 @@ COMMENT in DuckDB and PostgreSQL.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			defaults := true
 			if cfgPath != "" {
-				cfg, err := pipeline.LoadConfig(cfgPath)
+				cfg, err := loadConfig(g, cfgPath)
 				if err != nil {
 					return err
 				}
@@ -188,8 +189,9 @@ func resourceOf(b []byte) string {
 
 func newViewsValidateCmd(*globals) *cobra.Command {
 	return &cobra.Command{
-		Use:   "validate FILE|DIR...",
-		Short: "Compile ViewDefinitions and report every static error",
+		Use:     "validate FILE|DIR...",
+		Example: "  fhirferry views validate my-views/\n  fhirferry views validate my-views/bmi.json",
+		Short:   "Compile ViewDefinitions and report every static error",
 		Long: `validate compiles each ViewDefinition file (each *.json of a folder) as a run would
 and prints every static validation error (bad FHIRPath, duplicate or invalid column
 names, unionAll mismatches, undefined constants, ...) with the file and view name.
@@ -271,8 +273,9 @@ func newViewsRunCmd(*globals) *cobra.Command {
 	var viewPath, format string
 	var limit int
 	cmd := &cobra.Command{
-		Use:   "run --view FILE INPUT.ndjson[.gz] [--format table|csv|json|ndjson]",
-		Short: "Evaluate a view over an NDJSON file and print the rows",
+		Use:     "run --view FILE INPUT.ndjson[.gz] [--format table|csv|json|ndjson]",
+		Example: "  fhirferry views run --view bmi.json Observation.ndjson --limit 10\n  fhirferry views run --view bmi.json Observation.ndjson.gz --format csv > bmi.csv",
+		Short:   "Evaluate a view over an NDJSON file and print the rows",
 		Long: `run evaluates one ViewDefinition over the resources of an NDJSON file (plain or
 gzip) and prints its rows: table (aligned text for a terminal), csv (with a header),
 json (one array) or ndjson (one object per line). Resources of other types are skipped.

@@ -16,8 +16,9 @@ func newViewsRebuildCmd(g *globals) *cobra.Command {
 	var cfgPath string
 	var o pipeline.RebuildOptions
 	cmd := &cobra.Command{
-		Use:   "rebuild --config FILE [--view NAME ...] [--all] [--sink NAME ...]",
-		Short: "Rebuild view tables from the raw landing without a new export",
+		Use:     "rebuild --config FILE [--view NAME ...] [--all] [--sink NAME ...]",
+		Example: "  fhirferry views rebuild --config fhirferry.yaml\n  fhirferry views rebuild --config fhirferry.yaml --view patient --sink dw",
+		Short:   "Rebuild view tables from the raw landing without a new export",
 		Long: `rebuild recomputes view tables from the resources already in each sink's raw
 landing, so a new or changed ViewDefinition covers every stored resource, not only
 those loaded after the change. Each table is replaced in one transaction: readers see
@@ -31,7 +32,7 @@ sink and view of any failure.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
-			a, err := buildApp(ctx, cfgPath, g.deps(nil, nil))
+			a, err := buildApp(ctx, g, cfgPath, g.deps(nil, nil))
 			if err != nil {
 				return err
 			}

@@ -111,7 +111,7 @@ func (e *rebuildEnv) rebuild(args ...string) (string, error) {
 // column names first.
 func (e *rebuildEnv) dump(tables ...string) map[string][]string {
 	ctx := e.t.Context()
-	a, err := buildApp(ctx, e.cfg, testDeps())
+	a, err := buildApp(ctx, &globals{}, e.cfg, testDeps())
 	require.NoError(e.t, err)
 	defer a.Close()
 	out := map[string][]string{}
@@ -151,7 +151,7 @@ func (e *rebuildEnv) dump(tables ...string) map[string][]string {
 
 // staleWarnings returns what `fhirferry run` prints about stale views.
 func (e *rebuildEnv) staleWarnings() string {
-	a, err := buildApp(e.t.Context(), e.cfg, testDeps())
+	a, err := buildApp(e.t.Context(), &globals{}, e.cfg, testDeps())
 	require.NoError(e.t, err)
 	defer a.Close()
 	var b bytes.Buffer
@@ -162,7 +162,7 @@ func (e *rebuildEnv) staleWarnings() string {
 // staleLog returns what the daemon logs about stale views (text lines,
 // time left out).
 func (e *rebuildEnv) staleLog() string {
-	a, err := buildApp(e.t.Context(), e.cfg, testDeps())
+	a, err := buildApp(e.t.Context(), &globals{}, e.cfg, testDeps())
 	require.NoError(e.t, err)
 	defer a.Close()
 	var b bytes.Buffer
