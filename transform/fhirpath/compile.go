@@ -25,9 +25,10 @@ type Options struct {
 // Expr is a compiled FHIRPath expression. It is immutable and safe for
 // concurrent use; all evaluation state lives in the Ctx.
 type Expr struct {
-	src string
-	fn  evalFn
-	typ string
+	src  string
+	fn   evalFn
+	typ  string
+	root *node // kept for ElementType
 }
 
 // String returns the expression's source text.
@@ -100,7 +101,7 @@ func (cp *compiler) expr(n *node) (*Expr, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Expr{src: cp.src, fn: fn, typ: resultType(n)}, nil
+	return &Expr{src: cp.src, fn: fn, typ: resultType(n), root: n}, nil
 }
 
 func (cp *compiler) errf(n *node, format string, a ...any) error {

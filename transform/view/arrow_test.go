@@ -249,3 +249,34 @@ func TestWarehouseTypes(t *testing.T) {
 	require.NoError(t, err)
 	require.Len(t, plain.Columns(), 7)
 }
+
+// Columns without a type get the one their path resolves to in the FHIR
+// R4 definitions (inside forEach too); what depends on the data stays
+// text.
+func TestWarehouseTypesInferred(t *testing.T) {
+	const def = `{"name":"w","resource":"Observation","select":[{"column":[
+	  {"name":"id","path":"getResourceKey()"},
+	  {"name":"issued","path":"issued"},
+	  {"name":"value","path":"value.ofType(Quantity).value"},
+	  {"name":"low","path":"referenceRange.first().low.value"},
+	  {"name":"anything","path":"value"},
+	  {"name":"has_code","path":"code.coding.exists()"}]},
+	  {"forEach":"component","column":[{"name":"comp_value","path":"value.ofType(Quantity).value"},
+	    {"name":"comp_code","path":"code.coding.first().code"}]}]}`
+	v, err := Compile([]byte(def), WarehouseTypes())
+	require.NoError(t, err)
+	got := map[string]string{}
+	for _, f := range v.ArrowSchema().Fields() {
+		got[f.Name] = f.Type.String()
+	}
+	require.Equal(t, map[string]string{
+		"id": "utf8", "issued": "timestamp[us, tz=UTC]", "value": "float64", "low": "float64", "anything": "utf8",
+		"has_code": "bool", "comp_value": "float64", "comp_code": "utf8",
+	}, got)
+	require.Equal(t, "decimal", v.Columns()[2].Type)
+	require.Equal(t, "code", v.Columns()[7].Type)
+	// The generic engine (the conformance suite's) leaves them untyped.
+	plain, err := Compile([]byte(def))
+	require.NoError(t, err)
+	require.Empty(t, plain.Columns()[1].Type)
+}

@@ -185,6 +185,9 @@ func Compile(def []byte, opts ...Option) (*View, error) {
 	c.opts = &fhirpath.Options{Constants: c.consts, Vars: []string{"rowIndex"}}
 	v.where = c.where(root.Get("where"))
 	v.root = &selectNode{loc: "view", selects: c.selects(root.Get("select"))}
+	if len(c.errs) == 0 && v.cfg.warehouse {
+		inferTypes(v.root, v.Resource)
+	}
 	if len(c.errs) == 0 {
 		v.cols = c.columns(v.root)
 		if v.cfg.warehouse {
@@ -284,6 +287,30 @@ func (c *compiler) columns(root *selectNode) []Column {
 		seen[col.Name] = true
 	}
 	return cols
+}
+
+// inferTypes gives the columns under n that declare no type the one their
+// path resolves to in the FHIR R4 definitions, evaluated on a value of
+// type ctx (the resource type at the top; "" where it cannot be known,
+// under repeat).
+func inferTypes(n *selectNode, ctx string) {
+	switch n.iter {
+	case iterForEach, iterForEachOrNull:
+		ctx = n.iterExpr.ElementContext(ctx)
+	case iterRepeat:
+		ctx = ""
+	}
+	for i := range n.cols {
+		if ci := &n.cols[i]; ci.typ == "" && ci.expr != nil && ctx != "" {
+			ci.typ = ci.expr.ElementType(ctx)
+		}
+	}
+	for _, s := range n.selects {
+		inferTypes(s, ctx)
+	}
+	for _, u := range n.unions {
+		inferTypes(u, ctx)
+	}
 }
 
 // precisionColumns appends the companion <name>_precision column of each
