@@ -219,7 +219,7 @@ func (d *Demo) stored(ctx context.Context, kind string, k bulktest.Key) (DemoCha
 // DemoQuery is the query a population-health analyst would write first.
 const DemoQuery = `SELECT p.gender, count(DISTINCT p.id) AS patients, count(c.id) AS conditions,
        round(count(c.id) / count(DISTINCT p.id), 1) AS conditions_per_patient
-FROM patient p LEFT JOIN condition c ON c.patient_id = p.id
+FROM patient p LEFT JOIN condition c ON c.namespace = p.namespace AND c.patient_id = p.id
 GROUP BY p.gender ORDER BY p.gender`
 
 // DemoRow is one row of DemoQuery.

@@ -80,10 +80,12 @@ func runDemo(ctx context.Context, g *globals, out io.Writer, dir string, patient
 	}
 	fmt.Fprintf(out, `
 The checkpoint for the next run is %q (the manifest's transactionTime, verbatim).
-Open the warehouse with the DuckDB CLI:
+Open the warehouse with the DuckDB CLI (read-only works even while a daemon writes it;
+the README's "Analysts' quick start" has more questions to ask it):
 
-  duckdb %s
+  duckdb -readonly %s
   D SELECT gender, count(*) FROM patient GROUP BY gender;
+  D DESCRIBE observation;
 
 Run it yourself against any Bulk Data server: copy %s, point base_url and auth at
 your server, and run 'fhirferry run --config FILE'.

@@ -38,5 +38,5 @@ func TestDemo(t *testing.T) {
 		patients += n
 	}
 	require.Positive(t, patients)
-	require.Contains(t, s, "duckdb "+filepath.Join(dir, "warehouse.duckdb"))
+	require.Contains(t, s, "duckdb -readonly "+filepath.Join(dir, "warehouse.duckdb"))
 }
