@@ -41,7 +41,7 @@ sinks:
       path: %s
 `, filepath.Join(dir, "data"), srv.BaseURL(), duckPath)), 0o600))
 	ctx := context.Background()
-	a, err := buildApp(ctx, &globals{}, cfgPath, testDeps())
+	a, err := testApp(ctx, cfgPath)
 	require.NoError(t, err)
 	closed := false
 	defer func() {

@@ -192,14 +192,14 @@ func TestEveryCommandHasAnExample(t *testing.T) {
 // The config's log settings apply to every command that reads one, unless
 // a flag says otherwise.
 func TestConfigLogSettingsApply(t *testing.T) {
-	g := &globals{logLevel: "info", logFormat: "text", cli: true}
+	g := &globals{logLevel: "info", logFormat: "text"}
 	cfg := filepath.Join(t.TempDir(), "c.yaml")
 	require.NoError(t, os.WriteFile(cfg, []byte("log: {level: debug, format: json}\n"), 0o600))
 	_, err := loadConfig(g, cfg)
 	require.NoError(t, err)
 	require.Equal(t, "debug", g.logLevel)
 	require.Equal(t, "json", g.logFormat)
-	g = &globals{logLevel: "warn", logFormat: "text", levelSet: true, cli: true}
+	g = &globals{logLevel: "warn", logFormat: "text", levelSet: true}
 	_, err = loadConfig(g, cfg)
 	require.NoError(t, err)
 	require.Equal(t, "warn", g.logLevel, "the flag wins")

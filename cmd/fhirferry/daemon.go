@@ -35,13 +35,12 @@ pets the watchdog.`,
 			if err != nil {
 				return err
 			}
-			lg := *g
 			// Catch SIGHUP from the start: its default action would kill us.
 			hup := make(chan os.Signal, 1)
 			signal.Notify(hup, syscall.SIGHUP)
 			defer signal.Stop(hup)
 			return pipeline.RunDaemon(cmd.Context(), pipeline.DaemonOptions{
-				ConfigPath: cfgPath, Config: cfg, Deps: lg.deps(nil, nil),
+				ConfigPath: cfgPath, Config: cfg, Deps: g.deps(nil, nil),
 				Reload: hup, Notifier: pipeline.NewNotifier(),
 			})
 		},

@@ -24,7 +24,7 @@ loading it again is a no-op.`,
 			ctx := cmd.Context()
 			o.Dir = args[0]
 			prog := newProgress(cmd.ErrOrStderr())
-			a, err := buildApp(ctx, g, cfgPath, g.deps(prog, nil))
+			a, err := buildApp(ctx, g, cfgPath, prog, nil)
 			if err != nil {
 				return err
 			}

@@ -33,9 +33,6 @@ type globals struct {
 	// levelSet and formatSet say the command line set them; otherwise a
 	// command that reads a config file takes its log settings.
 	levelSet, formatSet bool
-	// cli is set when a command runs under the root command (not in a
-	// test calling a command's pieces with its own logger).
-	cli bool
 }
 
 // adopt takes the config file's log settings the command line left open.
@@ -65,7 +62,7 @@ func (g *globals) logger() *slog.Logger {
 // checkFlags validates the global flags before any command runs.
 func (g *globals) checkFlags(cmd *cobra.Command) error {
 	fl := cmd.Flags()
-	g.levelSet, g.formatSet, g.cli = fl.Changed("log-level"), fl.Changed("log-format"), true
+	g.levelSet, g.formatSet = fl.Changed("log-level"), fl.Changed("log-format")
 	if !slices.Contains([]string{"debug", "info", "warn", "error"}, g.logLevel) {
 		return usageErrorf("--log-level %q: want debug, info, warn or error", g.logLevel)
 	}

@@ -38,7 +38,7 @@ non-zero if any source failed.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
 			prog := newProgress(cmd.ErrOrStderr())
-			a, err := buildApp(ctx, g, cfgPath, g.deps(prog, prog.observer))
+			a, err := buildApp(ctx, g, cfgPath, prog, prog.observer)
 			if err != nil {
 				return err
 			}
@@ -60,18 +60,15 @@ non-zero if any source failed.`,
 }
 
 // printSummary writes one line per run.
-// buildApp loads the config file and builds its components. The config's
-// log settings apply unless --log-level or --log-format was given; a config
+// buildApp loads the config file and builds its components, logging as
+// the config says unless --log-level or --log-format was given. A config
 // that does not load is a configuration error (exit 2).
-func buildApp(ctx context.Context, g *globals, cfgPath string, deps pipeline.Deps) (*pipeline.App, error) {
+func buildApp(ctx context.Context, g *globals, cfgPath string, hooks pipeline.Hooks, obs func(string) fetch.Observer) (*pipeline.App, error) {
 	cfg, err := loadConfig(g, cfgPath)
 	if err != nil {
 		return nil, err
 	}
-	if g.cli {
-		deps.Logger = g.logger()
-	}
-	return pipeline.Build(ctx, cfg, deps)
+	return pipeline.Build(ctx, cfg, g.deps(hooks, obs))
 }
 
 // loadConfig loads the config file and adopts its log settings where the

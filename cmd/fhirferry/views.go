@@ -58,16 +58,9 @@ replaces that default. Views that do not compile are listed with "-" columns and
 make the command fail.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			defaults := true
-			if cfgPath != "" {
-				cfg, err := loadConfig(g, cfgPath)
-				if err != nil {
-					return err
-				}
-				defaults = cfg.Views.DefaultsOn()
-				if dir == "" {
-					dir = cfg.Views.Dir
-				}
+			defaults, dir, err := viewSource(g, cfgPath, dir)
+			if err != nil {
+				return err
 			}
 			files, err := schemas.ResolveViews(defaults, dir)
 			if err != nil {
@@ -114,16 +107,9 @@ COMMENT in DuckDB and PostgreSQL.`,
   fhirferry views describe my_view --config fhirferry.yaml`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			defaults := true
-			if cfgPath != "" {
-				cfg, err := loadConfig(g, cfgPath)
-				if err != nil {
-					return err
-				}
-				defaults = cfg.Views.DefaultsOn()
-				if dir == "" {
-					dir = cfg.Views.Dir
-				}
+			defaults, dir, err := viewSource(g, cfgPath, dir)
+			if err != nil {
+				return err
 			}
 			views, err := transform.LoadViews(defaults, dir)
 			if err != nil {
@@ -171,6 +157,22 @@ func describeTable(w io.Writer, t *schemas.Table) error {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", f.Name, dt, pt, ft, schemas.Description(f))
 	}
 	return tw.Flush()
+}
+
+// viewSource is the views a command looks at: the default pack, or the
+// ones cfgPath's views section selects; dir (--dir) overrides views.dir.
+func viewSource(g *globals, cfgPath, dir string) (defaults bool, viewDir string, err error) {
+	if cfgPath == "" {
+		return true, dir, nil
+	}
+	cfg, err := loadConfig(g, cfgPath)
+	if err != nil {
+		return false, "", err
+	}
+	if dir == "" {
+		dir = cfg.Views.Dir
+	}
+	return cfg.Views.DefaultsOn(), dir, nil
 }
 
 // resourceOf reads a view's resource for listing a view that does not compile.

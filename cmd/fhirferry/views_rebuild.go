@@ -32,7 +32,7 @@ sink and view of any failure.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
-			a, err := buildApp(ctx, g, cfgPath, g.deps(nil, nil))
+			a, err := buildApp(ctx, g, cfgPath, nil, nil)
 			if err != nil {
 				return err
 			}

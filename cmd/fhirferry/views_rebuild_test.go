@@ -111,7 +111,7 @@ func (e *rebuildEnv) rebuild(args ...string) (string, error) {
 // column names first.
 func (e *rebuildEnv) dump(tables ...string) map[string][]string {
 	ctx := e.t.Context()
-	a, err := buildApp(ctx, &globals{}, e.cfg, testDeps())
+	a, err := testApp(ctx, e.cfg)
 	require.NoError(e.t, err)
 	defer a.Close()
 	out := map[string][]string{}
@@ -151,7 +151,7 @@ func (e *rebuildEnv) dump(tables ...string) map[string][]string {
 
 // staleWarnings returns what `fhirferry run` prints about stale views.
 func (e *rebuildEnv) staleWarnings() string {
-	a, err := buildApp(e.t.Context(), &globals{}, e.cfg, testDeps())
+	a, err := testApp(e.t.Context(), e.cfg)
 	require.NoError(e.t, err)
 	defer a.Close()
 	var b bytes.Buffer
@@ -162,7 +162,7 @@ func (e *rebuildEnv) staleWarnings() string {
 // staleLog returns what the daemon logs about stale views (text lines,
 // time left out).
 func (e *rebuildEnv) staleLog() string {
-	a, err := buildApp(e.t.Context(), &globals{}, e.cfg, testDeps())
+	a, err := testApp(e.t.Context(), e.cfg)
 	require.NoError(e.t, err)
 	defer a.Close()
 	var b bytes.Buffer
@@ -177,6 +177,15 @@ func (e *rebuildEnv) staleLog() string {
 }
 
 // testDeps builds the binary's sinks with a logger that discards.
+// testApp builds the app of a config file with testDeps.
+func testApp(ctx context.Context, cfgPath string) (*pipeline.App, error) {
+	cfg, err := pipeline.LoadConfig(cfgPath)
+	if err != nil {
+		return nil, err
+	}
+	return pipeline.Build(ctx, cfg, testDeps())
+}
+
 func testDeps() pipeline.Deps {
 	return pipeline.Deps{Sinks: builtin.Factories(), Logger: slog.New(slog.DiscardHandler)}
 }

@@ -175,7 +175,7 @@ func comment(ctx context.Context, db execer, t *schemas.Table, cols map[string]b
 // ensureTable creates t's stored table, or adds the columns it lacks. Added
 // columns are nullable, since existing rows have no value for them; no
 // column is ever dropped or retyped.
-func ensureTable(ctx context.Context, db execer, t *schemas.Table) (err error) {
+func ensureTable(ctx context.Context, db execer, t *schemas.Table) error {
 	fields := storedFields(t)
 	have, err := existingColumns(ctx, db, t.Name)
 	if err != nil {
@@ -192,11 +192,6 @@ func ensureTable(ctx context.Context, db execer, t *schemas.Table) (err error) {
 		return comment(ctx, db, t, nil)
 	}
 	added := map[string]bool{}
-	defer func() {
-		if err == nil && len(added) > 0 {
-			err = comment(ctx, db, t, added)
-		}
-	}()
 	for _, f := range fields {
 		if have[f.Name] {
 			continue
@@ -210,7 +205,10 @@ func ensureTable(ctx context.Context, db execer, t *schemas.Table) (err error) {
 			return fmt.Errorf("table %s: add column %s: %w", t.Name, f.Name, err)
 		}
 	}
-	return nil
+	if len(added) == 0 {
+		return nil
+	}
+	return comment(ctx, db, t, added)
 }
 
 // rawExtra are columns of the DuckDB raw table only: the run that loaded

@@ -65,10 +65,7 @@ var sameType = map[string]bool{
 // on the data (a choice element without ofType, say) or e leaves the model.
 // A backbone element's result is "BackboneElement".
 func (e *Expr) ElementType(ctx string) string {
-	if e.typ != "" {
-		return e.typ
-	}
-	t := elementType(e.root, ctx)
+	t := e.ElementContext(ctx)
 	if strings.Contains(t, ".") {
 		return "BackboneElement"
 	}
@@ -86,7 +83,7 @@ func (e *Expr) ElementContext(ctx string) string {
 }
 
 func elementType(n *node, ctx string) string {
-	if n == nil || ctx == "" {
+	if ctx == "" {
 		return resultType(n)
 	}
 	switch n.kind {

@@ -187,13 +187,10 @@ func TestIncrementalRunsOnEverySink(t *testing.T) {
 // and its row is left out of that view only (PostgreSQL once failed the
 // whole commit on the cast).
 func TestANSILimitRejectedOnEverySink(t *testing.T) {
-	dir := t.TempDir()
-	require.NoError(t, os.WriteFile(filepath.Join(dir, "short_gender.json"), []byte(`{"resourceType":"ViewDefinition",
+	views := userView(t, `{"resourceType":"ViewDefinition",
 	  "name":"short_gender","resource":"Patient","status":"active","select":[{"column":[
 	  {"name":"id","path":"getResourceKey()"},
-	  {"name":"gender","path":"gender","type":"code","tag":[{"name":"ansi/type","value":"VARCHAR(4)"}]}]}]}`), 0o644))
-	views, err := transform.LoadViews(false, dir)
-	require.NoError(t, err)
+	  {"name":"gender","path":"gender","type":"code","tag":[{"name":"ansi/type","value":"VARCHAR(4)"}]}]}]}`)
 	for _, k := range sinkKinds {
 		t.Run(k.kind, func(t *testing.T) {
 			t.Parallel()
@@ -225,16 +222,13 @@ func TestANSILimitRejectedOnEverySink(t *testing.T) {
 // TestTaggedTypesOnEverySink: ansi/type tags that ask for exact decimals,
 // times and dates load into every sink with those types and values.
 func TestTaggedTypesOnEverySink(t *testing.T) {
-	dir := t.TempDir()
-	require.NoError(t, os.WriteFile(filepath.Join(dir, "tagged.json"), []byte(`{"resourceType":"ViewDefinition",
+	views := userView(t, `{"resourceType":"ViewDefinition",
 	  "name":"tagged","resource":"Observation","status":"active","select":[{"column":[
 	  {"name":"id","path":"getResourceKey()"},
 	  {"name":"exact","path":"value.ofType(Quantity).value","type":"decimal","tag":[{"name":"ansi/type","value":"DECIMAL(18,4)"}]},
 	  {"name":"as_double","path":"value.ofType(Quantity).value","type":"decimal"},
 	  {"name":"day","path":"effective.ofType(dateTime)","type":"dateTime","tag":[{"name":"ansi/type","value":"DATE"}]},
-	  {"name":"at_time","path":"effective.ofType(dateTime).toString().substring(11, 8)","type":"time","tag":[{"name":"ansi/type","value":"TIME"}]}]}]}`), 0o644))
-	views, err := transform.LoadViews(false, dir)
-	require.NoError(t, err)
+	  {"name":"at_time","path":"effective.ofType(dateTime).toString().substring(11, 8)","type":"time","tag":[{"name":"ansi/type","value":"TIME"}]}]}]}`)
 	for _, k := range sinkKinds {
 		t.Run(k.kind, func(t *testing.T) {
 			t.Parallel()
@@ -263,4 +257,15 @@ func TestTaggedTypesOnEverySink(t *testing.T) {
 			require.Positive(t, times)
 		})
 	}
+}
+
+// userView compiles one ViewDefinition as a user's views.dir would hold it,
+// without the default pack.
+func userView(t *testing.T, def string) []transform.View {
+	t.Helper()
+	dir := t.TempDir()
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "view.json"), []byte(def), 0o644))
+	views, err := transform.LoadViews(false, dir)
+	require.NoError(t, err)
+	return views
 }
