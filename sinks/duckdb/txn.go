@@ -273,7 +273,12 @@ func (t *Txn) restoreThreads(ctx context.Context) error {
 // begin opens the run's DuckDB transaction once.
 func (t *Txn) begin() (*sql.Tx, error) {
 	if t.tx == nil {
-		tx, err := t.conn.BeginTx(t.ctx, nil)
+		// Only Commit and cleanup end the transaction. Given t.ctx,
+		// database/sql would also roll it back when cleanup cancels t.ctx,
+		// and close t.conn from its own goroutine while cleanup retires the
+		// same connection (a race that crashed sql.Conn.Raw). The statements
+		// still carry t.ctx, so the cancel interrupts them.
+		tx, err := t.conn.BeginTx(context.WithoutCancel(t.ctx), nil)
 		if err != nil {
 			return nil, fmt.Errorf("begin: %w", err)
 		}
