@@ -96,6 +96,9 @@ func (c *Client) findAttachments(path string) ([]attachRef, error) {
 		if errors.Is(err, io.EOF) {
 			return out, nil
 		}
+		if errors.As(err, new(*lineTooLongError)) {
+			continue // the transform rejects it
+		}
 		if err != nil {
 			return nil, fmt.Errorf("fetch: attachments: %s: %w", path, err)
 		}

@@ -265,6 +265,15 @@ func (c *Client) scan(ctx context.Context, f File, u string, r io.Reader) (Spool
 		if errors.Is(err, io.EOF) {
 			break
 		}
+		if tl := (*lineTooLongError)(nil); errors.As(err, &tl) {
+			// Kept in the spool: the transform rejects the line with its
+			// file and number, and loads the rest of the file.
+			sp.Lines++
+			sp.LongLines++
+			c.log.Warn("line over max_line_bytes: it will be rejected, the rest of the file is loaded",
+				"kind", f.Kind, "index", f.Index, "type", f.Type, "line", tl.line, "max_line_bytes", tl.max)
+			continue
+		}
 		if err != nil {
 			return sp, c.readError(ctx, u, err)
 		}
@@ -295,8 +304,6 @@ func (c *Client) readError(ctx context.Context, u string, err error) error {
 	case errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, io.EOF), errors.Is(err, gzip.ErrChecksum),
 		errors.Is(err, gzip.ErrHeader), errors.As(err, new(flate.CorruptInputError)):
 		return &dlError{class: classRetry, reason: "truncated", err: fmt.Errorf("fetch: file %s: truncated or corrupt: %w", redact(u), err)}
-	case strings.Contains(err.Error(), "longer than"):
-		return fmt.Errorf("fetch: file %s: %w", redact(u), err)
 	}
 	return &dlError{class: classRetry, reason: "network", err: fmt.Errorf("fetch: file %s: %w", redact(u), err)}
 }

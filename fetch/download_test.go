@@ -9,12 +9,14 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/klauspost/compress/gzip"
 	"github.com/stretchr/testify/require"
 )
 
@@ -80,16 +82,33 @@ func TestDownloadParsesAndSpools(t *testing.T) {
 	}
 }
 
+// TestDownloadLineLimit: a line over max_line_bytes does not fail the
+// file: it is stored as received (the transform rejects it, naming the
+// line) and the lines after it are read, whether the line fits the read
+// buffer or not.
 func TestDownloadLineLimit(t *testing.T) {
-	s := server(t, func(w http.ResponseWriter, r *http.Request) {
-		io.WriteString(w, `{"resourceType":"Patient","id":"`+strings.Repeat("x", 5000)+`"}`+"\n")
-	})
-	c := testClient(t, s.URL, func(o *Options) { o.MaxLineBytes = 4096 })
-	m := manifestFor("", false, File{Type: "Patient", URL: s.URL + "/f", Count: -1})
-	path := filepath.Join(t.TempDir(), "x.gz")
-	_, err := c.Download(t.Context(), m, m.Output[0], path)
-	require.ErrorContains(t, err, "line 1 is longer than the 4096-byte limit")
-	require.NoFileExists(t, path)
+	for _, n := range []int{5000, 600 << 10} {
+		t.Run(strconv.Itoa(n), func(t *testing.T) {
+			long := `{"resourceType":"Patient","id":"` + strings.Repeat("x", n) + `"}`
+			body := `{"resourceType":"Patient","id":"a"}` + "\n" + long + "\n" + `{"resourceType":"Patient","id":"b"}` + "\n"
+			s := server(t, func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, body) })
+			c := testClient(t, s.URL, func(o *Options) { o.MaxLineBytes = 4096 })
+			m := manifestFor("", false, File{Type: "Patient", URL: s.URL + "/f", Count: -1})
+			path := filepath.Join(t.TempDir(), "x.gz")
+			sp, err := c.Download(t.Context(), m, m.Output[0], path)
+			require.NoError(t, err)
+			require.EqualValues(t, 3, sp.Lines)
+			require.EqualValues(t, 1, sp.LongLines)
+			f, err := os.Open(path)
+			require.NoError(t, err)
+			defer f.Close()
+			zr, err := gzip.NewReader(f)
+			require.NoError(t, err)
+			got, err := io.ReadAll(zr)
+			require.NoError(t, err)
+			require.Equal(t, body, string(got), "stored as received")
+		})
+	}
 }
 
 // flaky serves body, but the first `bad` answers are broken by fault.

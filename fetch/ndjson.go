@@ -10,6 +10,31 @@ import (
 	"github.com/valyala/fastjson"
 )
 
+// lineTooLongError is a line over the reader's maximum, which it has
+// skipped: reading may go on with the next line.
+type lineTooLongError struct{ line, max int64 }
+
+func (e *lineTooLongError) Error() string {
+	return fmt.Sprintf("line %d is longer than the %d-byte limit (max_line_bytes)", e.line, e.max)
+}
+
+// skipLong discards the rest of a line over the maximum, without holding
+// it, and returns its error (or the read error that cut it).
+func (l *lineReader) skipLong() error {
+	l.long = nil // up to max bytes: not worth keeping for the next line
+	l.n++
+	for {
+		_, err := l.r.ReadSlice('\n')
+		switch {
+		case errors.Is(err, bufio.ErrBufferFull):
+			continue
+		case err != nil && err != io.EOF:
+			return err
+		}
+		return &lineTooLongError{line: l.n, max: l.max}
+	}
+}
+
 // lineReader streams NDJSON: lines end in \n or \r\n, blank lines are
 // skipped, the last line needs no newline, and a line may be as long as max
 // bytes (no small fixed limit, C39).
@@ -32,8 +57,8 @@ func (l *lineReader) next() ([]byte, error) {
 		if errors.Is(err, bufio.ErrBufferFull) {
 			l.long = append(l.long[:0], line...)
 			for errors.Is(err, bufio.ErrBufferFull) {
-				if int64(len(l.long)) > l.max {
-					return nil, fmt.Errorf("line %d is longer than the %d-byte limit", l.n+1, l.max)
+				if int64(len(l.long)) > l.max+2 {
+					return nil, l.skipLong()
 				}
 				line, err = l.r.ReadSlice('\n')
 				l.long = append(l.long, line...)
@@ -47,8 +72,8 @@ func (l *lineReader) next() ([]byte, error) {
 			return nil, io.EOF
 		}
 		l.n++
-		if int64(len(line)) > l.max+2 {
-			return nil, fmt.Errorf("line %d is longer than the %d-byte limit", l.n, l.max)
+		if int64(len(line)) > l.max+2 { // +2: the line ending is not content
+			return nil, &lineTooLongError{line: l.n, max: l.max}
 		}
 		t := bytes.TrimRight(line, "\r\n")
 		if len(bytes.TrimSpace(t)) == 0 {

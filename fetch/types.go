@@ -117,6 +117,7 @@ type Spooled struct {
 	Bytes           int64  // decompressed NDJSON bytes
 	WireBytes       int64  // bytes received (compressed if the server compressed)
 	MismatchedTypes int64  // lines whose resourceType differs from File.Type
+	LongLines       int64  // lines over max_line_bytes (kept; the transform rejects them)
 }
 
 // Attachment is one Attachment.url fetched beside the export.
