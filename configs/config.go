@@ -19,9 +19,13 @@ import (
 type Config struct {
 	// DataDir holds run state, spooled files and the default DuckDB file.
 	DataDir string `yaml:"data_dir"`
-	// MemoryLimit is the Go runtime's soft memory limit (GOMEMLIMIT) for
-	// the process; 0 leaves the runtime default. DuckDB's own memory is set
-	// per sink (duckdb.memory_limit).
+	// MemoryBudget is the memory the whole process is sized for (default
+	// 512MiB): the Go soft limit, every DuckDB sink's memory_limit and
+	// threads, the transform's batches, queue and workers and each sink's
+	// staging are derived from it (SplitBudget) unless set explicitly.
+	MemoryBudget ByteSize `yaml:"memory_budget"`
+	// MemoryLimit is the Go runtime's soft memory limit (GOMEMLIMIT, which
+	// wins when set); 0 derives it from MemoryBudget.
 	MemoryLimit ByteSize        `yaml:"memory_limit"`
 	Log         Log             `yaml:"log"`
 	Admin       Admin           `yaml:"admin"`
@@ -56,6 +60,8 @@ type Views struct {
 func (v Views) DefaultsOn() bool { return v.Defaults == nil || *v.Defaults }
 
 // TransformConfig bounds the streaming transform's memory and parallelism.
+// A zero BatchBytes, Workers, QueueDepth or MaxLineBytes is derived from
+// the memory budget and the cores the process may use.
 type TransformConfig struct {
 	BatchRows    int      `yaml:"batch_rows"`
 	BatchBytes   ByteSize `yaml:"batch_bytes"`
@@ -177,6 +183,10 @@ type Sink struct {
 	DuckDB   DuckDBSink   `yaml:"duckdb"`
 	Postgres PostgresSink `yaml:"postgres"`
 	Parquet  ParquetSink  `yaml:"parquet"`
+	// StagingBytes bounds the Arrow row groups a duckdb or parquet sink
+	// holds in memory across all its tables before writing them; 0
+	// derives it from the memory budget.
+	StagingBytes ByteSize `yaml:"staging_bytes"`
 }
 
 // DuckDBSink configures the embedded DuckDB warehouse.
@@ -194,6 +204,11 @@ type DuckDBSink struct {
 	// StreamThreads is DuckDB's thread count while a run's raw rows
 	// stream in alongside the transform (0: 1); Commit runs with Threads.
 	StreamThreads int `yaml:"stream_threads"`
+	// CommitMemoryLimit is DuckDB's memory_limit while an incremental run
+	// commits, when the transform is done and most of the Go side's share
+	// is free ("": the memory_limit plus half the Go soft limit's share,
+	// see Split).
+	CommitMemoryLimit string `yaml:"commit_memory_limit"`
 }
 
 // SnapshotOn reports whether readers get a published copy (the default).
@@ -357,8 +372,8 @@ func Default() Config {
 		Log:     Log{Level: DefaultLogLevel, Format: DefaultLogFormat},
 		Admin:   Admin{Listen: DefaultAdminListen},
 		Transform: TransformConfig{
-			BatchRows: DefaultBatchRows, BatchBytes: DefaultBatchBytes, Workers: DefaultWorkers,
-			QueueDepth: DefaultQueueDepth, MaxLineBytes: DefaultMaxLineBytes,
+			// The rest is derived from the memory budget (applyBudget).
+			BatchRows: DefaultBatchRows,
 		},
 		Daemon: Daemon{MaxConcurrentRuns: DefaultMaxConcurrentRuns, StopTimeout: Duration(DefaultStopTimeout)},
 	}
@@ -423,6 +438,7 @@ func (c *Config) applyDefaults() {
 			k.DuckDB.Path = c.DataDir + "/" + DefaultDuckDBFile
 		}
 	}
+	c.applyBudget()
 }
 
 // SinksOf returns the sinks a source writes to.

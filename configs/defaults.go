@@ -13,11 +13,12 @@ const (
 	DefaultLogFormat   = "text"
 	DefaultAdminListen = "127.0.0.1:9464"
 
-	DefaultBatchRows    = 8192
-	DefaultBatchBytes   = 2 << 20
-	DefaultWorkers      = 2
-	DefaultQueueDepth   = 4
-	DefaultMaxLineBytes = 64 << 20
+	// The transform's defaults where no config applies (a package's own
+	// zero Options); a config derives them from memory_budget instead.
+	DefaultBatchRows = 8192
+	// (SplitBudget of DefaultMemoryBudget: a test keeps them equal).
+	DefaultBatchBytes   = 256 << 10
+	DefaultMaxLineBytes = 32 << 20
 
 	DefaultMaxConcurrentRuns = 1
 	DefaultStopTimeout       = 30 * time.Second

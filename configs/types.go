@@ -35,7 +35,18 @@ var byteUnits = []struct {
 
 // UnmarshalYAML implements yaml.Unmarshaler.
 func (b *ByteSize) UnmarshalYAML(n *yaml.Node) error {
-	s := strings.TrimSpace(n.Value)
+	v, err := ParseByteSize(n.Value)
+	if err != nil {
+		return fmt.Errorf("line %d: %w", n.Line, err)
+	}
+	*b = v
+	return nil
+}
+
+// ParseByteSize reads a size as a config file writes it (1048576, 64MiB,
+// 1GB); DuckDB's memory_limit uses the same units.
+func ParseByteSize(text string) (ByteSize, error) {
+	s := strings.TrimSpace(text)
 	mult := int64(1)
 	for _, u := range byteUnits {
 		if strings.HasSuffix(s, u.suffix) {
@@ -45,8 +56,18 @@ func (b *ByteSize) UnmarshalYAML(n *yaml.Node) error {
 	}
 	v, err := strconv.ParseInt(s, 10, 64)
 	if err != nil || v < 0 {
-		return fmt.Errorf("line %d: %q is not a size (use 1048576, 64MiB, 1GiB)", n.Line, n.Value)
+		return 0, fmt.Errorf("%q is not a size (use 1048576, 64MiB, 1GiB)", text)
 	}
-	*b = ByteSize(v * mult)
-	return nil
+	return ByteSize(v * mult), nil
+}
+
+// String writes b with the largest binary unit that divides it exactly,
+// as a config file would ("512MiB", "1536KiB", "1000B").
+func (b ByteSize) String() string {
+	for _, u := range byteUnits[:3] {
+		if b != 0 && int64(b)%u.mult == 0 {
+			return strconv.FormatInt(int64(b)/u.mult, 10) + u.suffix
+		}
+	}
+	return strconv.FormatInt(int64(b), 10) + "B"
 }

@@ -61,6 +61,9 @@ func (c *Config) validateProcess(p *problems) {
 	if t.MaxLineBytes < 1<<10 {
 		p.add("transform.max_line_bytes: %d is too small (at least 1KiB)", t.MaxLineBytes)
 	}
+	if c.MemoryBudget < MinMemoryBudget {
+		p.add("memory_budget: %s is too small (at least %s)", c.MemoryBudget, MinMemoryBudget)
+	}
 	if c.MemoryLimit != 0 && c.MemoryLimit < 32<<20 {
 		p.add("memory_limit: %d is too small (at least 32MiB)", c.MemoryLimit)
 	}

@@ -211,7 +211,9 @@ func (a *App) openSink(ctx context.Context, sc configs.Sink) (rebuild bool, err 
 	if !ok {
 		return false, fmt.Errorf("sink %s: type %q is not built into this binary", sc.Name, sc.Type)
 	}
-	s, err := open(ctx, sc, sinks.Env{Name: sc.Name, Logger: a.log.With("sink", sc.Name), Alloc: a.pool})
+	s, err := open(ctx, sc, sinks.Env{
+		Name: sc.Name, Logger: a.log.With("sink", sc.Name), Alloc: a.pool, StagingBytes: int64(sc.StagingBytes),
+	})
 	if err != nil {
 		return false, fmt.Errorf("sink %s: %w", sc.Name, err)
 	}

@@ -20,6 +20,9 @@ type ConfigReport struct {
 	// key file missing on this machine is often present on the server.
 	Warnings []string
 	Config   *configs.Config // nil when the file does not decode
+	// Memory is the effective memory settings, derived from memory_budget
+	// or set explicitly.
+	Memory string
 }
 
 // CheckConfig checks the config file at path as a start would, without
@@ -39,6 +42,7 @@ func CheckConfig(path string, sinkTypes []string) (*ConfigReport, error) {
 		return nil, err
 	}
 	rep.Config = cfg
+	var over string
 	if _, err := transform.LoadViews(cfg.Views.DefaultsOn(), cfg.Views.Dir); err != nil {
 		rep.Problems = append(rep.Problems, "views: "+err.Error())
 	}
@@ -60,6 +64,9 @@ func CheckConfig(path string, sinkTypes []string) (*ConfigReport, error) {
 				rep.Warnings = append(rep.Warnings, fmt.Sprintf("%s: %s: %v", at, key, err))
 			}
 		}
+	}
+	if rep.Memory, over = cfg.Memory(); over != "" {
+		rep.Warnings = append(rep.Warnings, over)
 	}
 	if _, err := os.Stat(filepath.Dir(cfg.DataDir)); err != nil {
 		rep.Warnings = append(rep.Warnings, fmt.Sprintf("data_dir %s: its parent folder: %v", cfg.DataDir, err))

@@ -30,6 +30,10 @@ type Env struct {
 	// sinks that write Parquet draw page buffers; nil gives the sink a
 	// private pool.
 	Alloc memory.Allocator
+	// StagingBytes bounds the Arrow bytes a sink holds in memory for row
+	// groups not yet written, across all its tables (configs.Sink's
+	// staging_bytes, derived from the memory budget); 0 lets the sink pick.
+	StagingBytes int64
 }
 
 // Log returns e.Logger, or a logger that discards when it is nil.

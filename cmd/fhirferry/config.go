@@ -51,7 +51,7 @@ any file has a problem, else 0.`,
 					fmt.Fprintf(out, "%s: warning: %s\n", path, w)
 				}
 				if len(rep.Problems) == 0 {
-					fmt.Fprintf(out, "%s: ok (%d sources, %d sinks)\n", path, len(rep.Config.Sources), len(rep.Config.Sinks))
+					fmt.Fprintf(out, "%s: ok (%d sources, %d sinks)\n  %s\n", path, len(rep.Config.Sources), len(rep.Config.Sinks), rep.Memory)
 					continue
 				}
 				bad++

@@ -18,7 +18,7 @@
 //     staged to uncompressed Parquet, a few files per table, and read at
 //     Commit. A table's batches are held (not copied) until they make a
 //     row group of 2 MiB, which is then written in one call; all tables
-//     together hold at most stageBudget.
+//     together hold at most the sink's staging budget (staging_bytes).
 //   - a view whose table was empty when the run began (a first load, a
 //     backfill, a new view) is also streamed: once its staged file holds
 //     streamPartBytes and the loader is idle, the file is closed and the
@@ -176,7 +176,10 @@
 //
 // Configuration (configs.DuckDBSink): path (required; the config package
 // defaults it to <data_dir>/warehouse.duckdb), threads, memory_limit
-// (DuckDB settings; memory_limit bounds DuckDB's memory, spilling to
-// Path + ".tmp"; allow about 100 MB per thread) and stream_threads.
+// (DuckDB settings, which the config derives from memory_budget when
+// unset; memory_limit bounds DuckDB's memory, spilling to Path + ".tmp",
+// and needs about 128 MiB for the default views: see
+// configs.MinDuckDBMemory) and stream_threads; the sink's staging_bytes
+// arrives as sinks.Env.StagingBytes.
 // Building needs cgo.
 package duckdb

@@ -42,6 +42,11 @@ type Sink struct {
 	streamThreads int
 	// memoryLimited: a memory_limit is set, so Commit keeps streamThreads.
 	memoryLimited bool
+	// memoryLimit and commitMemory are DuckDB's memory_limit and the one
+	// it gets while a run commits or a commit is published (see
+	// configs.DuckDBSink.CommitMemoryLimit); commitMemory is "" when the
+	// two are the same.
+	memoryLimit, commitMemory string
 
 	// writer holds a token while a Txn, Prepare or ReplaceTable runs.
 	writer chan struct{}
@@ -125,11 +130,15 @@ func New(cfg configs.DuckDBSink, env sinks.Env) (*Sink, error) {
 	}
 	s := &Sink{
 		name: name, log: log, path: cfg.Path, published: published, db: db,
-		spool: spool, stg: defaultStaging(env.Allocator()), streamThreads: max(cfg.StreamThreads, 1),
+		spool: spool, stg: defaultStaging(env.Allocator(), env.StagingBytes), streamThreads: max(cfg.StreamThreads, 1),
 		memoryLimited: cfg.MemoryLimit != "",
+		memoryLimit:   cfg.MemoryLimit,
 		writer:        make(chan struct{}, 1),
 	}
 	s.Reads = sqlread.Reads{Reader: s.reader}
+	if cfg.MemoryLimit != "" && cfg.CommitMemoryLimit != "" && cfg.CommitMemoryLimit != cfg.MemoryLimit {
+		s.commitMemory = cfg.CommitMemoryLimit
+	}
 	if published != "" {
 		// A new warehouse, or a crash before a commit was published.
 		pub, perr := os.Stat(published)
@@ -157,6 +166,31 @@ const defaultMode = stageParquetPlain
 
 // Name implements sinks.Sink.
 func (s *Sink) Name() string { return s.name }
+
+// commitMemoryOn gives DuckDB the commit's memory_limit; commitMemoryOff
+// puts the sink's own back. The setting is global to the database: the
+// caller holds the writer slot, and the transform, whose share the commit
+// borrows, is done.
+func (s *Sink) commitMemoryOn(ctx context.Context) (bool, error) {
+	if s.commitMemory == "" {
+		return false, nil
+	}
+	if _, err := s.db.ExecContext(ctx, "SET memory_limit = "+lit(s.commitMemory)); err != nil {
+		return false, fmt.Errorf("commit memory_limit: %w", err)
+	}
+	return true, nil
+}
+
+func (s *Sink) commitMemoryOff(raised bool) error {
+	if !raised {
+		return nil
+	}
+	// Not the caller's context: a cancelled run must still restore it.
+	if _, err := s.db.ExecContext(context.Background(), "SET memory_limit = "+lit(s.memoryLimit)); err != nil {
+		return fmt.Errorf("restore memory_limit: %w", err)
+	}
+	return nil
+}
 
 // DB returns the database for read-only queries (demo, summaries). Writes
 // must go through a Txn, since DuckDB aborts conflicting writers.

@@ -64,7 +64,14 @@ func (s *Sink) publish(ctx context.Context) error {
 		return nil
 	}
 	t0 := time.Now()
-	if _, err := s.db.ExecContext(ctx, "CHECKPOINT"); err != nil {
+	raised, err := s.commitMemoryOn(ctx)
+	if err == nil {
+		// The checkpoint rewrites the row groups the run changed: part of
+		// the commit, after the transform.
+		_, err = s.db.ExecContext(ctx, "CHECKPOINT")
+		err = errors.Join(err, s.commitMemoryOff(raised))
+	}
+	if err != nil {
 		s.dirty.Store(true)
 		return fmt.Errorf("duckdb sink %s: publish: checkpoint: %w", s.name, err)
 	}

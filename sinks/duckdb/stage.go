@@ -99,10 +99,16 @@ type staging struct {
 	fileRowGroups int
 	// streamed counts the files streamed, for tests.
 	streamed *atomic.Int64
+	// budget bounds the bytes a Txn's stages hold together (see
+	// defaultStageBudget).
+	budget int64
 }
 
-func defaultStaging(alloc memory.Allocator) staging {
-	return staging{mode: defaultMode, alloc: alloc, partBytes: 8 << 20, fileRowGroups: 256, streamed: new(atomic.Int64)}
+func defaultStaging(alloc memory.Allocator, budget int64) staging {
+	if budget <= 0 {
+		budget = defaultStageBudget
+	}
+	return staging{mode: defaultMode, alloc: alloc, partBytes: 8 << 20, fileRowGroups: 256, streamed: new(atomic.Int64), budget: budget}
 }
 
 // pqFile is one staging Parquet file being written (a raw part or a staged

@@ -34,6 +34,8 @@ type Txn struct {
 	// threads is DuckDB's thread count to restore when the raw stream
 	// ends; 0 when it was not changed.
 	threads int64
+	// commitMemory: Commit raised DuckDB's memory_limit (cleanup restores it).
+	commitMemory bool
 
 	stages map[string]*stage
 	order  []*stage
@@ -115,7 +117,7 @@ func (t *Txn) Write(ctx context.Context, b schemas.Batch) error {
 	if err := st.write(b.Rec); err != nil {
 		return fmt.Errorf("duckdb sink %s: %w", t.s.name, err)
 	}
-	if held, big := t.held(); held > stageBudget {
+	if held, big := t.held(); held > t.s.stg.budget {
 		if err := big.flush(); err != nil {
 			return fmt.Errorf("duckdb sink %s: %w", t.s.name, err)
 		}
@@ -140,13 +142,13 @@ func (t *Txn) held() (total int64, big *stage) {
 	return total, big
 }
 
-// stageBudget bounds the Arrow bytes all of a Txn's staged tables hold for
-// their next row groups together. Each table writes a row group at
-// rowGroupBytes, but with dozens of view tables that was 100 MiB of Go
-// heap, and under a 128MiB Go memory limit the garbage collector ran
-// without pause: over the budget, the table holding the most writes its
-// row group early.
-const stageBudget = 8 << 20
+// defaultStageBudget bounds the Arrow bytes all of a Txn's staged tables
+// hold for their next row groups together, when the sink is given no
+// staging_bytes. Each table writes a row group at rowGroupBytes, but with
+// dozens of view tables that was 100 MiB of Go heap, and under a 128MiB Go
+// memory limit the garbage collector ran without pause: over the budget,
+// the table holding the most writes its row group early.
+const defaultStageBudget = 8 << 20
 
 // writeRaw streams raw landing rows into the raw table (see rawStream).
 func (t *Txn) writeRaw(ctx context.Context, rec arrow.RecordBatch) error {
@@ -164,7 +166,7 @@ func (t *Txn) writeRaw(ctx context.Context, rec arrow.RecordBatch) error {
 		if err := t.streamThreads(tx); err != nil {
 			return err
 		}
-		if t.empty, err = emptyTables(t.ctx, tx, t.s.tables.Views()); err != nil {
+		if t.empty, err = emptyTables(t.ctx, tx, append(t.s.tables.Views(), schemas.Raw)); err != nil {
 			return err
 		}
 		log := func(msg string, args ...any) {
@@ -230,6 +232,24 @@ func emptyTables(ctx context.Context, tx *sql.Tx, tables []*schemas.Table) (map[
 		empty[name] = e
 	}
 	return empty, rows.Err()
+}
+
+// intoStoredRows reports whether the run writes into tables that hold
+// rows already: an incremental run, whose COMMIT merges its rows into the
+// tables' last row groups and records its deletes across them. That is
+// where DuckDB needs commit_memory_limit; a first load into empty tables
+// commits within memory_limit (and at its size would fill the larger
+// pool for nothing).
+func (t *Txn) intoStoredRows() bool {
+	if t.empty == nil {
+		return true // no raw rows streamed: not known, so assume so
+	}
+	for _, e := range t.empty {
+		if !e {
+			return true
+		}
+	}
+	return false
 }
 
 // streamThreads gives DuckDB the sink's stream_threads while raw rows
@@ -323,6 +343,8 @@ func (t *Txn) cleanup() error {
 	if t.raw != nil {
 		errs = append(errs, t.raw.abort(), t.restoreThreads(context.Background()))
 	}
+	errs = append(errs, t.s.commitMemoryOff(t.commitMemory))
+	t.commitMemory = false
 	for _, st := range t.order {
 		errs = append(errs, st.discard())
 	}
@@ -348,6 +370,33 @@ func (t *Txn) cleanup() error {
 	return nil
 }
 
+// prepareCommit ends the raw stream, sets DuckDB's threads and memory for
+// the commit's statements and returns the run's transaction.
+func (t *Txn) prepareCommit(ctx context.Context) (*sql.Tx, error) {
+	if t.raw != nil {
+		t0 := time.Now()
+		if err := t.raw.finish(ctx); err != nil {
+			return nil, err
+		}
+		t.s.log.Debug("commit step", "run", t.run.RunID, "step", "raw parts", "duration", time.Since(t0))
+		if !t.s.memoryLimited {
+			if err := t.restoreThreads(ctx); err != nil {
+				return nil, err
+			}
+		}
+	}
+	tx, err := t.begin()
+	if err != nil {
+		return nil, err
+	}
+	if t.intoStoredRows() {
+		if t.commitMemory, err = t.s.commitMemoryOn(ctx); err != nil {
+			return nil, err
+		}
+	}
+	return tx, nil
+}
+
 // Commit implements sinks.Txn; see the package doc for the steps.
 func (t *Txn) Commit(ctx context.Context, sum sinks.RunSummary) (err error) {
 	if t.done {
@@ -362,19 +411,7 @@ func (t *Txn) Commit(ctx context.Context, sum sinks.RunSummary) (err error) {
 			err = fmt.Errorf("duckdb sink %s: commit run %s: %w", t.s.name, t.run.RunID, err)
 		}
 	}()
-	if t.raw != nil {
-		t0 := time.Now()
-		if err := t.raw.finish(ctx); err != nil {
-			return err
-		}
-		t.s.log.Debug("commit step", "run", t.run.RunID, "step", "raw parts", "duration", time.Since(t0))
-		if !t.s.memoryLimited {
-			if err := t.restoreThreads(ctx); err != nil {
-				return err
-			}
-		}
-	}
-	tx, err := t.begin()
+	tx, err := t.prepareCommit(ctx)
 	if err != nil {
 		return err
 	}

@@ -102,12 +102,23 @@ func (s *fileSet) write(rec arrow.RecordBatch) error {
 	s.group.Add(rec)
 	s.rows += rec.NumRows()
 	if s.group.Rows >= rowGroupRows || s.group.Bytes >= rowGroupBytes {
-		if err := s.group.WriteTo(s.fw, s.schema, nil); err != nil {
-			return fmt.Errorf("write %s: %w", s.name, err)
+		if err := s.flushGroup(); err != nil {
+			return err
 		}
 	}
 	if s.rows >= fileRows {
 		return s.finish()
+	}
+	return nil
+}
+
+// flushGroup writes the held batches as a row group.
+func (s *fileSet) flushGroup() error {
+	if s.fw == nil || s.group.Rows == 0 {
+		return nil
+	}
+	if err := s.group.WriteTo(s.fw, s.schema, nil); err != nil {
+		return fmt.Errorf("write %s: %w", s.name, err)
 	}
 	return nil
 }

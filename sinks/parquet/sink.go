@@ -42,7 +42,14 @@ type Sink struct {
 	// writer at a time, the others wait (as with the DuckDB sink).
 	writer chan struct{}
 	duck   *sql.DB // reads the published files (reader); nil until used
+	// staging bounds the row groups a Txn holds across its tables (see
+	// Txn.holdWithin).
+	staging int64
 }
+
+// defaultStaging is the staging budget of a sink given none: two row
+// groups' worth.
+const defaultStaging = 2 * rowGroupBytes
 
 var _ sinks.Sink = (*Sink)(nil)
 
@@ -69,7 +76,10 @@ func New(cfg configs.ParquetSink, env sinks.Env, opts ...Option) (*Sink, error) 
 	if err != nil {
 		return nil, fmt.Errorf("parquet sink %s: %w", name, err)
 	}
-	s := &Sink{name: name, log: log, mem: memory.DefaultAllocator, comp: comp, writer: make(chan struct{}, 1)}
+	s := &Sink{name: name, log: log, mem: memory.DefaultAllocator, comp: comp, writer: make(chan struct{}, 1), staging: env.StagingBytes}
+	if s.staging <= 0 {
+		s.staging = defaultStaging
+	}
 	s.Reads = sqlread.Reads{Reader: s.reader}
 	for _, o := range opts {
 		o(s)

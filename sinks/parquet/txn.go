@@ -133,7 +133,44 @@ func (t *Txn) write(ctx context.Context, b schemas.Batch) error {
 		return err
 	}
 	defer c.Release()
-	return fs.write(c)
+	if err := fs.write(c); err != nil {
+		return err
+	}
+	return t.holdWithin()
+}
+
+// holdWithin keeps the Arrow bytes the run's tables hold together within
+// the sink's staging budget. Each table alone would hold up to
+// rowGroupBytes for its next row group, plus its last one for the
+// statistics (rowgroup.Batches.Written), which with dozens of view tables
+// is far more than any budget. Over it, the table holding the most frees
+// it: it writes its row group early when that is the larger part, or else
+// finishes its file (which drops the last group), so row groups stay as
+// large as the budget allows.
+func (t *Txn) holdWithin() error {
+	for range len(t.stages) {
+		var total int64
+		var big *fileSet
+		for _, fs := range t.stages {
+			total += fs.group.Held()
+			if big == nil || fs.group.Held() > big.group.Held() {
+				big = fs
+			}
+		}
+		if total <= t.s.staging || big == nil || big.group.Held() == 0 {
+			return nil
+		}
+		var err error
+		if big.group.Bytes > big.group.Written {
+			err = big.flushGroup()
+		} else {
+			err = big.finish()
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // index records the run's pick per key: the row with the greatest

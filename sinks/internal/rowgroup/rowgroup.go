@@ -31,7 +31,14 @@ type Batches struct {
 	written []arrow.RecordBatch // the last group's, when Stats
 	Bytes   int64               // Arrow bytes held for the next group (see Size)
 	Rows    int64
+	// Written is the Arrow bytes of the last group written that are held
+	// for its statistics (Stats): memory too, until the next WriteTo.
+	Written int64
 }
+
+// Held is all the Arrow bytes b holds: the next group's and, with Stats,
+// the last written group's.
+func (b *Batches) Held() int64 { return b.Bytes + b.Written }
 
 // Add holds rec (the caller still releases its own reference) and returns
 // its size.
@@ -65,8 +72,10 @@ func (b *Batches) WriteTo(pw *pqarrow.FileWriter, schema *arrow.Schema, conv fun
 	err := pw.WriteTable(tbl, b.Rows)
 	// Writing this group closed the previous one.
 	b.written = drop(b.written)
+	b.Written = 0
 	if b.Stats {
 		b.written = append(b.written, b.recs...)
+		b.Written = b.Bytes
 		clear(b.recs)
 		b.recs = b.recs[:0]
 	} else {
@@ -80,7 +89,7 @@ func (b *Batches) WriteTo(pw *pqarrow.FileWriter, schema *arrow.Schema, conv fun
 func (b *Batches) Release() {
 	b.recs = drop(b.recs)
 	b.written = drop(b.written)
-	b.Bytes, b.Rows = 0, 0
+	b.Bytes, b.Rows, b.Written = 0, 0, 0
 }
 
 // drop releases recs and returns the emptied slice.
