@@ -50,38 +50,86 @@ type benchFlags struct {
 	export   bool
 	variants bool
 	floor    bool
+	rebuild  bool
+	daemon   int
+	baseline bool
 	seed     int64
 	tune     benchTune
 }
 
-// benchTune is the pipeline's configuration in a benchmark child.
+// benchTune is the pipeline's configuration in a benchmark child. Every
+// field left empty (or 0) is left out of the child's config, so that the
+// config's own default applies: by default the bench measures what a user
+// gets with no tuning, everything derived from memory_budget.
 type benchTune struct {
+	Budget      string // memory_budget
 	MemoryLimit string // the DuckDB sink's memory_limit
-	Threads     int    // the DuckDB sink's threads (0: DuckDB's default)
+	Threads     int    // the DuckDB sink's threads
 	Workers     int
 	QueueDepth  int
 	BatchRows   int
 	BatchBytes  string
-	GoMemLimit  string // GOMEMLIMIT of the child ("off": none)
+	Staging     string // the DuckDB sink's staging_bytes
+	GoMemLimit  string // GOMEMLIMIT of the child ("": the config's memory_limit)
 }
 
 func (t benchTune) args() []string {
 	return []string{
-		"--memory-limit", t.MemoryLimit, "--threads", strconv.Itoa(t.Threads),
+		"--budget", t.Budget, "--memory-limit", t.MemoryLimit, "--threads", strconv.Itoa(t.Threads),
 		"--workers", strconv.Itoa(t.Workers), "--queue-depth", strconv.Itoa(t.QueueDepth),
-		"--batch-rows", strconv.Itoa(t.BatchRows), "--batch-bytes", t.BatchBytes, "--go-memory-limit", t.GoMemLimit,
+		"--batch-rows", strconv.Itoa(t.BatchRows), "--batch-bytes", t.BatchBytes, "--staging", t.Staging, "--go-memory-limit", t.GoMemLimit,
 	}
 }
 
 func (t *benchTune) register(cmd *cobra.Command) {
 	f := cmd.Flags()
-	f.StringVar(&t.MemoryLimit, "memory-limit", "64MB", "memory_limit of the DuckDB sink the pipeline loads into")
-	f.IntVar(&t.Threads, "threads", 0, "threads of the DuckDB sink (0: DuckDB's default, one per core)")
-	f.IntVar(&t.Workers, "workers", 2, "transform workers (transform.workers)")
-	f.IntVar(&t.QueueDepth, "queue-depth", 4, "batches in flight to the sink (transform.queue_depth)")
-	f.IntVar(&t.BatchRows, "batch-rows", 8192, "rows per record batch (transform.batch_rows)")
-	f.StringVar(&t.BatchBytes, "batch-bytes", "256KiB", "bytes per record batch (transform.batch_bytes)")
-	f.StringVar(&t.GoMemLimit, "go-memory-limit", "128MiB", `GOMEMLIMIT of the pipeline process ("off" for none)`)
+	f.StringVar(&t.Budget, "budget", "", "memory_budget of the pipeline (default: the config default, 512MiB)")
+	f.StringVar(&t.MemoryLimit, "memory-limit", "", "memory_limit of the DuckDB sink (default: derived from the budget)")
+	f.IntVar(&t.Threads, "threads", 0, "threads of the DuckDB sink (default: derived)")
+	f.IntVar(&t.Workers, "workers", 0, "transform workers (transform.workers; default: derived)")
+	f.IntVar(&t.QueueDepth, "queue-depth", 0, "batches in flight to the sink (transform.queue_depth; default: derived)")
+	f.IntVar(&t.BatchRows, "batch-rows", 0, "rows per record batch (transform.batch_rows; default: the config default)")
+	f.StringVar(&t.BatchBytes, "batch-bytes", "", "bytes per record batch (transform.batch_bytes; default: derived)")
+	f.StringVar(&t.Staging, "staging", "", "staging_bytes of the DuckDB sink (default: derived)")
+	f.StringVar(&t.GoMemLimit, "go-memory-limit", "", `GOMEMLIMIT of the pipeline process (default: none, so the config's derived memory_limit applies)`)
+}
+
+// config is the child's config text: data_dir under work, the DuckDB sink
+// at db, the tuning set, and src (a sources section) appended.
+func (t benchTune) config(work, db, views, src string) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "data_dir: %q\nlog: {level: warn}\nviews: {defaults: %t}\nadmin: {listen: \"127.0.0.1:0\"}\n",
+		filepath.Join(work, "data"), views == "default")
+	if t.Budget != "" {
+		fmt.Fprintf(&b, "memory_budget: %q\n", t.Budget)
+	}
+	var tr []string
+	for _, kv := range []struct {
+		key string
+		set bool
+		val any
+	}{{"workers", t.Workers > 0, t.Workers}, {"queue_depth", t.QueueDepth > 0, t.QueueDepth},
+		{"batch_rows", t.BatchRows > 0, t.BatchRows}, {"batch_bytes", t.BatchBytes != "", strconv.Quote(t.BatchBytes)}} {
+		if kv.set {
+			tr = append(tr, fmt.Sprintf("%s: %v", kv.key, kv.val))
+		}
+	}
+	if len(tr) > 0 {
+		fmt.Fprintf(&b, "transform: {%s}\n", strings.Join(tr, ", "))
+	}
+	duck := []string{fmt.Sprintf("path: %q", db)}
+	if t.MemoryLimit != "" {
+		duck = append(duck, fmt.Sprintf("memory_limit: %q", t.MemoryLimit))
+	}
+	if t.Threads > 0 {
+		duck = append(duck, fmt.Sprintf("threads: %d", t.Threads))
+	}
+	fmt.Fprintf(&b, "sinks:\n  - name: duck\n    type: duckdb\n    duckdb: {%s}\n", strings.Join(duck, ", "))
+	if t.Staging != "" {
+		fmt.Fprintf(&b, "    staging_bytes: %q\n", t.Staging)
+	}
+	b.WriteString(src)
+	return b.String()
 }
 
 func newBenchCmd() *cobra.Command {
@@ -130,6 +178,9 @@ memory does not grow with the input.`,
 	fl.BoolVar(&f.export, "export", false, "also run a full $export from the test server over loopback")
 	fl.BoolVar(&f.variants, "variants", false, "also time read_ndjson_objects and read_json with explicit columns")
 	fl.BoolVar(&f.floor, "floor", false, "with --views default, also time DuckDB alone inserting the load's view rows")
+	fl.BoolVar(&f.baseline, "baseline", true, "also load the files with DuckDB's read_json (the headline ratio)")
+	fl.BoolVar(&f.rebuild, "rebuild", false, "also time `views rebuild --all` on the loaded warehouse")
+	fl.IntVar(&f.daemon, "daemon", 0, "also run the daemon for this many runs (a full export, then incremental ones while the server changes)")
 	fl.Int64Var(&f.seed, "seed", 1, "data seed")
 	f.tune.register(cmd)
 	return cmd
@@ -149,9 +200,20 @@ type benchResult struct {
 	// WorkCPU is the CPU time of the measured work alone, for a child
 	// that also does untimed set-up (view_floor).
 	WorkCPU float64 `json:"work_cpu,omitempty"`
+	// Budget is the pipeline's memory_budget, and Memory its settings as
+	// derived from it (fhirferry children only).
+	Budget int64  `json:"budget,omitempty"`
+	Memory string `json:"memory,omitempty"`
 
 	PeakRSS int64   `json:"-"` // bytes, ru_maxrss of the child
 	CPU     float64 `json:"-"` // user+system seconds of the child
+}
+
+func (r *benchResult) setMemory(summary, over string) {
+	r.Memory = summary
+	if over != "" {
+		r.Memory += " (" + over + ")"
+	}
 }
 
 func (r benchResult) mbps() float64 {
@@ -441,9 +503,11 @@ func benchPipeline(ctx context.Context, f *benchFlags, size int64, dir string, o
 	if err != nil {
 		return err
 	}
-	theirs, err := run("read_json", "--data", data, "--work", filepath.Join(work, "read_json"))
-	if err != nil {
-		return err
+	var theirs benchResult
+	if f.baseline {
+		if theirs, err = run("read_json", "--data", data, "--work", filepath.Join(work, "read_json")); err != nil {
+			return err
+		}
 	}
 	if f.variants {
 		for _, v := range []string{"read_ndjson_objects", "read_json_columns"} {
@@ -466,18 +530,28 @@ func benchPipeline(ctx context.Context, f *benchFlags, size int64, dir string, o
 			return err
 		}
 	}
+	if f.rebuild {
+		if _, err := run(append([]string{"rebuild", "--data", filepath.Join(work, "load", "bench.duckdb"), "--work", filepath.Join(work, "load")}, common...)...); err != nil {
+			return err
+		}
+	}
+	if f.daemon > 0 {
+		if err := benchDaemon(ctx, f, srv, gs, filepath.Join(work, "daemon"), run, common); err != nil {
+			return err
+		}
+	}
 	printResults(out, results)
-	ratio := ours.mbps() / theirs.mbps()
-	fmt.Fprintf(out, "\nheadline: fhirferry load %.1f MB/s vs DuckDB read_json %.1f MB/s on the same %.1f MB: ratio %.2f (views=%s, target >= %s)\n",
-		ours.mbps(), theirs.mbps(), float64(gs.bytes)/1e6, ratio, f.views, map[string]string{"none": "2", "default": "1.5"}[f.views])
-	fmt.Fprintf(out, "peak RSS of the fhirferry pipeline: %s (target <= 256 MiB); DuckDB sink memory_limit %s, GOMEMLIMIT %s\n",
-		mib(ours.PeakRSS), f.tune.MemoryLimit, f.tune.GoMemLimit)
+	printBudget(out, results)
+	if f.baseline {
+		ratio := ours.mbps() / theirs.mbps()
+		fmt.Fprintf(out, "\nheadline: fhirferry load %.1f MB/s vs DuckDB read_json %.1f MB/s on the same %.1f MB: ratio %.2f (views=%s, target >= %s)\n",
+			ours.mbps(), theirs.mbps(), float64(gs.bytes)/1e6, ratio, f.views, map[string]string{"none": "2", "default": "1.5"}[f.views])
+	}
 	if floor.Rows > 0 {
 		fmt.Fprintf(out, "floor: DuckDB alone inserts the load's %d view rows in %.2f s, %.1f CPU-s %s: %.0f%% of the load's %.1f CPU-s\n",
 			floor.Rows, floor.Seconds, floor.WorkCPU, floor.Note, 100*floor.WorkCPU/ours.CPU, ours.CPU)
 	}
-	fmt.Fprintf(out, "the same load by hand: GOMEMLIMIT=%s fhirferry load %s --config <duckdb sink with memory_limit %s, transform.batch_bytes %s>\n",
-		f.tune.GoMemLimit, data, f.tune.MemoryLimit, f.tune.BatchBytes)
+	fmt.Fprintf(out, "the same load by hand: fhirferry load %s --config <a duckdb sink; %s>\n", data, ours.Memory)
 	fmt.Fprintf(out, "load average at end: %s\n", loadAvg())
 	return nil
 }
@@ -591,6 +665,28 @@ func copyPrefix(src, dst string, n int64) error {
 	return errors.Join(bw.Flush(), fo.Close())
 }
 
+// printBudget sets each fhirferry run's peak RSS against its memory budget.
+func printBudget(out io.Writer, rs []benchResult) {
+	fmt.Fprintln(out)
+	for _, r := range rs {
+		if r.Budget == 0 {
+			continue
+		}
+		verdict := "within"
+		if float64(r.PeakRSS) > 1.1*float64(r.Budget) {
+			verdict = "OVER"
+		}
+		fmt.Fprintf(out, "%s: peak RSS %s of memory_budget %s: %.0f%% (%s the budget + 10%%)\n",
+			r.Name, mib(r.PeakRSS), mib(r.Budget), 100*float64(r.PeakRSS)/float64(r.Budget), verdict)
+	}
+	for _, r := range rs {
+		if r.Memory != "" {
+			fmt.Fprintf(out, "settings: %s\n", r.Memory)
+			break
+		}
+	}
+}
+
 func mib(b int64) string { return fmt.Sprintf("%.0f MiB", float64(b)/(1<<20)) }
 
 func printResults(out io.Writer, rs []benchResult) {
@@ -620,16 +716,21 @@ func newBenchChildCmd() *cobra.Command {
 	var (
 		data, work, views, baseURL, cpuProfile string
 		tune                                   benchTune
+		runs                                   int
 	)
 	cmd := &cobra.Command{
-		Use:    "child load|export|read_json|read_ndjson_objects|read_json_columns|view_floor",
+		Use:    "child load|export|read_json|read_ndjson_objects|read_json_columns|view_floor|rebuild|daemon",
 		Short:  "One measured load of fhirferry-bench (internal)",
 		Hidden: true,
 		Args:   cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
-			if err := os.RemoveAll(work); err != nil {
-				return err
+			// rebuild works on the load's own folder (its warehouse and
+			// state); every other child starts from an empty one.
+			if args[0] != "rebuild" {
+				if err := os.RemoveAll(work); err != nil {
+					return err
+				}
 			}
 			if err := os.MkdirAll(work, 0o755); err != nil {
 				return err
@@ -654,6 +755,10 @@ func newBenchChildCmd() *cobra.Command {
 				r, err = childDuckDB(ctx, args[0], data, work)
 			case "view_floor":
 				r, err = childViewFloor(ctx, data, work, tune)
+			case "rebuild":
+				r, err = childRebuild(ctx, data, work, views, tune)
+			case "daemon":
+				r, err = childDaemon(ctx, work, views, baseURL, runs, tune)
 			default:
 				err = fmt.Errorf("unknown child %q", args[0])
 			}
@@ -669,6 +774,7 @@ func newBenchChildCmd() *cobra.Command {
 	fl.StringVar(&views, "views", "default", "default or none")
 	fl.StringVar(&baseURL, "base-url", "", "test server (export)")
 	fl.StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile of the child (go tool pprof)")
+	fl.IntVar(&runs, "runs", 3, "daemon: runs to finish")
 	tune.register(cmd)
 	return cmd
 }
@@ -775,17 +881,7 @@ sources:
     export: {delete_after_download: false}
 `, baseURL)
 	}
-	cfgText := fmt.Sprintf(`data_dir: %q
-log: {level: warn}
-views: {defaults: %t}
-transform: {workers: %d, queue_depth: %d, batch_rows: %d, batch_bytes: %q}
-sinks:
-  - name: duck
-    type: duckdb
-    duckdb: {path: %q, memory_limit: %q, threads: %d}
-%s`, filepath.Join(work, "data"), views == "default", tune.Workers, tune.QueueDepth, tune.BatchRows, tune.BatchBytes,
-		filepath.Join(work, "bench.duckdb"), tune.MemoryLimit, tune.Threads, src)
-	cfg, err := pipeline.ParseConfig([]byte(cfgText))
+	cfg, err := pipeline.ParseConfig([]byte(tune.config(work, filepath.Join(work, "bench.duckdb"), views, src)))
 	if err != nil {
 		return r, err
 	}
@@ -825,6 +921,8 @@ sinks:
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
 	r.Note = fmt.Sprintf("(%s; Go runtime sys %s, rejects %d, files %d)", byPhase, mib(int64(ms.Sys)), res.Stats.Rejects, res.Files)
+	r.setMemory(cfg.Memory())
+	r.Budget = int64(cfg.MemoryBudget)
 	return r, nil
 }
 
