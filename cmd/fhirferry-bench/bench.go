@@ -532,12 +532,12 @@ func benchPipeline(ctx context.Context, f *benchFlags, size int64, dir string, o
 	}
 	if f.rebuild {
 		if _, err := run(append([]string{"rebuild", "--data", filepath.Join(work, "load", "bench.duckdb"), "--work", filepath.Join(work, "load")}, common...)...); err != nil {
-			return err
+			return partial(out, results, err)
 		}
 	}
 	if f.daemon > 0 {
 		if err := benchDaemon(ctx, f, srv, gs, filepath.Join(work, "daemon"), run, common); err != nil {
-			return err
+			return partial(out, results, err)
 		}
 	}
 	printResults(out, results)
@@ -663,6 +663,14 @@ func copyPrefix(src, dst string, n int64) error {
 		}
 	}
 	return errors.Join(bw.Flush(), fo.Close())
+}
+
+// partial prints the runs that finished before err, which it returns: a
+// failed rebuild or daemon leaves the load's figures worth having.
+func partial(out io.Writer, rs []benchResult, err error) error {
+	printResults(out, rs)
+	printBudget(out, rs)
+	return err
 }
 
 // printBudget sets each fhirferry run's peak RSS against its memory budget.

@@ -150,13 +150,15 @@ func warnLog() *slog.Logger {
 }
 
 // benchDaemon runs the daemon child while the server changes: every two
-// seconds, new patients and updates and deletes of about 1% of the
-// resources, so that each incremental run has work.
+// seconds, new patients and updates and deletes of about 1/3000 of the
+// resources (about 1% a minute), so that each incremental run has work
+// in proportion to how long the previous run took, as a nightly export's
+// changes are to a day.
 func benchDaemon(ctx context.Context, f *benchFlags, srv *bulktest.Server, gs genStats, work string,
 	run func(...string) (benchResult, error), common []string) error {
 	actx, stop := context.WithCancel(ctx)
 	defer stop()
-	n := int(max(gs.lines/100, 1))
+	n := int(max(gs.lines/3000, 1))
 	go srv.AdvanceEvery(actx, 2*time.Second, bulktest.Mutation{NewPatients: max(n/100, 1), UpdatedResources: n, DeletedResources: max(n/10, 1)})
 	_, err := run(append([]string{"daemon", "--base-url", srv.BaseURL(), "--work", work, "--runs", strconv.Itoa(f.daemon)}, common...)...)
 	return err
