@@ -71,9 +71,9 @@ func SplitBudget(budget ByteSize, procs, duckdbSinks, stagingSinks int) Split {
 	procs = max(procs, 1)
 	s := Split{
 		Budget:     budget,
-		GoLimit:     budget / 4,
-		BatchBytes:  max(budget/2048, 64<<10),
-		QueueDepth:  clamp(int(budget/(128<<20)), 2, 8),
+		GoLimit:    budget / 4,
+		BatchBytes: max(budget/2048, 64<<10),
+		QueueDepth: clamp(int(budget/(128<<20)), 2, 8),
 		// A worker holds a batch builder per table (raw plus every view)
 		// and a parsed line: a 64th of the budget each at most.
 		Workers: min(procs, max(int(budget/(64<<20)), 1)),
