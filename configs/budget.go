@@ -130,9 +130,8 @@ func (c *Config) Memory() (summary, over string) {
 // memory (and so takes a staging share).
 func Stages(sinkType string) bool { return sinkType == SinkDuckDB || sinkType == SinkParquet }
 
-// split is the config's budget shared for its sinks on this process.
-func (c *Config) split() Split {
-	var duck, staging int
+// sinkCounts counts the DuckDB sinks and the sinks that stage in memory.
+func (c *Config) sinkCounts() (duck, staging int) {
 	for _, k := range c.Sinks {
 		if k.Type == SinkDuckDB {
 			duck++
@@ -141,12 +140,8 @@ func (c *Config) split() Split {
 			staging++
 		}
 	}
-	return SplitBudget(c.MemoryBudget, runtime.GOMAXPROCS(0), duck, staging)
+	return duck, staging
 }
-
-// Split is the budget's derived split for this config (what a zero or
-// absent setting became).
-func (c *Config) Split() Split { return c.split() }
 
 // applyBudget fills every memory and parallelism setting the file left
 // unset from the budget's split; a setting the file gives is kept.
@@ -154,13 +149,8 @@ func (c *Config) applyBudget() {
 	if c.MemoryBudget == 0 {
 		c.MemoryBudget = DefaultMemoryBudget
 	}
-	s := c.split()
-	duckdbSinks := 0
-	for _, k := range c.Sinks {
-		if k.Type == SinkDuckDB {
-			duckdbSinks++
-		}
-	}
+	duckdbSinks, staging := c.sinkCounts()
+	s := SplitBudget(c.MemoryBudget, runtime.GOMAXPROCS(0), duckdbSinks, staging)
 	if c.MemoryLimit == 0 {
 		c.MemoryLimit = s.GoLimit
 	}

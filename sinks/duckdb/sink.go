@@ -40,8 +40,6 @@ type Sink struct {
 	stg       staging
 	// streamThreads is DuckDB's thread count while raw rows stream in.
 	streamThreads int
-	// memoryLimited: a memory_limit is set, so Commit keeps streamThreads.
-	memoryLimited bool
 	// memoryLimit and commitMemory are DuckDB's memory_limit and the one
 	// it gets while a run commits or a commit is published (see
 	// configs.DuckDBSink.CommitMemoryLimit); commitMemory is "" when the
@@ -131,9 +129,8 @@ func New(cfg configs.DuckDBSink, env sinks.Env) (*Sink, error) {
 	s := &Sink{
 		name: name, log: log, path: cfg.Path, published: published, db: db,
 		spool: spool, stg: defaultStaging(env.Allocator(), env.StagingBytes), streamThreads: max(cfg.StreamThreads, 1),
-		memoryLimited: cfg.MemoryLimit != "",
-		memoryLimit:   cfg.MemoryLimit,
-		writer:        make(chan struct{}, 1),
+		memoryLimit: cfg.MemoryLimit,
+		writer:      make(chan struct{}, 1),
 	}
 	s.Reads = sqlread.Reads{Reader: s.reader}
 	if cfg.MemoryLimit != "" && cfg.CommitMemoryLimit != "" && cfg.CommitMemoryLimit != cfg.MemoryLimit {
@@ -166,6 +163,10 @@ const defaultMode = stageParquetPlain
 
 // Name implements sinks.Sink.
 func (s *Sink) Name() string { return s.name }
+
+// memoryLimited reports whether a memory_limit is set, so that Commit
+// keeps streamThreads.
+func (s *Sink) memoryLimited() bool { return s.memoryLimit != "" }
 
 // commitMemoryOn gives DuckDB the commit's memory_limit; commitMemoryOff
 // puts the sink's own back. The setting is global to the database: the

@@ -379,7 +379,7 @@ func (t *Txn) prepareCommit(ctx context.Context) (*sql.Tx, error) {
 			return nil, err
 		}
 		t.s.log.Debug("commit step", "run", t.run.RunID, "step", "raw parts", "duration", time.Since(t0))
-		if !t.s.memoryLimited {
+		if !t.s.memoryLimited() {
 			if err := t.restoreThreads(ctx); err != nil {
 				return nil, err
 			}
