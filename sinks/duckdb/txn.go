@@ -439,7 +439,7 @@ func (t *Txn) Commit(ctx context.Context, sum sinks.RunSummary) (err error) {
 		}
 		res, err := tx.ExecContext(ctx, q, args...)
 		if err != nil {
-			return fmt.Errorf("%s: %w", step.name, err)
+			return fmt.Errorf("%s: %w", step.name, withMemory(ctx, t.s.db, err))
 		}
 		if step.affected != nil {
 			n, err := res.RowsAffected()
@@ -457,7 +457,7 @@ func (t *Txn) Commit(ctx context.Context, sum sinks.RunSummary) (err error) {
 	}
 	t0 := time.Now()
 	if err = tx.Commit(); err != nil {
-		return err
+		return withMemory(ctx, t.s.db, err)
 	}
 	t.s.log.Debug("commit step", "run", t.run.RunID, "step", "commit", "duration", time.Since(t0))
 	t.s.dirty.Store(true)
