@@ -16,6 +16,12 @@ const (
 	CheckTable    = "checkpoints"
 	// ViewDefsTable records the definition each view table was built from.
 	ViewDefsTable = "view_definitions"
+	// GroupMemberTable is the membership history of the Group sources: one
+	// row per stay of a patient in a Group (joined_at, left_at).
+	GroupMemberTable = "group_member"
+	// CurrentMemberView is GroupMemberTable's open rows: who is in each
+	// Group now.
+	CurrentMemberView = "current_member"
 )
 
 // Timestamp is the type of every instant column: microseconds in UTC, which

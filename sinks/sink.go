@@ -86,6 +86,25 @@ type RunSummary struct {
 	Deleted   int64
 	Rejects   int64
 	Outcomes  int64 // OperationOutcome issues from error files
+	// Membership is the Group's membership as the run saw it; nil when the
+	// run did not learn it (not a Group source, or a server that neither
+	// reads Groups nor exports them). The sink applies it to its
+	// group_member table in the run's transaction.
+	Membership *Membership
+}
+
+// Membership is one Group's members at a run. Applying it to the
+// group_member table (schemas.GroupMemberTable) of the run's namespace and
+// source opens a row (joined_at = At) for each patient without an open one,
+// and closes the open rows (left_at = At) of patients no longer listed: a
+// member who leaves and rejoins has two rows.
+type Membership struct {
+	Group string
+	// Patients are the active members' Patient ids (no "Patient/"),
+	// sorted and distinct. Empty is an empty Group: everyone left.
+	Patients []string
+	// At is when the run saw it: the export's transactionTime.
+	At time.Time
 }
 
 // Checkpoint is the last export a sink committed for a source.

@@ -118,6 +118,13 @@ var metaDDL = []string{
 	`CREATE TABLE IF NOT EXISTS ` + quote(schemas.CheckTable) + ` (
 		source VARCHAR PRIMARY KEY, transaction_time VARCHAR NOT NULL, export_id VARCHAR NOT NULL,
 		committed_at TIMESTAMPTZ NOT NULL)`,
+	`CREATE TABLE IF NOT EXISTS ` + quote(schemas.GroupMemberTable) + ` (
+		namespace VARCHAR NOT NULL, source VARCHAR NOT NULL, group_id VARCHAR NOT NULL,
+		patient_id VARCHAR NOT NULL, joined_at TIMESTAMPTZ NOT NULL, left_at TIMESTAMPTZ,
+		joined_run VARCHAR NOT NULL, left_run VARCHAR)`,
+	`CREATE OR REPLACE VIEW ` + quote(schemas.CurrentMemberView) + ` AS
+		SELECT namespace, source, group_id, patient_id, joined_at, joined_run
+		FROM ` + quote(schemas.GroupMemberTable) + ` WHERE left_at IS NULL`,
 }
 
 // execer is what DDL helpers need: a *sql.Tx or *sql.Conn.

@@ -180,7 +180,7 @@ func TestDurableAcrossReopen(t *testing.T) {
 	for _, ti := range tables {
 		counts[ti.Name] = ti.Rows
 	}
-	require.Equal(t, map[string]int64{"checkpoints": 1, "fhir_resources": 1, "observation_code": 0,
+	require.Equal(t, map[string]int64{"checkpoints": 1, "fhir_resources": 1, "group_member": 0, "observation_code": 0,
 		"operation_outcomes": 0, "patient_view": 0, "rejects": 0, "runs": 1}, counts)
 }
 

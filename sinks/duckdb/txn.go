@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"database/sql/driver"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -634,6 +635,7 @@ func (t *Txn) steps(del string, sum sinks.RunSummary) []step {
 			steps = append(steps, step{name: "append " + st.t.Name, sql: insertFrom(st.t, st.rel, runStamp(t.run))})
 		}
 	}
+	steps = append(steps, t.membership(sum.Membership)...)
 	r := t.run
 	steps = append(steps,
 		// A failure row of an earlier attempt of this run gives way to the success.
@@ -647,4 +649,28 @@ func (t *Txn) steps(del string, sum sinks.RunSummary) []step {
 			args: []any{r.Source, r.TransactionTime, r.ExportID, time.Now().UTC()}},
 	)
 	return steps
+}
+
+// membership returns the steps that apply a run's Group membership to
+// group_member (see sinks.Membership): close the stays of patients no
+// longer listed, open one for each listed patient without an open stay.
+func (t *Txn) membership(m *sinks.Membership) []step {
+	if m == nil {
+		return nil
+	}
+	ids, _ := json.Marshal(m.Patients) // []string cannot fail
+	G := quote(schemas.GroupMemberTable)
+	// Literals, not parameters, for the keys: see steps on DuckDB's
+	// parameter order in a DELETE; an UPDATE with a subquery binds alike.
+	key := `namespace = ` + lit(t.run.Namespace) + ` AND source = ` + lit(t.run.Source) + ` AND group_id = ` + lit(m.Group)
+	at, run := lit(m.At.UTC().Format(time.RFC3339Nano)), lit(t.run.RunID)
+	return []step{
+		{name: "members", sql: `CREATE TEMP TABLE members AS SELECT DISTINCT unnest(from_json(?, '["VARCHAR"]')) AS patient_id`,
+			args: []any{string(ids)}},
+		{name: "members left", sql: `UPDATE ` + G + ` SET left_at = ` + at + `::TIMESTAMPTZ, left_run = ` + run + `
+			WHERE ` + key + ` AND left_at IS NULL AND patient_id NOT IN (SELECT patient_id FROM members)`},
+		{name: "members joined", sql: `INSERT INTO ` + G + ` SELECT ` + lit(t.run.Namespace) + `, ` + lit(t.run.Source) + `, ` + lit(m.Group) + `,
+			m.patient_id, ` + at + `::TIMESTAMPTZ, NULL, ` + run + `, NULL FROM members m
+			ANTI JOIN (SELECT patient_id FROM ` + G + ` WHERE ` + key + ` AND left_at IS NULL) g ON g.patient_id = m.patient_id`},
+	}
 }

@@ -14,6 +14,9 @@ import (
 	"time"
 
 	"github.com/apache/arrow-go/v18/arrow"
+
+	"github.com/fhirferry/fhirferry/schemas"
+	"github.com/fhirferry/fhirferry/sinks"
 )
 
 // Names of the lake's own objects.
@@ -33,6 +36,56 @@ type lakeMeta struct {
 	Checkpoints   map[string]checkpoint `json:"checkpoints"`
 	Runs          []runRecord           `json:"runs"`
 	Tables        map[string]*tableMeta `json:"tables"`
+	// Members is the group_member table (sinks.Membership): small beside
+	// the data (a row per stay of a patient in a Group), and changed in
+	// place at every run, so it lives here rather than in files.
+	Members []memberRow `json:"group_member,omitempty"`
+}
+
+// memberRow is one stay of a patient in a Group.
+type memberRow struct {
+	Namespace string     `json:"namespace"`
+	Source    string     `json:"source"`
+	GroupID   string     `json:"group_id"`
+	PatientID string     `json:"patient_id"`
+	JoinedAt  time.Time  `json:"joined_at"`
+	LeftAt    *time.Time `json:"left_at"`
+	JoinedRun string     `json:"joined_run"`
+	LeftRun   *string    `json:"left_run"`
+}
+
+// memberColumns types memberRow for DuckDB's read_json.
+const memberColumns = `STRUCT(namespace VARCHAR, source VARCHAR, group_id VARCHAR, patient_id VARCHAR,
+	joined_at TIMESTAMPTZ, left_at TIMESTAMPTZ, joined_run VARCHAR, left_run VARCHAR)[]`
+
+// applyMembers applies a run's Group membership to m.Members: the open
+// stays of patients no longer listed close, listed patients without an
+// open stay get one. Closed stays are history and never change.
+func (m *lakeMeta) applyMembers(run sinks.RunInfo, g *sinks.Membership) {
+	listed := make(map[string]bool, len(g.Patients))
+	for _, p := range g.Patients {
+		listed[p] = true
+	}
+	at := g.At.UTC()
+	open := map[string]bool{}
+	for i := range m.Members {
+		r := &m.Members[i]
+		if r.LeftAt != nil || r.Namespace != run.Namespace || r.Source != run.Source || r.GroupID != g.Group {
+			continue
+		}
+		if listed[r.PatientID] {
+			open[r.PatientID] = true
+			continue
+		}
+		r.LeftAt, r.LeftRun = &at, &run.RunID
+	}
+	for _, p := range g.Patients {
+		if !open[p] {
+			open[p] = true
+			m.Members = append(m.Members, memberRow{Namespace: run.Namespace, Source: run.Source, GroupID: g.Group,
+				PatientID: p, JoinedAt: at, JoinedRun: run.RunID})
+		}
+	}
 }
 
 type checkpoint struct {
@@ -78,7 +131,7 @@ type fileMeta struct {
 // clone copies m so a commit can change it without touching the published state.
 func (m *lakeMeta) clone() *lakeMeta {
 	c := &lakeMeta{Version: m.Version, SchemaVersion: m.SchemaVersion, Checkpoints: maps.Clone(m.Checkpoints), Runs: slices.Clone(m.Runs),
-		Tables: make(map[string]*tableMeta, len(m.Tables))}
+		Members: slices.Clone(m.Members), Tables: make(map[string]*tableMeta, len(m.Tables))}
 	if c.Checkpoints == nil {
 		c.Checkpoints = map[string]checkpoint{}
 	}
@@ -223,6 +276,13 @@ func writeViews(w io.Writer, st Store, m *lakeMeta) error {
 		fmt.Fprintf(&b, "CREATE OR REPLACE VIEW %s AS SELECT * FROM read_parquet([%s], union_by_name = true);\n",
 			quoteIdent(name), strings.Join(files, ", "))
 	}
+	// group_member and current_member read _lake.json itself: the typed
+	// columns give an empty table its shape.
+	fmt.Fprintf(&b, `CREATE OR REPLACE VIEW %s AS SELECT unnest(group_member, recursive := true) FROM read_json(%s,
+	columns = {group_member: '%s'}, maximum_object_size = 2147483647);
+`, quoteIdent(schemas.GroupMemberTable), quoteString(st.Location(lakeFile)), memberColumns)
+	fmt.Fprintf(&b, "CREATE OR REPLACE VIEW %s AS SELECT namespace, source, group_id, patient_id, joined_at, joined_run FROM %s WHERE left_at IS NULL;\n",
+		quoteIdent(schemas.CurrentMemberView), quoteIdent(schemas.GroupMemberTable))
 	_, err := io.WriteString(w, b.String())
 	return err
 }

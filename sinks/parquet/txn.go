@@ -263,6 +263,9 @@ func (t *Txn) commit(ctx context.Context, sum sinks.RunSummary) error {
 	m.Runs = append(m.Runs, runRecord{RunID: r.RunID, Source: r.Source, ExportID: r.ExportID, Since: r.Since,
 		TransactionTime: r.TransactionTime, StartedAt: r.Started, FinishedAt: finished, Outcome: sum.Outcome,
 		Files: sum.Files, Bytes: sum.Bytes, Resources: sum.Resources, Deleted: sum.Deleted, Rejects: sum.Rejects, Outcomes: sum.Outcomes})
+	if !t.Noop && sum.Membership != nil {
+		m.applyMembers(r, sum.Membership)
+	}
 	if !t.Noop {
 		m.Checkpoints[r.Source] = checkpoint{TransactionTime: r.TransactionTime, ExportID: r.ExportID, CommittedAt: time.Now().UTC()}
 	}

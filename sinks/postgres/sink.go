@@ -131,7 +131,14 @@ CREATE TABLE IF NOT EXISTS %[1]s (
 	rejects bigint, outcomes bigint);
 CREATE TABLE IF NOT EXISTS %[2]s (
 	source text PRIMARY KEY, transaction_time text NOT NULL, export_id text NOT NULL,
-	committed_at timestamptz NOT NULL);`
+	committed_at timestamptz NOT NULL);
+CREATE TABLE IF NOT EXISTS %[3]s (
+	namespace text NOT NULL, source text NOT NULL, group_id text NOT NULL, patient_id text NOT NULL,
+	joined_at timestamptz NOT NULL, left_at timestamptz, joined_run text NOT NULL, left_run text);
+CREATE UNIQUE INDEX IF NOT EXISTS group_member_open ON %[3]s (namespace, source, group_id, patient_id)
+	WHERE left_at IS NULL;
+CREATE OR REPLACE VIEW %[4]s AS SELECT namespace, source, group_id, patient_id, joined_at, joined_run
+	FROM %[3]s WHERE left_at IS NULL;`
 
 // Prepare implements sinks.Sink: it creates the schema, the metadata
 // tables and every table given, adds columns a view gained (never dropping
@@ -150,7 +157,8 @@ func (s *Sink) Prepare(ctx context.Context, tables []*schemas.Table) error {
 	if _, err := tx.Exec(ctx, "CREATE SCHEMA IF NOT EXISTS "+pgx.Identifier{s.schema}.Sanitize()); err != nil {
 		return fmt.Errorf("postgres sink %s: create schema %s: %w", s.name, s.schema, err)
 	}
-	if _, err := tx.Exec(ctx, fmt.Sprintf(metaDDL, s.ident(schemas.RunsTable), s.ident(schemas.CheckTable))); err != nil {
+	if _, err := tx.Exec(ctx, fmt.Sprintf(metaDDL, s.ident(schemas.RunsTable), s.ident(schemas.CheckTable),
+		s.ident(schemas.GroupMemberTable), s.ident(schemas.CurrentMemberView))); err != nil {
 		return fmt.Errorf("postgres sink %s: metadata tables: %w", s.name, err)
 	}
 	seen := map[string]*schemas.Table{}

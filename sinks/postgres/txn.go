@@ -361,8 +361,33 @@ func (t *Txn) record(ctx context.Context, sum sinks.RunSummary) error {
 	if t.Noop {
 		return nil
 	}
+	if err := t.members(ctx, sum.Membership); err != nil {
+		return err
+	}
 	return t.exec(ctx, "checkpoint", fmt.Sprintf(`INSERT INTO %s (source, transaction_time, export_id, committed_at)
 		VALUES ($1,$2,$3,$4) ON CONFLICT (source) DO UPDATE
 		SET transaction_time = EXCLUDED.transaction_time, export_id = EXCLUDED.export_id, committed_at = EXCLUDED.committed_at`,
 		t.s.ident(schemas.CheckTable)), r.Source, r.TransactionTime, r.ExportID, time.Now())
+}
+
+// members applies a run's Group membership to group_member (see
+// sinks.Membership): close the stays of patients no longer listed, open
+// one for each listed patient without an open stay.
+func (t *Txn) members(ctx context.Context, m *sinks.Membership) error {
+	if m == nil {
+		return nil
+	}
+	G, r := t.s.ident(schemas.GroupMemberTable), t.run
+	if err := t.exec(ctx, "members left", fmt.Sprintf(`UPDATE %s SET left_at = $4, left_run = $5
+		WHERE namespace = $1 AND source = $2 AND group_id = $3 AND left_at IS NULL
+		AND patient_id NOT IN (SELECT unnest($6::text[]))`, G),
+		r.Namespace, r.Source, m.Group, m.At, r.RunID, m.Patients); err != nil {
+		return err
+	}
+	return t.exec(ctx, "members joined", fmt.Sprintf(`INSERT INTO %[1]s
+		(namespace, source, group_id, patient_id, joined_at, joined_run)
+		SELECT $1, $2, $3, p, $4, $5 FROM unnest($6::text[]) p
+		WHERE NOT EXISTS (SELECT FROM %[1]s g WHERE g.namespace = $1 AND g.source = $2
+			AND g.group_id = $3 AND g.patient_id = p AND g.left_at IS NULL)`, G),
+		r.Namespace, r.Source, m.Group, m.At, r.RunID, m.Patients)
 }

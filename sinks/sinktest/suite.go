@@ -175,6 +175,7 @@ func Run(t *testing.T, h Harness) {
 		{"PrepareAddsColumn", casePrepareAddsColumn},
 		{"NamespacesKeepTheirRows", caseNamespacesKeepTheirRows},
 		{"SourcesShareANamespace", caseSourcesShareANamespace},
+		{"GroupMembership", caseGroupMembership},
 	} {
 		t.Run(c.name, func(t *testing.T) { c.run(t, newEnv(t, h), h) })
 	}
