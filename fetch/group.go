@@ -55,7 +55,7 @@ func (c *Client) GroupMembers(ctx context.Context, groupID string) ([]string, er
 				return fmt.Errorf("fetch: group read %s: the Group is larger than %d MiB", redact(x.url), maxGroupBytes>>20)
 			}
 			var err error
-			members, err = parseGroupMembers(body, groupID)
+			members, err = ParseGroupMembers(body, groupID)
 			return err
 		case resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden:
 			return httpError("group", x.url, resp, body)
@@ -67,8 +67,10 @@ func (c *Client) GroupMembers(ctx context.Context, groupID string) ([]string, er
 	return members, err
 }
 
-// parseGroupMembers extracts the active Patient members of a Group body.
-func parseGroupMembers(body []byte, groupID string) ([]string, error) {
+// ParseGroupMembers extracts the active Patient members of a Group
+// resource (a read's body, or a line of an exported Group file) as sorted,
+// distinct `Patient/<id>` references.
+func ParseGroupMembers(body []byte, groupID string) ([]string, error) {
 	var g struct {
 		ResourceType string `json:"resourceType"`
 		ID           string `json:"id"`

@@ -328,6 +328,9 @@ func (a *App) Runner(ctx context.Context, name string) (*Runner, error) {
 	// The runner sets the request's _since from the sinks' checkpoints.
 	r.Request, r.InitialSince = fetch.RequestFor(src), src.Export.Since
 	r.DeleteAfter, r.FailOnErrorOutcomes = src.Export.DeleteAfter(), true
+	if r.Request.Level == fetch.LevelGroup {
+		r.Members = c
+	}
 	return r, nil
 }
 

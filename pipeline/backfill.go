@@ -114,7 +114,10 @@ func (b *Backfill) Run(ctx context.Context) (*Result, error) {
 			return &Result{Source: r.Source, NewMembers: cyc.New, RemovedMembers: cyc.Removed, Backfill: bres}, err
 		}
 	}
+	// The main run records the membership this cycle read: one read.
+	r.known = cyc.Members
 	res, err := r.Run(ctx)
+	r.known = nil
 	if res != nil {
 		res.NewMembers, res.RemovedMembers, res.Backfill = cyc.New, cyc.Removed, bres
 	}
@@ -224,6 +227,9 @@ func (b *Backfill) backfillRunner(cyc *memberCycle) *Runner {
 	// The back-fill stores the same server's resources: same namespace.
 	br.Namespace = b.Runner.namespace()
 	br.Source, br.Full = BackfillSource(b.Runner.Source), true
+	// The back-fill exports some members only: the main run records who
+	// is in the Group.
+	br.Members, br.known = nil, nil
 	if cyc.Mode == backfillPatients {
 		br.Request.Patients = cyc.New
 		if strings.EqualFold(br.Request.Method, "get") {

@@ -84,6 +84,13 @@ type Runner struct {
 	// Full makes every new run export from InitialSince whatever the
 	// checkpoints say (the Group back-fill runs of C49, see Backfill).
 	Full bool
+	// Members, when set on a Group source's runner, makes every run record
+	// the Group's membership in the sinks' group_member table: read before
+	// the kick-off, else taken from the export's Group resource.
+	Members MemberLister
+	// known is the membership a Backfill cycle already read for this run
+	// ("Patient/<id>" references); nil makes the run read it.
+	known []string
 	// Failpoint, when set, is called as the run passes each named point:
 	// polling (status URL saved, before the first poll), spooled (a file
 	// stored), written (a batch written to the sinks) and committed (every
@@ -135,6 +142,10 @@ type Result struct {
 	NewMembers     []string
 	RemovedMembers []string
 	Backfill       *Result
+	// Members is the membership the run recorded, nil when it recorded
+	// none; MembersFrom says how it was learnt (MembersFromRead, ...).
+	Members     *sinks.Membership
+	MembersFrom string
 }
 
 func (r *Runner) log() *slog.Logger {
@@ -170,6 +181,9 @@ func (r *Runner) Run(ctx context.Context) (*Result, error) {
 		log.Info("run started", "since", st.Since)
 	}
 
+	if err := r.learnMembers(ctx, store, st, log); err != nil {
+		return res, err
+	}
 	for attempt := 0; ; attempt++ {
 		err = nil
 		if st.Manifest == nil {
@@ -485,9 +499,11 @@ func (r *Runner) load(ctx context.Context, store *stateStore, st *RunState, info
 			total.ErrorIssues, total.FirstIssue, st.Since)}
 	}
 	ok = true
+	res.Members, res.MembersFrom = r.membership(st, ld.exported, ld.foundGroup, r.log().With("source", r.Source))
 	return &loaded{txns: txns, summary: sinks.RunSummary{
 		Outcome: "success", Files: int64(ld.nfiles), Bytes: ld.wire, Resources: total.Resources,
 		Deleted: total.Deleted, Rejects: total.Rejects, Outcomes: total.Outcomes, Finished: time.Now().UTC(),
+		Membership: res.Members, MembersFrom: res.MembersFrom,
 	}}, nil
 }
 
@@ -504,10 +520,14 @@ type loading struct {
 	files   chan fetch.Spooled
 	batches chan schemas.Batch
 
-	mu     sync.Mutex // guards st.Spooled and the totals
-	total  transform.FileStats
-	wire   int64
-	nfiles int
+	mu    sync.Mutex // guards st.Spooled, the totals and the exported Group
+	total transform.FileStats
+	wire  int64
+	// exported is the run's Group as the export's own Group file has it,
+	// for a run whose server refused the Group read (foundGroup: seen).
+	exported   []string
+	foundGroup bool
+	nfiles     int
 }
 
 // download fetches the files not spooled yet. Each stored file is recorded
@@ -560,6 +580,9 @@ func (ld *loading) transform(ctx context.Context) error {
 	}
 	for sp := range ld.files {
 		in := transform.Input{Path: sp.Path, Name: fileName(sp.File), Kind: string(sp.File.Kind), Type: sp.File.Type, Index: sp.File.Index}
+		if err := ld.findGroup(sp, in.Name); err != nil {
+			return err
+		}
 		fs, err := ld.r.Engine.ProcessFile(ctx, ld.origin, in, emit)
 		if err != nil {
 			return fmt.Errorf("transform %s: %w", in.Name, err)

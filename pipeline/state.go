@@ -34,6 +34,8 @@ type RunState struct {
 	Manifest *fetch.Manifest `json:"manifest,omitempty"`
 	// Spooled maps a manifest file index to the file stored in the spool.
 	Spooled map[int]fetch.Spooled `json:"spooled,omitempty"`
+	// Members is the Group membership the run records (Group sources).
+	Members *MemberSnapshot `json:"members,omitempty"`
 	// Committed lists the sinks that hold the export.
 	Committed []string `json:"committed,omitempty"`
 }

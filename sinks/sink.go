@@ -91,6 +91,10 @@ type RunSummary struct {
 	// reads Groups nor exports them). The sink applies it to its
 	// group_member table in the run's transaction.
 	Membership *Membership
+	// MembersFrom says how a Group source's run learnt the membership
+	// ("group read", "export", or "omitted" when the server gave it no
+	// way); "" for other sources. Recorded in the runs table.
+	MembersFrom string
 }
 
 // Membership is one Group's members at a run. Applying it to the
