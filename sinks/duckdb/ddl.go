@@ -118,6 +118,8 @@ var metaDDL = []string{
 	`CREATE TABLE IF NOT EXISTS ` + quote(schemas.CheckTable) + ` (
 		source VARCHAR PRIMARY KEY, transaction_time VARCHAR NOT NULL, export_id VARCHAR NOT NULL,
 		committed_at TIMESTAMPTZ NOT NULL)`,
+	// Warehouses made before runs recorded how a Group's members were learnt.
+	`ALTER TABLE ` + quote(schemas.RunsTable) + ` ADD COLUMN IF NOT EXISTS membership VARCHAR`,
 	`CREATE TABLE IF NOT EXISTS ` + quote(schemas.GroupMemberTable) + ` (
 		namespace VARCHAR NOT NULL, source VARCHAR NOT NULL, group_id VARCHAR NOT NULL,
 		patient_id VARCHAR NOT NULL, joined_at TIMESTAMPTZ NOT NULL, left_at TIMESTAMPTZ,
@@ -125,6 +127,24 @@ var metaDDL = []string{
 	`CREATE OR REPLACE VIEW ` + quote(schemas.CurrentMemberView) + ` AS
 		SELECT namespace, source, group_id, patient_id, joined_at, joined_run
 		FROM ` + quote(schemas.GroupMemberTable) + ` WHERE left_at IS NULL`,
+}
+
+// insertRun writes one runs row from runArgs.
+var insertRun = `INSERT INTO ` + quote(schemas.RunsTable) + ` (run_id, source, export_id, since, transaction_time,
+	started_at, finished_at, outcome, files, bytes, resources, deleted, rejects, outcomes, membership)
+	VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
+
+func runArgs(r sinks.RunInfo, sum sinks.RunSummary) []any {
+	return []any{r.RunID, r.Source, r.ExportID, r.Since, r.TransactionTime, r.Started.UTC(), sum.Finished.UTC(),
+		sum.Outcome, sum.Files, sum.Bytes, sum.Resources, sum.Deleted, sum.Rejects, sum.Outcomes, nullIfEmpty(sum.MembersFrom)}
+}
+
+// nullIfEmpty stores "" as NULL: not a Group source's run.
+func nullIfEmpty(s string) any {
+	if s == "" {
+		return nil
+	}
+	return s
 }
 
 // execer is what DDL helpers need: a *sql.Tx or *sql.Conn.

@@ -32,9 +32,7 @@ func (s *Sink) RecordFailure(ctx context.Context, r sinks.RunInfo, sum sinks.Run
 	if _, err := tx.ExecContext(ctx, `DELETE FROM `+quote(schemas.RunsTable)+` WHERE run_id = ?`, r.RunID); err != nil {
 		return err
 	}
-	if _, err := tx.ExecContext(ctx, `INSERT INTO `+quote(schemas.RunsTable)+` VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-		r.RunID, r.Source, r.ExportID, r.Since, r.TransactionTime, r.Started.UTC(), sum.Finished.UTC(),
-		sum.Outcome, sum.Files, sum.Bytes, sum.Resources, sum.Deleted, sum.Rejects, sum.Outcomes); err != nil {
+	if _, err := tx.ExecContext(ctx, insertRun, runArgs(r, sum)...); err != nil {
 		return fmt.Errorf("duckdb sink %s: record failed run: %w", s.name, err)
 	}
 	if err := tx.Commit(); err != nil {

@@ -640,9 +640,7 @@ func (t *Txn) steps(del string, sum sinks.RunSummary) []step {
 	steps = append(steps,
 		// A failure row of an earlier attempt of this run gives way to the success.
 		step{name: "runs", sql: `DELETE FROM ` + quote(schemas.RunsTable) + ` WHERE run_id = ? AND outcome <> 'success'`, args: []any{r.RunID}},
-		step{name: "runs", sql: `INSERT INTO ` + quote(schemas.RunsTable) + ` VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-			args: []any{r.RunID, r.Source, r.ExportID, r.Since, r.TransactionTime, r.Started.UTC(), sum.Finished.UTC(),
-				sum.Outcome, sum.Files, sum.Bytes, sum.Resources, sum.Deleted, sum.Rejects, sum.Outcomes}},
+		step{name: "runs", sql: insertRun, args: runArgs(r, sum)},
 		step{name: "checkpoint", sql: `INSERT INTO ` + quote(schemas.CheckTable) + ` VALUES (?, ?, ?, ?)
 			ON CONFLICT (source) DO UPDATE SET transaction_time = excluded.transaction_time,
 				export_id = excluded.export_id, committed_at = excluded.committed_at`,

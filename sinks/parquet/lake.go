@@ -58,6 +58,11 @@ type memberRow struct {
 const memberColumns = `STRUCT(namespace VARCHAR, source VARCHAR, group_id VARCHAR, patient_id VARCHAR,
 	joined_at TIMESTAMPTZ, left_at TIMESTAMPTZ, joined_run VARCHAR, left_run VARCHAR)[]`
 
+// runColumns types runRecord for DuckDB's read_json.
+const runColumns = `STRUCT(run_id VARCHAR, source VARCHAR, export_id VARCHAR, since VARCHAR,
+	transaction_time VARCHAR, started_at TIMESTAMPTZ, finished_at TIMESTAMPTZ, outcome VARCHAR, files BIGINT,
+	bytes BIGINT, resources BIGINT, deleted BIGINT, rejects BIGINT, outcomes BIGINT, membership VARCHAR)[]`
+
 // applyMembers applies a run's Group membership to m.Members: the open
 // stays of patients no longer listed close, listed patients without an
 // open stay get one. Closed stays are history and never change.
@@ -109,6 +114,8 @@ type runRecord struct {
 	Deleted         int64     `json:"deleted"`
 	Rejects         int64     `json:"rejects"`
 	Outcomes        int64     `json:"outcomes"`
+	// Membership is how a Group source's run learnt its members.
+	Membership string `json:"membership,omitempty"`
 }
 
 type tableMeta struct {
@@ -276,11 +283,16 @@ func writeViews(w io.Writer, st Store, m *lakeMeta) error {
 		fmt.Fprintf(&b, "CREATE OR REPLACE VIEW %s AS SELECT * FROM read_parquet([%s], union_by_name = true);\n",
 			quoteIdent(name), strings.Join(files, ", "))
 	}
-	// group_member and current_member read _lake.json itself: the typed
-	// columns give an empty table its shape.
-	fmt.Fprintf(&b, `CREATE OR REPLACE VIEW %s AS SELECT unnest(group_member, recursive := true) FROM read_json(%s,
-	columns = {group_member: '%s'}, maximum_object_size = 2147483647);
-`, quoteIdent(schemas.GroupMemberTable), quoteString(st.Location(lakeFile)), memberColumns)
+	// runs, group_member and current_member read _lake.json itself: the
+	// typed columns give an empty table its shape, as in the other sinks.
+	for _, v := range []struct{ name, key, cols string }{
+		{schemas.RunsTable, "runs", runColumns},
+		{schemas.GroupMemberTable, "group_member", memberColumns},
+	} {
+		fmt.Fprintf(&b, `CREATE OR REPLACE VIEW %s AS SELECT unnest(%s, recursive := true) FROM read_json(%s,
+	columns = {%s: '%s'}, maximum_object_size = 2147483647);
+`, quoteIdent(v.name), v.key, quoteString(st.Location(lakeFile)), v.key, v.cols)
+	}
 	fmt.Fprintf(&b, "CREATE OR REPLACE VIEW %s AS SELECT namespace, source, group_id, patient_id, joined_at, joined_run FROM %s WHERE left_at IS NULL;\n",
 		quoteIdent(schemas.CurrentMemberView), quoteIdent(schemas.GroupMemberTable))
 	_, err := io.WriteString(w, b.String())

@@ -17,6 +17,24 @@ import (
 // the way an analyst does: "source|group|patient|joined_run|left_run" with
 // the joined_at and left_at instants checked against at, the instant of
 // each run.
+// query runs a one-column query through the sink's SQL reader.
+func (e *env) query(sql string) []string {
+	e.t.Helper()
+	q, ok := e.s.(sinks.Querier)
+	require.True(e.t, ok, "the sink has no SQL reader")
+	rows, err := q.Query(e.ctx, sql)
+	require.NoError(e.t, err)
+	defer func() { _ = rows.Close() }()
+	var out []string
+	for rows.Next() {
+		var v string
+		require.NoError(e.t, rows.Scan(&v))
+		out = append(out, v)
+	}
+	require.NoError(e.t, rows.Err())
+	return out
+}
+
 func (e *env) members(table string, at map[string]time.Time) []string {
 	e.t.Helper()
 	q, ok := e.s.(sinks.Querier)
@@ -63,12 +81,20 @@ func caseGroupMembership(t *testing.T, e *env, _ Harness) {
 		t.Helper()
 		run := e.runOf(source, Namespace, fmt.Sprintf("m%d", e.n+1), tt1)
 		var m *sinks.Membership
+		from := ""
 		if group != "" {
 			at[run.RunID] = T(e.n)
 			m = &sinks.Membership{Group: group, Patients: patients, At: T(e.n)}
+			from = "group read"
 		}
 		txn := e.write(run, e.rawB(e.pat(fmt.Sprintf("p%d", e.n), "1", T(1), 1)))
-		require.NoError(t, txn.Commit(e.ctx, sinks.RunSummary{Finished: Base, Outcome: "success", Membership: m}))
+		require.NoError(t, txn.Commit(e.ctx, sinks.RunSummary{Finished: Base, Outcome: "success", Membership: m, MembersFrom: from}))
+		want := "NULL"
+		if from != "" {
+			want = from
+		}
+		require.Equal(t, []string{want}, e.query(`SELECT coalesce(membership, 'NULL') FROM runs WHERE run_id = '`+run.RunID+`'`),
+			"the runs row says how the run learnt its members")
 		return run.RunID
 	}
 	r1 := apply("cohort", "g1", "a", "b")
