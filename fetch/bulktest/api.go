@@ -131,6 +131,14 @@ type Faults struct {
 	// parameter with 400 OperationOutcome, like servers that do not
 	// support it (the Group membership pattern must fall back).
 	RejectPatientParam bool
+	// GroupReadUnsupported answers every Group read with 400
+	// OperationOutcome not-supported, like servers that export Groups but
+	// do not read them: a client must take membership from elsewhere.
+	GroupReadUnsupported bool
+	// ExportGroupResource makes Group-level exports include the exported
+	// Group itself (a Group file, when it changed since _since), as some
+	// servers do.
+	ExportGroupResource bool
 	// VeryLongLine: the next output file served starts with a resource
 	// whose text.div is this many bytes long (consumed once).
 	VeryLongLine int
@@ -152,6 +160,9 @@ type Mutation struct {
 	// AddGroupMembers adds existing non-member patients (with their old
 	// history) to the "cohort" Group.
 	AddGroupMembers int
+	// RemoveGroupMembers takes members out of the "cohort" Group; their
+	// data stays on the server. A removed patient can be added again.
+	RemoveGroupMembers int
 }
 
 // MutationResult lists what an Advance did, so tests can compare a client's
@@ -159,13 +170,14 @@ type Mutation struct {
 type MutationResult struct {
 	// Time is the server clock after the Advance, and the lastUpdated of
 	// every change.
-	Time         time.Time
-	NewPatients  []Key
-	Created      []Key // every resource of the new patients, Patient included
-	Updated      []Key
-	Deleted      []Key
-	Recreated    []Key
-	AddedToGroup []Key // Patient keys added to the cohort Group
+	Time             time.Time
+	NewPatients      []Key
+	Created          []Key // every resource of the new patients, Patient included
+	Updated          []Key
+	Deleted          []Key
+	Recreated        []Key
+	AddedToGroup     []Key // Patient keys added to the cohort Group
+	RemovedFromGroup []Key // Patient keys taken out of the cohort Group
 }
 
 // Key identifies a resource.

@@ -159,6 +159,17 @@ func (s *Server) handleGroupRead(w http.ResponseWriter, rec *RequestRecord, id s
 		writeOO(w, rec.Status, "error", "not-found", "Group/"+id+" is unknown")
 		return
 	}
+	s.mu.Lock()
+	refuse := s.faults.GroupReadUnsupported
+	if refuse {
+		s.faultLocked(rec, "GroupReadUnsupported")
+	}
+	s.mu.Unlock()
+	if refuse {
+		rec.Status = http.StatusBadRequest
+		writeOO(w, rec.Status, "error", "not-supported", "Group read is not supported")
+		return
+	}
 	rec.Status = http.StatusOK
 	w.Header().Set("Content-Type", "application/fhir+json")
 	_, _ = w.Write(s.gen.renderGroup(nil, s.st.Load(), i))

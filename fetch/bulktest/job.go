@@ -45,6 +45,9 @@ type job struct {
 	expired int // URLs of generations <= expired answer 410
 	expires time.Time
 	deleted bool
+	// withGroup: a Group-level export that lists its own Group
+	// (Faults.ExportGroupResource).
+	withGroup bool
 }
 
 // plan splits the matching resources into files. It scans the whole
@@ -60,6 +63,12 @@ func (s *Server) plan(j *job) {
 			f.name = fmt.Sprintf("%d.deleted.ndjson", n)
 		}
 		j.files = append(j.files, f)
+	}
+	if i, ok := groupIndex(req.group); ok && j.withGroup && !slices.Contains(req.types, tGroup) {
+		r := &res{typ: tGroup, ord: i, lu: st.groupAt[i], ver: st.groupVer[i]}
+		if req.match(g, r, j.tx) {
+			add(fileEntry{typ: tGroup, start: cursor{0, i}, count: 1})
+		}
 	}
 	for _, typ := range req.types {
 		if typ == tGroup {
@@ -191,7 +200,10 @@ func (s *Server) handleKickOff(w http.ResponseWriter, r *http.Request, rec *Requ
 		rec.Status = status
 		return
 	}
-	j := &job{req: req, st: st, tx: st.now}
+	s.mu.Lock()
+	withGroup := s.faults.ExportGroupResource && req.level == levelGroup
+	s.mu.Unlock()
+	j := &job{req: req, st: st, tx: st.now, withGroup: withGroup}
 	s.plan(j)
 
 	s.mu.Lock()

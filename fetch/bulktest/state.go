@@ -28,6 +28,7 @@ type state struct {
 	created  []time.Time // creation time of patient initial+i
 	overlay  map[uint64]ovEntry
 	added    map[uint32]time.Time // patients added to the cohort Group
+	removed  map[uint32]time.Time // patients taken out of it (wins over added)
 	groupVer [2]uint32            // versions of Groups "all" and "cohort"
 	groupAt  [2]time.Time
 }
@@ -37,7 +38,7 @@ func initialState(g *generator, patients int, start time.Time) *state {
 	t := start.Add(-24 * time.Hour)
 	return &state{
 		now: start, initial: patients, patients: patients,
-		overlay: map[uint64]ovEntry{}, added: map[uint32]time.Time{},
+		overlay: map[uint64]ovEntry{}, added: map[uint32]time.Time{}, removed: map[uint32]time.Time{},
 		groupVer: [2]uint32{1, 1}, groupAt: [2]time.Time{t, t},
 	}
 }
@@ -47,6 +48,7 @@ func (st *state) clone() *state {
 	n.created = slices.Clone(st.created)
 	n.overlay = maps.Clone(st.overlay)
 	n.added = maps.Clone(st.added)
+	n.removed = maps.Clone(st.removed)
 	return &n
 }
 
@@ -68,6 +70,9 @@ func (st *state) inGroup(g *generator, id string, p uint32) bool {
 	}
 	if id == groupAll {
 		return true
+	}
+	if _, ok := st.removed[p]; ok {
+		return false
 	}
 	if int(p) >= st.initial {
 		return true // patients created by Advance join the cohort
@@ -348,7 +353,10 @@ func (s *Server) Advance(d time.Duration, m Mutation) MutationResult {
 		st.overlay[k] = ovEntry{ver: a.curVer(k) + 1, at: a.now}
 		a.res.Recreated = append(a.res.Recreated, a.key(k))
 	}
-	if added := a.addGroupMembers(m.AddGroupMembers); added > 0 && m.NewPatients == 0 {
+	// Removals first, so that this Advance's newcomers stay.
+	removed := a.removeGroupMembers(m.RemoveGroupMembers)
+	added := a.addGroupMembers(m.AddGroupMembers)
+	if added+removed > 0 && m.NewPatients == 0 {
 		st.groupVer[1]++
 		st.groupAt[1] = a.now
 	}
@@ -461,22 +469,61 @@ func (a *advance) pick(allowPatient bool) (uint64, bool) {
 	return 0, false
 }
 
-// addGroupMembers adds up to n initial patients who are not members to
-// the cohort Group, and returns how many it added.
+// addGroupMembers adds up to n patients who are not members (never were,
+// or were removed) to the cohort Group, and returns how many it added.
+// Patients this Advance removed are not candidates.
 func (a *advance) addGroupMembers(n int) int {
 	st, g := a.st, a.g
 	added := 0
 	for range n * 50 {
-		if added == n || st.initial == 0 {
+		if added == n || st.patients == 0 {
 			break
 		}
-		p := uint32(a.next(st.initial))
-		if st.inGroup(g, groupCohort, p) {
+		p := uint32(a.next(st.patients))
+		if st.inGroup(g, groupCohort, p) || st.removed[p].Equal(a.now) {
 			continue
 		}
+		delete(st.removed, p)
 		st.added[p] = a.now
 		added++
 		a.res.AddedToGroup = append(a.res.AddedToGroup, Key{"Patient", g.id(tPatient, p, 0)})
 	}
 	return added
+}
+
+// removeGroupMembers takes up to n members out of the cohort Group, and
+// returns how many it removed.
+func (a *advance) removeGroupMembers(n int) int {
+	st, g := a.st, a.g
+	removed := 0
+	for range n * 50 {
+		if removed == n || st.patients == 0 {
+			break
+		}
+		p := uint32(a.next(st.patients))
+		if !st.inGroup(g, groupCohort, p) {
+			continue
+		}
+		delete(st.added, p)
+		st.removed[p] = a.now
+		removed++
+		a.res.RemovedFromGroup = append(a.res.RemovedFromGroup, Key{"Patient", g.id(tPatient, p, 0)})
+	}
+	return removed
+}
+
+// Members returns the ids of the Patients in Group id now, sorted as the
+// Group lists them; nil for an unknown Group.
+func (s *Server) Members(id string) []string {
+	if _, ok := groupIndex(id); !ok {
+		return nil
+	}
+	g, st := s.gen, s.st.Load()
+	var out []string
+	sc := scope{level: levelGroup, group: id}
+	sc.eachPatient(g, st, 0, func(p uint32) bool {
+		out = append(out, g.id(tPatient, p, 0))
+		return true
+	})
+	return out
 }
