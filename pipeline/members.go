@@ -144,8 +144,10 @@ func (r *Runner) membership(st *RunState, exported []string, found bool, log *sl
 	case found:
 		return &sinks.Membership{Group: snap.Group, Patients: patientIDs(restrict(exported, r.Request.Patients)), At: at}, MembersFromExport
 	}
-	log.Warn("the server neither reads the Group nor exports it: group_member keeps the membership of earlier runs",
-		"group", snap.Group)
+	// An incremental export leaves out a Group that did not change, so on
+	// its own this is no error; a server that never exports it is.
+	log.Warn("the server does not read the Group and this export holds no Group resource (unchanged since _since, or never exported): group_member keeps the membership of earlier runs",
+		"group", snap.Group, "since", st.Since)
 	return nil, MembersOmitted
 }
 

@@ -512,8 +512,8 @@ func (a *advance) removeGroupMembers(n int) int {
 	return removed
 }
 
-// Members returns the ids of the Patients in Group id now, sorted as the
-// Group lists them; nil for an unknown Group.
+// Members returns the ids of the Patients in Group id now, sorted; nil
+// for an unknown Group.
 func (s *Server) Members(id string) []string {
 	if _, ok := groupIndex(id); !ok {
 		return nil
@@ -525,5 +525,6 @@ func (s *Server) Members(id string) []string {
 		out = append(out, g.id(tPatient, p, 0))
 		return true
 	})
+	slices.Sort(out)
 	return out
 }
