@@ -83,7 +83,7 @@ func sqlCheckpoint(open func(t *testing.T) *sql.DB) func(t *testing.T, source st
 // client's deaths.
 func TestCrashRecovery(t *testing.T) {
 	if testing.Short() {
-		t.Skip("builds the binary and kills it 24 times")
+		t.Skip("builds the binary and kills it 48 times")
 	}
 	bin := filepath.Join(t.TempDir(), "fhirferry")
 	t0 := time.Now()
@@ -93,46 +93,7 @@ func TestCrashRecovery(t *testing.T) {
 	views, err := transform.LoadViews(true, "")
 	require.NoError(t, err)
 
-	sinks := []struct {
-		kind string
-		make func(t *testing.T, dir string) crashWarehouse
-	}{
-		{"duckdb", func(t *testing.T, dir string) crashWarehouse {
-			path := filepath.Join(dir, "warehouse.duckdb")
-			open := func(t *testing.T) *sql.DB {
-				if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
-					return nil // before the first run
-				}
-				return e2e.OpenDuckDB(t, path)
-			}
-			return crashWarehouse{
-				yaml: fmt.Sprintf("    type: duckdb\n    duckdb:\n      path: %s\n", path),
-				open: open, checkpoint: sqlCheckpoint(open),
-				garbage: func(t *testing.T) []string {
-					left, _ := filepath.Glob(path + ".spool/*")
-					return left
-				},
-			}
-		}},
-		{"postgres", func(t *testing.T, _ string) crashWarehouse {
-			dsn, schema := e2e.PostgresSchema(t)
-			open := func(t *testing.T) *sql.DB { return e2e.OpenPostgres(t, dsn, schema) }
-			return crashWarehouse{
-				yaml: fmt.Sprintf("    type: postgres\n    postgres:\n      dsn: %q\n      schema: %s\n", dsn, schema),
-				open: open, checkpoint: sqlCheckpoint(open),
-			}
-		}},
-		{"parquet", func(t *testing.T, dir string) crashWarehouse {
-			lake := filepath.Join(dir, "lake")
-			return crashWarehouse{
-				yaml:       fmt.Sprintf("    type: parquet\n    parquet:\n      dir: %s\n      compression: snappy\n", lake),
-				open:       func(t *testing.T) *sql.DB { return e2e.OpenLakeDir(t, lake) },
-				checkpoint: func(t *testing.T, source string) string { return e2e.LakeCheckpoint(t, lake, source) },
-				garbage:    func(t *testing.T) []string { return e2e.LakeGarbage(t, lake) },
-			}
-		}},
-	}
-	for _, sk := range sinks {
+	for _, sk := range crashSinks {
 		t.Run(sk.kind, func(t *testing.T) {
 			for i, cp := range crashPoints {
 				t.Run(strings.ReplaceAll(cp.spec, ":", "@"), func(t *testing.T) {
@@ -141,9 +102,55 @@ func TestCrashRecovery(t *testing.T) {
 					wh := sk.make(t, dir)
 					crashScenario(t, bin, dir, wh, views, int64(100+i), cp.spec, cp.phase)
 				})
+				t.Run("group@"+strings.ReplaceAll(cp.spec, ":", "@"), func(t *testing.T) {
+					t.Parallel()
+					dir := t.TempDir()
+					crashMembers(t, bin, dir, sk.make(t, dir), int64(200+i), cp.spec, cp.phase)
+				})
 			}
 		})
 	}
+}
+
+// crashSinks are the warehouses the crash tests kill a run of.
+var crashSinks = []struct {
+	kind string
+	make func(t *testing.T, dir string) crashWarehouse
+}{
+	{"duckdb", func(t *testing.T, dir string) crashWarehouse {
+		path := filepath.Join(dir, "warehouse.duckdb")
+		open := func(t *testing.T) *sql.DB {
+			if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
+				return nil // before the first run
+			}
+			return e2e.OpenDuckDB(t, path)
+		}
+		return crashWarehouse{
+			yaml: fmt.Sprintf("    type: duckdb\n    duckdb:\n      path: %s\n", path),
+			open: open, checkpoint: sqlCheckpoint(open),
+			garbage: func(t *testing.T) []string {
+				left, _ := filepath.Glob(path + ".spool/*")
+				return left
+			},
+		}
+	}},
+	{"postgres", func(t *testing.T, _ string) crashWarehouse {
+		dsn, schema := e2e.PostgresSchema(t)
+		open := func(t *testing.T) *sql.DB { return e2e.OpenPostgres(t, dsn, schema) }
+		return crashWarehouse{
+			yaml: fmt.Sprintf("    type: postgres\n    postgres:\n      dsn: %q\n      schema: %s\n", dsn, schema),
+			open: open, checkpoint: sqlCheckpoint(open),
+		}
+	}},
+	{"parquet", func(t *testing.T, dir string) crashWarehouse {
+		lake := filepath.Join(dir, "lake")
+		return crashWarehouse{
+			yaml:       fmt.Sprintf("    type: parquet\n    parquet:\n      dir: %s\n      compression: snappy\n", lake),
+			open:       func(t *testing.T) *sql.DB { return e2e.OpenLakeDir(t, lake) },
+			checkpoint: func(t *testing.T, source string) string { return e2e.LakeCheckpoint(t, lake, source) },
+			garbage:    func(t *testing.T) []string { return e2e.LakeGarbage(t, lake) },
+		}
+	}},
 }
 
 // crashSource is one source of a scenario and the server it exports.

@@ -3,6 +3,7 @@ package e2e
 import (
 	"database/sql"
 	"fmt"
+	"maps"
 	"slices"
 	"testing"
 	"time"
@@ -21,6 +22,11 @@ type MemberHistory struct {
 type stay struct {
 	patient      string
 	joined, left time.Time
+}
+
+// Clone returns an independent copy.
+func (h *MemberHistory) Clone() MemberHistory {
+	return MemberHistory{stays: slices.Clone(h.stays), open: maps.Clone(h.open)}
 }
 
 // Observe applies the membership of a committed run with the given
