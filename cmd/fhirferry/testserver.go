@@ -23,6 +23,8 @@ func newTestServerCmd(g *globals) *cobra.Command {
 		updates      int
 		deletes      int
 		newPatients  int
+		joins        int
+		leaves       int
 		crossOrigin  bool
 		redirect     bool
 		txOffset     string
@@ -35,7 +37,8 @@ data. Groups "all" and "cohort" exist. With --advance-every the server clock
 moves forward and resources are created, updated and deleted, so incremental
 (_since) exports have something to return. The server is open (no auth).`,
 		Example: `  fhirferry testserver --addr 127.0.0.1:8080 --patients 1000
-  fhirferry testserver --patients 200 --advance-every 1m --updates 50 --deletes 5`,
+  fhirferry testserver --patients 200 --advance-every 1m --updates 50 --deletes 5
+  fhirferry testserver --advance-every 1m --cohort-joins 2 --cohort-leaves 2`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			log := g.logger()
@@ -62,7 +65,8 @@ moves forward and resources are created, updated and deleted, so incremental
 			}
 			ctx := cmd.Context()
 			if advanceEvery > 0 {
-				m := bulktest.Mutation{NewPatients: newPatients, UpdatedResources: updates, DeletedResources: deletes}
+				m := bulktest.Mutation{NewPatients: newPatients, UpdatedResources: updates, DeletedResources: deletes,
+					AddGroupMembers: joins, RemoveGroupMembers: leaves}
 				go s.AdvanceEvery(ctx, advanceEvery, m)
 			}
 			return s.Serve(ctx, l)
@@ -78,6 +82,8 @@ moves forward and resources are created, updated and deleted, so incremental
 	f.IntVar(&updates, "updates", 20, "resources updated per advance")
 	f.IntVar(&deletes, "deletes", 2, "resources deleted per advance")
 	f.IntVar(&newPatients, "new-patients", 1, "patients created per advance")
+	f.IntVar(&joins, "cohort-joins", 0, "existing patients (former members among them) who join the cohort Group per advance")
+	f.IntVar(&leaves, "cohort-leaves", 0, "members who leave the cohort Group per advance (their data stays on the server)")
 	f.BoolVar(&crossOrigin, "cross-origin-files", false, "serve files from a second origin (localhost:PORT2)")
 	f.BoolVar(&redirect, "redirect-files", false, "answer file URLs with 307 to signed URLs on a second origin")
 	f.StringVar(&txOffset, "transaction-time-offset", "", "emit transactionTime with this UTC offset, e.g. -05:00")

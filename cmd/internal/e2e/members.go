@@ -60,6 +60,17 @@ func (h *MemberHistory) Rows() []string {
 	return out
 }
 
+// OpenAt counts the stays open at time at.
+func (h *MemberHistory) OpenAt(at time.Time) int {
+	n := 0
+	for _, s := range h.stays {
+		if !s.joined.After(at) && (s.left.IsZero() || s.left.After(at)) {
+			n++
+		}
+	}
+	return n
+}
+
 // Current lists the patients with an open stay, sorted.
 func (h *MemberHistory) Current() []string {
 	var out []string

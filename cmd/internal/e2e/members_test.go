@@ -1,7 +1,13 @@
 package e2e_test
 
 import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -36,9 +42,11 @@ func TestGroupMembershipHistory(t *testing.T) {
 				run = func() *pipeline.Result { return bfRun(t, b) }
 			}
 			var want e2e.MemberHistory
+			var tts []time.Time
 			step := func() *pipeline.Result {
 				t.Helper()
 				res := run()
+				tts = append(tts, ttOf(t, res))
 				want.Observe(h.srv.Members("cohort"), ttOf(t, res))
 				e2e.RequireMembers(t, h.sink.DB(), "src", "cohort", &want)
 				require.Equal(t, pipeline.MembersFromRead, e2e.RunMembership(t, h.sink.DB(), res.RunID))
@@ -77,6 +85,7 @@ func TestGroupMembershipHistory(t *testing.T) {
 			}
 			require.True(t, rejoined, "no leaver rejoined")
 			require.Greater(t, len(want.Rows()), len(want.Current()), "history holds closed stays")
+			requireREADMECohortQueries(t, h, &want, tts)
 		})
 	}
 }
@@ -114,4 +123,43 @@ func TestGroupMembershipFromExport(t *testing.T) {
 	res = h.run(t)
 	require.Equal(t, pipeline.MembersOmitted, res.MembersFrom)
 	e2e.RequireMembers(t, h.sink.DB(), "src", "cohort", &want)
+}
+
+// requireREADMECohortQueries runs the README's two group_member queries,
+// verbatim, and checks their answers against the membership history and
+// the server's Conditions.
+func requireREADMECohortQueries(t *testing.T, h *harness, want *e2e.MemberHistory, tts []time.Time) {
+	t.Helper()
+	readme, err := os.ReadFile(filepath.Join("..", "..", "..", "README.md"))
+	require.NoError(t, err)
+	i := strings.Index(string(readme), "### Group membership: `group_member` and `current_member`")
+	require.Positive(t, i)
+	blocks := regexp.MustCompile("(?s)```sql\n(.*?)```").FindAllStringSubmatch(string(readme[i:]), 2)
+	require.Len(t, blocks, 2)
+
+	current := want.Current()
+	diabetic := 0
+	for _, row := range h.srv.Truth("system", "", []string{"Condition"}) {
+		var c struct {
+			Subject struct{ Reference string }
+			Code    struct {
+				Coding []struct{ System, Code string }
+			}
+		}
+		require.NoError(t, json.Unmarshal(row.JSON, &c))
+		for _, cd := range c.Code.Coding {
+			p := strings.TrimPrefix(c.Subject.Reference, "Patient/")
+			if cd.System == "http://snomed.info/sct" && cd.Code == "44054006" && slices.Contains(current, p) {
+				diabetic++
+				current = slices.DeleteFunc(current, func(x string) bool { return x == p }) // count a patient once
+			}
+		}
+	}
+	require.Equal(t, []string{fmt.Sprintf("src|cohort|%d|%d", len(want.Current()), diabetic)}, queryRows(t, h.sink.DB(), blocks[0][1]))
+
+	var sizes []string
+	for _, tt := range tts {
+		sizes = append(sizes, fmt.Sprintf("src|%s|%d", tt.UTC().Format("2006-01-02T15:04:05.000Z07:00"), want.OpenAt(tt)))
+	}
+	require.Equal(t, sizes, queryRows(t, h.sink.DB(), blocks[1][1]))
 }
