@@ -129,7 +129,16 @@ type Export struct {
 	Attachments         bool     `yaml:"attachments"`
 	// BackfillNewMembers runs the Group membership pattern (C49).
 	BackfillNewMembers bool `yaml:"backfill_new_members"`
+	// FormerMembers is what becomes of the data of patients who leave a
+	// Group: FormerKeep (default) or FormerPurge.
+	FormerMembers string `yaml:"former_members"`
 }
+
+// What export.former_members may say.
+const (
+	FormerKeep  = "keep"
+	FormerPurge = "purge"
+)
 
 // DeleteAfter reports whether the export is DELETEd after download (default true).
 func (e Export) DeleteAfter() bool { return e.DeleteAfterDownload == nil || *e.DeleteAfterDownload }
@@ -383,7 +392,7 @@ func Default() Config {
 func DefaultSource() Source {
 	return Source{
 		Level: DefaultLevel, TimeZone: DefaultTimeZone,
-		Export: Export{Method: DefaultExportMethod, Timeout: Duration(DefaultExportTimeout)},
+		Export: Export{Method: DefaultExportMethod, Timeout: Duration(DefaultExportTimeout), FormerMembers: FormerKeep},
 		HTTP: HTTP{
 			Parallel: DefaultParallel, Retries: DefaultRetries, MinWait: Duration(DefaultMinWait),
 			MaxWait: Duration(DefaultMaxWait), RequestTimeout: Duration(DefaultRequestTimeout), UserAgent: DefaultUserAgent,

@@ -193,3 +193,26 @@ sinks:
 	require.Equal(t, ":memory:", cfg.Sinks[1].DuckDB.Path)
 	require.Equal(t, "/abs/lake", cfg.Sinks[2].Parquet.Dir)
 }
+
+func TestFormerMembers(t *testing.T) {
+	cfg, err := Parse([]byte("sources:\n  - {name: g, base_url: 'https://ehr/fhir', level: group, group_id: c}\n"))
+	require.NoError(t, err)
+	require.Equal(t, FormerKeep, cfg.Sources[0].Export.FormerMembers, "keep by default")
+
+	_, err = Parse([]byte("sources:\n  - {name: g, base_url: 'https://ehr/fhir', level: group, group_id: c, export: {former_members: purge}}\n" +
+		"  - {name: h, base_url: 'https://ehr/fhir', level: group, group_id: d}\n"))
+	require.NoError(t, err, "two Groups of one server may share a namespace: a purge spares the other's members")
+
+	_, err = Parse([]byte("sources:\n  - {name: g, base_url: 'https://ehr/fhir', level: group, group_id: c, export: {former_members: drop}}\n" +
+		"  - {name: s, base_url: 'https://ehr/fhir', export: {former_members: purge}}\n"))
+	require.ErrorContains(t, err, `former_members "drop" is not keep or purge`)
+	require.ErrorContains(t, err, "sources[1] (s): export.former_members: purge is only for level group")
+
+	_, err = Parse([]byte("sources:\n  - {name: g, base_url: 'https://ehr/fhir', level: group, group_id: c, export: {former_members: purge}}\n" +
+		"  - {name: s, base_url: 'https://ehr/fhir/'}\n"))
+	require.ErrorContains(t, err, "purge would remove data that source s (level system) exports into the same namespace")
+
+	_, err = Parse([]byte("sources:\n  - {name: g, base_url: 'https://ehr/fhir', level: group, group_id: c, export: {former_members: purge}}\n" +
+		"  - {name: s, base_url: 'https://ehr/fhir', namespace: ehr_all}\n"))
+	require.NoError(t, err, "a system source in its own namespace does not share the data")
+}

@@ -37,7 +37,25 @@ func (c *Config) Validate(checks ...Check) error {
 		srcNames[s.Name] = true
 		s.validate(&p, at, sinkNames)
 	}
+	c.validatePurge(&p)
 	return p.err()
+}
+
+// validatePurge refuses former_members: purge where a system- or
+// Patient-level source exports the same server into the same namespace:
+// its data includes the leavers', which a purge would take from it.
+func (c *Config) validatePurge(p *problems) {
+	for i, s := range c.Sources {
+		if s.Export.FormerMembers != FormerPurge {
+			continue
+		}
+		for _, o := range c.Sources {
+			if o.Level != LevelGroup && o.NamespaceOf() == s.NamespaceOf() {
+				p.add("%s: export.former_members: purge would remove data that source %s (level %s) exports into the same namespace %s; keep, or give the sources their own namespaces",
+					SourceAt(i, s), o.Name, o.Level, s.NamespaceOf())
+			}
+		}
+	}
 }
 
 // validateProcess checks the settings of the process as a whole.
@@ -161,6 +179,12 @@ func (e Export) validate(p *problems, at, level string) {
 	}
 	if e.BackfillNewMembers && level != LevelGroup {
 		p.add("%s: export.backfill_new_members is only for level group", at)
+	}
+	switch {
+	case e.FormerMembers != FormerKeep && e.FormerMembers != FormerPurge:
+		p.add("%s: export.former_members %q is not keep or purge", at, e.FormerMembers)
+	case e.FormerMembers == FormerPurge && level != LevelGroup:
+		p.add("%s: export.former_members: purge is only for level group", at)
 	}
 	if e.Compat != "" && e.Compat != "2018-draft" {
 		p.add("%s: export.compat %q is not \"\" or \"2018-draft\"", at, e.Compat)

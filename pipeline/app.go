@@ -330,6 +330,7 @@ func (a *App) Runner(ctx context.Context, name string) (*Runner, error) {
 	r.DeleteAfter, r.FailOnErrorOutcomes = src.Export.DeleteAfter(), true
 	if r.Request.Level == fetch.LevelGroup {
 		r.Members = c
+		r.Purge = src.Export.FormerMembers == configs.FormerPurge
 	}
 	return r, nil
 }

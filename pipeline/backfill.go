@@ -229,7 +229,7 @@ func (b *Backfill) backfillRunner(cyc *memberCycle) *Runner {
 	br.Source, br.Full = BackfillSource(b.Runner.Source), true
 	// The back-fill exports some members only: the main run records who
 	// is in the Group.
-	br.Members, br.known = nil, nil
+	br.Members, br.known, br.Purge = nil, nil, false
 	if cyc.Mode == backfillPatients {
 		br.Request.Patients = cyc.New
 		if strings.EqualFold(br.Request.Method, "get") {

@@ -9,6 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/fhirferry/fhirferry/fetch"
+	"github.com/fhirferry/fhirferry/sinks"
 	"github.com/fhirferry/fhirferry/transform"
 )
 
@@ -37,7 +38,9 @@ type Metrics struct {
 	rejects   *prometheus.CounterVec
 	outcomes  *prometheus.CounterVec
 
-	commit *prometheus.HistogramVec
+	commit  *prometheus.HistogramVec
+	purged  *prometheus.CounterVec
+	members *prometheus.GaugeVec
 
 	mu          sync.Mutex
 	checkpoints map[string]time.Time // source -> committed transactionTime
@@ -94,6 +97,10 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Help: "OperationOutcome issues read from error files, by severity class (error covers error and fatal)."}, []string{"source", "severity"}),
 		commit: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "fhirferry_sink_commit_duration_seconds",
 			Help: "Duration of a sink's commit of one run.", Buckets: prometheus.ExponentialBuckets(0.01, 4, 10)}, []string{"source", "sink"}),
+		purged: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fhirferry_sink_purged_resources_total",
+			Help: "Resources of former Group members removed (export.former_members: purge), by sink."}, []string{"source", "sink"}),
+		members: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "fhirferry_group_members",
+			Help: "Members of a Group source's Group at its last committed run that learnt them."}, []string{"source"}),
 		checkpoints: map[string]time.Time{},
 		started:     map[string]time.Time{},
 		types:       map[string]bool{},
@@ -103,7 +110,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	}
 	for _, c := range []prometheus.Collector{m.runs, m.skipped, m.inProgress, m.runDuration, m.phaseDuration,
 		m.lastSuccess, m.checkpointTS, m.manifestFiles, m.bytes, m.retries, m.responses, m.files, m.resources,
-		m.deleted, m.rejects, m.outcomes, m.commit, lagCollector{m}} {
+		m.deleted, m.rejects, m.outcomes, m.commit, m.purged, m.members, lagCollector{m}} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -227,6 +234,14 @@ func (m *Metrics) resourceType(t string) string {
 // Committed implements Hooks.
 func (m *Metrics) Committed(source, sink string, d time.Duration) {
 	m.commit.WithLabelValues(source, sink).Observe(d.Seconds())
+}
+
+// Recorded implements Hooks.
+func (m *Metrics) Recorded(source, sink string, sum sinks.RunSummary) {
+	m.purged.WithLabelValues(source, sink).Add(float64(sum.Purged))
+	if sum.Membership != nil {
+		m.members.WithLabelValues(source).Set(float64(len(sum.Membership.Patients)))
+	}
 }
 
 // Manifest implements Hooks.

@@ -52,6 +52,9 @@ type Hooks interface {
 	FileDone(source string, sp fetch.Spooled, st transform.FileStats)
 	// Committed reports a sink's commit.
 	Committed(source, sink string, d time.Duration)
+	// Recorded reports what a sink's commit recorded of the run: the
+	// Group membership and the purged former members' resources.
+	Recorded(source, sink string, sum sinks.RunSummary)
 	// Manifest reports the files to load, for progress.
 	Manifest(source string, m *fetch.Manifest)
 }
@@ -88,6 +91,9 @@ type Runner struct {
 	// the Group's membership in the sinks' group_member table: read before
 	// the kick-off, else taken from the export's Group resource.
 	Members MemberLister
+	// Purge removes the data of patients who left the Group in the run's
+	// transaction (export.former_members: purge); it needs Members.
+	Purge bool
 	// known is the membership a Backfill cycle already read for this run
 	// ("Patient/<id>" references); nil makes the run read it.
 	known []string
@@ -146,6 +152,9 @@ type Result struct {
 	// none; MembersFrom says how it was learnt (MembersFromRead, ...).
 	Members     *sinks.Membership
 	MembersFrom string
+	// Purged counts the former members' resources the run removed, per
+	// sink that committed it.
+	Purged map[string]int64
 }
 
 func (r *Runner) log() *slog.Logger {
@@ -393,13 +402,22 @@ func (r *Runner) apply(ctx context.Context, store *stateStore, st *RunState, res
 		commitStart := time.Now()
 		for _, s := range todo {
 			t0 := time.Now()
-			if err := sum.txns[s.Name()].Commit(ctx, sum.summary); err != nil {
+			summary := sum.summary
+			summary.Purged = sum.purged[s.Name()]
+			if err := sum.txns[s.Name()].Commit(ctx, summary); err != nil {
 				r.rollback(ctx, sum.txns)
 				return fmt.Errorf("commit to sink %s: %w", s.Name(), err)
 			}
 			d := time.Since(t0)
 			if r.Hooks != nil {
 				r.Hooks.Committed(r.Source, s.Name(), d)
+				r.Hooks.Recorded(r.Source, s.Name(), summary)
+			}
+			if summary.Purged > 0 {
+				if res.Purged == nil {
+					res.Purged = map[string]int64{}
+				}
+				res.Purged[s.Name()] = summary.Purged
 			}
 			st.Committed = append(st.Committed, s.Name())
 			if err := store.save(st); err != nil {
@@ -438,6 +456,7 @@ func (r *Runner) cleanup(ctx context.Context, store *stateStore, st *RunState, l
 type loaded struct {
 	txns    map[string]sinks.Txn
 	summary sinks.RunSummary
+	purged  map[string]int64 // per sink: Purged differs where sinks do
 }
 
 func (r *Runner) rollback(ctx context.Context, txns map[string]sinks.Txn) {
@@ -498,9 +517,19 @@ func (r *Runner) load(ctx context.Context, store *stateStore, st *RunState, info
 		return nil, &jobFailure{err: fmt.Errorf("the server reported %d error issue(s) in error files (first: %s); the watermark stays at %q",
 			total.ErrorIssues, total.FirstIssue, st.Since)}
 	}
+	log := r.log().With("source", r.Source)
+	res.Members, res.MembersFrom = r.membership(st, ld.exported, ld.foundGroup, log)
+	var purged map[string]int64
+	if r.Purge && res.Members != nil {
+		t1 := time.Now()
+		var err error
+		if purged, err = r.purge(ctx, info, res.Members, targets, txns, log); err != nil {
+			return nil, err
+		}
+		r.phase("purge", time.Since(t1))
+	}
 	ok = true
-	res.Members, res.MembersFrom = r.membership(st, ld.exported, ld.foundGroup, r.log().With("source", r.Source))
-	return &loaded{txns: txns, summary: sinks.RunSummary{
+	return &loaded{txns: txns, purged: purged, summary: sinks.RunSummary{
 		Outcome: "success", Files: int64(ld.nfiles), Bytes: ld.wire, Resources: total.Resources,
 		Deleted: total.Deleted, Rejects: total.Rejects, Outcomes: total.Outcomes, Finished: time.Now().UTC(),
 		Membership: res.Members, MembersFrom: res.MembersFrom,

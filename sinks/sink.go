@@ -95,6 +95,10 @@ type RunSummary struct {
 	// ("group read", "export", or "omitted" when the server gave it no
 	// way); "" for other sources. Recorded in the runs table.
 	MembersFrom string
+	// Purged counts the resources of former Group members the run removed
+	// (export.former_members: purge), among them deletions the run wrote as
+	// schemas.Deleted rows. Recorded in the runs table.
+	Purged int64
 }
 
 // Membership is one Group's members at a run. Applying it to the

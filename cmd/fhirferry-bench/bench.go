@@ -874,6 +874,7 @@ func (s *rssSampler) close() string {
 	return "peak RSS by phase: " + strings.Join(parts, ", ")
 }
 func (*benchHooks) Committed(string, string, time.Duration)             {}
+func (*benchHooks) Recorded(string, string, sinks.RunSummary)           {}
 func (*benchHooks) FileDone(string, fetch.Spooled, transform.FileStats) {}
 func (*benchHooks) Manifest(string, *fetch.Manifest)                    {}
 

@@ -21,7 +21,8 @@ import (
 // kill it holds the stays of the runs the checkpoint says committed, no
 // more and no less, and after the restart those of the resumed run too,
 // stamped with its manifest's transactionTime. Every current member's
-// Patient is in the warehouse whenever its stay is.
+// Patient is in the warehouse whenever its stay is, and the source purges
+// former members: a leaver's Patient goes exactly when its stay closes.
 func crashMembers(t *testing.T, bin, dir string, wh crashWarehouse, seed int64, spec, phase string) {
 	srv, err := bulktest.NewServer(bulktest.Options{
 		Patients: 8, Seed: seed, FileMaxResources: 40, PollsBeforeComplete: 2, RetryAfter: "1",
@@ -39,6 +40,8 @@ sources:
     base_url: %s
     level: group
     group_id: cohort
+    export:
+      former_members: purge
     http:
       parallel: 2
       min_wait: 50ms
@@ -70,10 +73,16 @@ sinks:
 			}
 			defer db.Close()
 			e2e.RequireMembers(t, db, "cohort", "cohort", want)
-			for _, p := range want.Current() {
+			patients := func(p string) int {
 				var n int
 				require.NoError(t, db.QueryRow(`SELECT count(*) FROM fhir_resources WHERE resource_type = 'Patient' AND id = $1`, p).Scan(&n))
-				require.Equal(t, 1, n, "current member %s has no Patient row", p)
+				return n
+			}
+			for _, p := range want.Current() {
+				require.Equal(t, 1, patients(p), "current member %s has no Patient row", p)
+			}
+			for _, p := range want.Former() {
+				require.Zero(t, patients(p), "former member %s was not purged with the run that saw it leave", p)
 			}
 		}
 		if cp := wh.checkpoint(t, "cohort"); cp != since {

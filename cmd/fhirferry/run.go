@@ -20,6 +20,7 @@ import (
 	"github.com/fhirferry/fhirferry/configs"
 	"github.com/fhirferry/fhirferry/fetch"
 	"github.com/fhirferry/fhirferry/pipeline"
+	"github.com/fhirferry/fhirferry/sinks"
 	"github.com/fhirferry/fhirferry/transform"
 )
 
@@ -187,6 +188,8 @@ func newProgress(w io.Writer) *progress {
 func (p *progress) Phase(string, string, time.Duration) {}
 
 func (p *progress) Committed(string, string, time.Duration) {}
+
+func (p *progress) Recorded(string, string, sinks.RunSummary) {}
 
 func (p *progress) Manifest(source string, m *fetch.Manifest) {
 	if !p.tty {

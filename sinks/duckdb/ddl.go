@@ -120,6 +120,7 @@ var metaDDL = []string{
 		committed_at TIMESTAMPTZ NOT NULL)`,
 	// Warehouses made before runs recorded how a Group's members were learnt.
 	`ALTER TABLE ` + quote(schemas.RunsTable) + ` ADD COLUMN IF NOT EXISTS membership VARCHAR`,
+	`ALTER TABLE ` + quote(schemas.RunsTable) + ` ADD COLUMN IF NOT EXISTS purged BIGINT`,
 	`CREATE TABLE IF NOT EXISTS ` + quote(schemas.GroupMemberTable) + ` (
 		namespace VARCHAR NOT NULL, source VARCHAR NOT NULL, group_id VARCHAR NOT NULL,
 		patient_id VARCHAR NOT NULL, joined_at TIMESTAMPTZ NOT NULL, left_at TIMESTAMPTZ,
@@ -131,12 +132,12 @@ var metaDDL = []string{
 
 // insertRun writes one runs row from runArgs.
 var insertRun = `INSERT INTO ` + quote(schemas.RunsTable) + ` (run_id, source, export_id, since, transaction_time,
-	started_at, finished_at, outcome, files, bytes, resources, deleted, rejects, outcomes, membership)
-	VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
+	started_at, finished_at, outcome, files, bytes, resources, deleted, rejects, outcomes, membership, purged)
+	VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
 
 func runArgs(r sinks.RunInfo, sum sinks.RunSummary) []any {
 	return []any{r.RunID, r.Source, r.ExportID, r.Since, r.TransactionTime, r.Started.UTC(), sum.Finished.UTC(),
-		sum.Outcome, sum.Files, sum.Bytes, sum.Resources, sum.Deleted, sum.Rejects, sum.Outcomes, nullIfEmpty(sum.MembersFrom)}
+		sum.Outcome, sum.Files, sum.Bytes, sum.Resources, sum.Deleted, sum.Rejects, sum.Outcomes, nullIfEmpty(sum.MembersFrom), sum.Purged}
 }
 
 // nullIfEmpty stores "" as NULL: not a Group source's run.

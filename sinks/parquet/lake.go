@@ -61,7 +61,7 @@ const memberColumns = `STRUCT(namespace VARCHAR, source VARCHAR, group_id VARCHA
 // runColumns types runRecord for DuckDB's read_json.
 const runColumns = `STRUCT(run_id VARCHAR, source VARCHAR, export_id VARCHAR, since VARCHAR,
 	transaction_time VARCHAR, started_at TIMESTAMPTZ, finished_at TIMESTAMPTZ, outcome VARCHAR, files BIGINT,
-	bytes BIGINT, resources BIGINT, deleted BIGINT, rejects BIGINT, outcomes BIGINT, membership VARCHAR)[]`
+	bytes BIGINT, resources BIGINT, deleted BIGINT, rejects BIGINT, outcomes BIGINT, membership VARCHAR, purged BIGINT)[]`
 
 // applyMembers applies a run's Group membership to m.Members: the open
 // stays of patients no longer listed close, listed patients without an
@@ -116,6 +116,8 @@ type runRecord struct {
 	Outcomes        int64     `json:"outcomes"`
 	// Membership is how a Group source's run learnt its members.
 	Membership string `json:"membership,omitempty"`
+	// Purged counts the former members' resources the run removed.
+	Purged int64 `json:"purged,omitempty"`
 }
 
 type tableMeta struct {

@@ -263,7 +263,7 @@ func (t *Txn) commit(ctx context.Context, sum sinks.RunSummary) error {
 	m.Runs = append(m.Runs, runRecord{RunID: r.RunID, Source: r.Source, ExportID: r.ExportID, Since: r.Since,
 		TransactionTime: r.TransactionTime, StartedAt: r.Started, FinishedAt: finished, Outcome: sum.Outcome,
 		Files: sum.Files, Bytes: sum.Bytes, Resources: sum.Resources, Deleted: sum.Deleted, Rejects: sum.Rejects, Outcomes: sum.Outcomes,
-		Membership: sum.MembersFrom})
+		Membership: sum.MembersFrom, Purged: sum.Purged})
 	if !t.Noop && sum.Membership != nil {
 		m.applyMembers(r, sum.Membership)
 	}

@@ -19,12 +19,12 @@ func (s *Sink) RecordFailure(ctx context.Context, r sinks.RunInfo, sum sinks.Run
 		finished = time.Now()
 	}
 	_, err := s.pool.Exec(ctx, fmt.Sprintf(`INSERT INTO %[1]s (run_id, source, export_id, since,
-		transaction_time, started_at, finished_at, outcome, files, bytes, resources, deleted, rejects, outcomes, membership)
-		VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,NULLIF($15, '')) ON CONFLICT (run_id) DO UPDATE SET
+		transaction_time, started_at, finished_at, outcome, files, bytes, resources, deleted, rejects, outcomes, membership, purged)
+		VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,NULLIF($15, ''),$16) ON CONFLICT (run_id) DO UPDATE SET
 		finished_at = excluded.finished_at, outcome = excluded.outcome
 		WHERE %[1]s.outcome <> 'success'`, s.ident(schemas.RunsTable)),
 		r.RunID, r.Source, r.ExportID, r.Since, r.TransactionTime, r.Started, finished, sum.Outcome,
-		sum.Files, sum.Bytes, sum.Resources, sum.Deleted, sum.Rejects, sum.Outcomes, sum.MembersFrom)
+		sum.Files, sum.Bytes, sum.Resources, sum.Deleted, sum.Rejects, sum.Outcomes, sum.MembersFrom, sum.Purged)
 	if err != nil {
 		return fmt.Errorf("postgres sink %s: record failed run: %w", s.name, err)
 	}

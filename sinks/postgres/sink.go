@@ -130,6 +130,7 @@ CREATE TABLE IF NOT EXISTS %[1]s (
 	outcome text NOT NULL, files bigint, bytes bigint, resources bigint, deleted bigint,
 	rejects bigint, outcomes bigint);
 ALTER TABLE %[1]s ADD COLUMN IF NOT EXISTS membership text;
+ALTER TABLE %[1]s ADD COLUMN IF NOT EXISTS purged bigint;
 CREATE TABLE IF NOT EXISTS %[2]s (
 	source text PRIMARY KEY, transaction_time text NOT NULL, export_id text NOT NULL,
 	committed_at timestamptz NOT NULL);

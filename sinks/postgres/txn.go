@@ -349,14 +349,14 @@ func (t *Txn) record(ctx context.Context, sum sinks.RunSummary) error {
 		finished = time.Now()
 	}
 	if err := t.exec(ctx, "record run", fmt.Sprintf(`INSERT INTO %s (run_id, source, export_id, since,
-		transaction_time, started_at, finished_at, outcome, files, bytes, resources, deleted, rejects, outcomes, membership)
-		VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,NULLIF($15, '')) ON CONFLICT (run_id) DO UPDATE SET
+		transaction_time, started_at, finished_at, outcome, files, bytes, resources, deleted, rejects, outcomes, membership, purged)
+		VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,NULLIF($15, ''),$16) ON CONFLICT (run_id) DO UPDATE SET
 		finished_at = excluded.finished_at, outcome = excluded.outcome, files = excluded.files, bytes = excluded.bytes,
 		resources = excluded.resources, deleted = excluded.deleted, rejects = excluded.rejects, outcomes = excluded.outcomes,
-		membership = excluded.membership
+		membership = excluded.membership, purged = excluded.purged
 		WHERE %[1]s.outcome <> 'success'`, t.s.ident(schemas.RunsTable)),
 		r.RunID, r.Source, r.ExportID, r.Since, r.TransactionTime, r.Started, finished, sum.Outcome,
-		sum.Files, sum.Bytes, sum.Resources, sum.Deleted, sum.Rejects, sum.Outcomes, sum.MembersFrom); err != nil {
+		sum.Files, sum.Bytes, sum.Resources, sum.Deleted, sum.Rejects, sum.Outcomes, sum.MembersFrom, sum.Purged); err != nil {
 		return err
 	}
 	if t.Noop {

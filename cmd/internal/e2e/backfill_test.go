@@ -311,6 +311,7 @@ func (k *bfHooks) Phase(string, string, time.Duration)                       {}
 func (k *bfHooks) Manifest(string, *fetch.Manifest)                          {}
 func (k *bfHooks) FileDone(s string, _ fetch.Spooled, _ transform.FileStats) { k.fire(s, k.onFile) }
 func (k *bfHooks) Committed(s, _ string, _ time.Duration)                    { k.fire(s, k.onCommit) }
+func (k *bfHooks) Recorded(string, string, sinks.RunSummary)                 {}
 
 func (k *bfHooks) fire(source, want string) {
 	k.mu.Lock()

@@ -71,6 +71,18 @@ func (h *MemberHistory) OpenAt(at time.Time) int {
 	return n
 }
 
+// Former lists the patients with closed stays and no open one, sorted.
+func (h *MemberHistory) Former() []string {
+	var out []string
+	for _, s := range h.stays {
+		if _, open := h.open[s.patient]; !open && !s.left.IsZero() && !slices.Contains(out, s.patient) {
+			out = append(out, s.patient)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
 // Current lists the patients with an open stay, sorted.
 func (h *MemberHistory) Current() []string {
 	var out []string
