@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/fhirferry/fhirferry/fetch"
+	"github.com/fhirferry/fhirferry/sinks"
 	"github.com/fhirferry/fhirferry/transform"
 )
 
@@ -57,6 +58,9 @@ func TestMetricsLintAndCounts(t *testing.T) {
 	m.FileDone("ehr", fetch.Spooled{File: fetch.File{Kind: fetch.KindError, Type: "OperationOutcome"}}, transform.FileStats{Outcomes: 4, ErrorIssues: 1})
 	m.FileDone("ehr", fetch.Spooled{File: fetch.File{Kind: fetch.KindOutput, Type: "evil label{}"}}, transform.FileStats{Resources: 1})
 	m.Committed("ehr", "warehouse", 40*time.Millisecond)
+	m.Recorded("ehr", "warehouse", sinks.RunSummary{Purged: 12, Membership: &sinks.Membership{Group: "g", Patients: []string{"a", "b", "c"}}})
+	m.Recorded("ehr", "lake", sinks.RunSummary{Purged: 12})
+	m.Recorded("ehr", "warehouse", sinks.RunSummary{Purged: 3})
 	m.Phase("ehr", "download_transform", 2*time.Second)
 	now = now.Add(90 * time.Second)
 	m.RunFinished("ehr", &Result{TransactionTime: "2025-03-01T11:00:00Z"}, nil)
@@ -72,6 +76,9 @@ func TestMetricsLintAndCounts(t *testing.T) {
 	require.Empty(t, problems)
 
 	require.Equal(t, 1.0, testutil.ToFloat64(m.runs.WithLabelValues("ehr", OutcomeSuccess)))
+	require.Equal(t, 15.0, testutil.ToFloat64(m.purged.WithLabelValues("ehr", "warehouse")))
+	require.Equal(t, 12.0, testutil.ToFloat64(m.purged.WithLabelValues("ehr", "lake")))
+	require.Equal(t, 3.0, testutil.ToFloat64(m.members.WithLabelValues("ehr")), "a run that learnt no membership leaves the gauge")
 	require.Equal(t, 1.0, testutil.ToFloat64(m.runs.WithLabelValues("ehr", OutcomeFailure)))
 	require.Equal(t, 1.0, testutil.ToFloat64(m.runs.WithLabelValues("ehr", OutcomeCancelled)))
 	require.Equal(t, 0.0, testutil.ToFloat64(m.inProgress.WithLabelValues("ehr")))
