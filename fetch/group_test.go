@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"slices"
 	"sync"
 	"testing"
@@ -20,8 +21,9 @@ import (
 func TestGroupMembersParsesReferences(t *testing.T) {
 	var got http.Header
 	var path string
+	var query url.Values
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		got, path = r.Header.Clone(), r.URL.Path
+		got, path, query = r.Header.Clone(), r.URL.Path, r.URL.Query()
 		w.Header().Set("Content-Type", "application/fhir+json")
 		_, _ = w.Write([]byte(`{"resourceType":"Group","id":"g 1","member":[
 			{"entity":{"reference":"Patient/b"}},
@@ -40,6 +42,7 @@ func TestGroupMembersParsesReferences(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, []string{"Patient/a", "Patient/b", "Patient/c", "Patient/d"}, members)
 	require.Equal(t, "/fhir/Group/g 1", path)
+	require.Equal(t, "member,quantity", query.Get("_elements"), "the read asks only for what it uses")
 	require.Equal(t, "application/fhir+json", got.Get("Accept"))
 	require.Equal(t, "Bearer tok-0", got.Get("Authorization"))
 }
@@ -126,8 +129,10 @@ func TestGroupMembersErrors(t *testing.T) {
 	} {
 		t.Run(http.StatusText(tc.status), func(t *testing.T) {
 			calls := 0
+			var queries []string
 			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				calls++
+				queries = append(queries, r.URL.RawQuery)
 				w.Header().Set("Content-Type", "application/fhir+json")
 				w.WriteHeader(tc.status)
 				_, _ = w.Write([]byte(`{"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"not-supported","diagnostics":"no read"}]}`))
@@ -141,6 +146,11 @@ func TestGroupMembersErrors(t *testing.T) {
 			require.ErrorAs(t, err, &he)
 			require.Equal(t, tc.status, he.StatusCode)
 			require.ErrorContains(t, err, "no read")
+			if tc.status == http.StatusBadRequest {
+				// The 400 may be the _elements parameter's: asked once more without it.
+				require.Equal(t, []string{"_elements=member,quantity", ""}, queries)
+				return
+			}
 			require.Equal(t, 1, calls, "a 4xx is not retried")
 		})
 	}
@@ -200,4 +210,86 @@ func TestGroupMembersBulktest(t *testing.T) {
 	var ue *fetch.UnsupportedError
 	require.ErrorAs(t, err, &ue)
 	require.Equal(t, http.StatusNotFound, ue.StatusCode)
+}
+
+// TestGroupMembersTruncatedAndSubsetted: a server that truncates large
+// Groups (quantity > members listed) has its members read with the paged
+// search; one that refuses _elements on read is read whole; both give the
+// Group's members exactly.
+func TestGroupMembersTruncatedAndSubsetted(t *testing.T) {
+	s, err := bulktest.NewServer(bulktest.Options{Patients: 130, Seed: 9})
+	require.NoError(t, err)
+	t.Cleanup(s.Close)
+	c := newClient(t, s.BaseURL(), nil)
+	want := func(id string) []string {
+		var out []string
+		for _, p := range s.Members(id) {
+			out = append(out, "Patient/"+p)
+		}
+		return out
+	}
+	kinds := func(from int) map[string]int {
+		out := map[string]int{}
+		for _, r := range s.Stats().Requests[from:] {
+			out[r.Kind]++
+		}
+		return out
+	}
+
+	from := len(s.Stats().Requests)
+	got, err := c.GroupMembers(t.Context(), "all")
+	require.NoError(t, err)
+	require.Equal(t, want("all"), got)
+	require.Equal(t, map[string]int{bulktest.KindGroupRead: 1}, kinds(from))
+
+	s.SetFaults(bulktest.Faults{GroupReadMemberLimit: 7})
+	from = len(s.Stats().Requests)
+	got, err = c.GroupMembers(t.Context(), "all")
+	require.NoError(t, err)
+	require.Len(t, got, 130)
+	require.Equal(t, want("all"), got)
+	require.Equal(t, map[string]int{bulktest.KindGroupRead: 1, bulktest.KindSearch: 1}, kinds(from), "130 members fit one page of 1000")
+
+	s.Advance(time.Hour, bulktest.Mutation{RemoveGroupMembers: 5})
+	got, err = c.GroupMembers(t.Context(), "cohort")
+	require.NoError(t, err)
+	require.Equal(t, want("cohort"), got)
+
+	s.SetFaults(bulktest.Faults{GroupElementsUnsupported: true})
+	from = len(s.Stats().Requests)
+	got, err = c.GroupMembers(t.Context(), "cohort")
+	require.NoError(t, err)
+	require.Equal(t, want("cohort"), got)
+	require.Equal(t, map[string]int{bulktest.KindGroupRead: 2}, kinds(from))
+}
+
+// TestGroupMemberSearchPages follows next links page by page and refuses
+// one that leaves the FHIR server.
+func TestGroupMemberSearchPages(t *testing.T) {
+	var pages []string
+	srv := httptest.NewServer(nil)
+	t.Cleanup(srv.Close)
+	srv.Config.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/fhir+json")
+		if r.URL.Path == "/fhir/Group/g" {
+			_, _ = w.Write([]byte(`{"resourceType":"Group","id":"g","quantity":5,"member":[{"entity":{"reference":"Patient/a"}}]}`))
+			return
+		}
+		pages = append(pages, r.URL.RawQuery)
+		switch r.URL.Query().Get("page") {
+		case "":
+			_, _ = fmt.Fprintf(w, `{"resourceType":"Bundle","type":"searchset","link":[{"relation":"next","url":"%s/fhir/Patient?page=2"}],
+				"entry":[{"resource":{"resourceType":"Patient","id":"c"}},{"resource":{"resourceType":"Patient","id":"a"}}]}`, srv.URL)
+		case "2":
+			_, _ = w.Write([]byte(`{"resourceType":"Bundle","type":"searchset","link":[{"relation":"next","url":"Patient?page=3"}],
+				"entry":[{"resource":{"resourceType":"Patient","id":"b"}},{"resource":{"resourceType":"OperationOutcome","id":"x"}}]}`))
+		case "3":
+			_, _ = w.Write([]byte(`{"resourceType":"Bundle","type":"searchset","link":[{"relation":"next","url":"https://elsewhere.example/fhir/Patient?page=4"}],"entry":[]}`))
+		}
+	})
+	_, err := newClient(t, srv.URL+"/fhir", nil).GroupMembers(t.Context(), "g")
+	require.ErrorContains(t, err, "is not on the FHIR server")
+	require.Len(t, pages, 3, "the relative next link resolves against the base")
+	require.Contains(t, pages[0], "_has%3AGroup%3Amember%3A_id=g")
+	require.Contains(t, pages[0], "_elements=id")
 }

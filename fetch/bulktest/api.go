@@ -139,6 +139,13 @@ type Faults struct {
 	// Group itself (a Group file, when it changed since _since), as some
 	// servers do.
 	ExportGroupResource bool
+	// GroupReadMemberLimit > 0 lists at most this many members in a Group
+	// read (quantity still says how many there are), like servers that
+	// truncate large Groups: the rest are found with the paged search
+	// Patient?_has:Group:member:_id=ID.
+	GroupReadMemberLimit int
+	// GroupElementsUnsupported answers a Group read with _elements 400.
+	GroupElementsUnsupported bool
 	// VeryLongLine: the next output file served starts with a resource
 	// whose text.div is this many bytes long (consumed once).
 	VeryLongLine int
@@ -198,6 +205,7 @@ const (
 	KindFile       = "file"
 	KindAttachment = "attachment"
 	KindGroupRead  = "group"
+	KindSearch     = "search" // Patient?_has:Group:member:_id=ID
 	KindMetadata   = "metadata"
 	KindOther      = "other"
 )

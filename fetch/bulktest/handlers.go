@@ -1,7 +1,10 @@
 package bulktest
 
 import (
+	"encoding/json"
+	"maps"
 	"net/http"
+	"strconv"
 	"strings"
 )
 
@@ -130,7 +133,13 @@ func (s *Server) routeMain(w http.ResponseWriter, r *http.Request, rec *RequestR
 		if s.opts.Auth != nil && !s.authorize(w, r, rec) {
 			return true
 		}
-		s.handleGroupRead(w, rec, parts[1])
+		s.handleGroupRead(w, r, rec, parts[1])
+	case rest == "Patient" && get:
+		rec.Kind = KindSearch
+		if s.opts.Auth != nil && !s.authorize(w, r, rec) {
+			return true
+		}
+		s.handleMemberSearch(w, r, rec)
 	case len(parts) == 2 && parts[0] == "bulkstatus" && (get || r.Method == http.MethodDelete):
 		rec.Kind = KindStatus
 		if r.Method == http.MethodDelete {
@@ -152,27 +161,142 @@ func isExportPath(rest string, parts []string) bool {
 		len(parts) == 3 && parts[0] == "Group" && parts[2] == "$export"
 }
 
-func (s *Server) handleGroupRead(w http.ResponseWriter, rec *RequestRecord, id string) {
+func (s *Server) handleGroupRead(w http.ResponseWriter, r *http.Request, rec *RequestRecord, id string) {
 	i, ok := groupIndex(id)
 	if !ok {
 		rec.Status = http.StatusNotFound
 		writeOO(w, rec.Status, "error", "not-found", "Group/"+id+" is unknown")
 		return
 	}
+	elements := r.URL.Query().Get("_elements")
 	s.mu.Lock()
-	refuse := s.faults.GroupReadUnsupported
-	if refuse {
+	f := s.faults
+	if f.GroupReadUnsupported {
 		s.faultLocked(rec, "GroupReadUnsupported")
 	}
+	if f.GroupElementsUnsupported && elements != "" {
+		s.faultLocked(rec, "GroupElementsUnsupported")
+	}
+	if f.GroupReadMemberLimit > 0 {
+		s.faultLocked(rec, "GroupReadMemberLimit")
+	}
 	s.mu.Unlock()
-	if refuse {
+	switch {
+	case f.GroupReadUnsupported:
 		rec.Status = http.StatusBadRequest
 		writeOO(w, rec.Status, "error", "not-supported", "Group read is not supported")
+		return
+	case f.GroupElementsUnsupported && elements != "":
+		rec.Status = http.StatusBadRequest
+		writeOO(w, rec.Status, "error", "not-supported", "_elements is not supported on read")
+		return
+	}
+	body := s.gen.renderGroup(nil, s.st.Load(), i)
+	if elements != "" || f.GroupReadMemberLimit > 0 {
+		var err error
+		if body, err = shapeGroup(body, elements, f.GroupReadMemberLimit); err != nil {
+			rec.Status = http.StatusBadRequest
+			writeOO(w, rec.Status, "error", "invalid", err.Error())
+			return
+		}
+	}
+	rec.Status = http.StatusOK
+	w.Header().Set("Content-Type", "application/fhir+json")
+	_, _ = w.Write(body)
+}
+
+// shapeGroup applies _elements (keeping the mandatory id and meta, and
+// tagging SUBSETTED) and a member limit to a rendered Group.
+func shapeGroup(body []byte, elements string, limit int) ([]byte, error) {
+	var g map[string]any
+	if err := json.Unmarshal(body, &g); err != nil {
+		return nil, err
+	}
+	if m, ok := g["member"].([]any); ok && limit > 0 && len(m) > limit {
+		g["member"] = m[:limit]
+	}
+	if elements != "" {
+		keep := map[string]bool{"resourceType": true, "id": true, "meta": true}
+		for _, e := range strings.Split(elements, ",") {
+			keep[strings.TrimSpace(e)] = true
+		}
+		for k := range g {
+			if !keep[k] {
+				delete(g, k)
+			}
+		}
+		meta, _ := g["meta"].(map[string]any)
+		if meta == nil {
+			meta = map[string]any{}
+		}
+		meta["tag"] = []any{map[string]any{"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "SUBSETTED"}}
+		g["meta"] = meta
+	}
+	return json.Marshal(g)
+}
+
+// memberSearchPage is the page size of a member search without _count.
+const memberSearchPage = 50
+
+// handleMemberSearch serves `Patient?_has:Group:member:_id=ID[&_count=N]
+// [&_elements=id]`, paged with _offset: the Patients of a Group as a
+// searchset of id-only Patients. Other Patient searches are refused.
+func (s *Server) handleMemberSearch(w http.ResponseWriter, r *http.Request, rec *RequestRecord) {
+	q := r.URL.Query()
+	id := q.Get("_has:Group:member:_id")
+	if _, ok := groupIndex(id); !ok {
+		rec.Status = http.StatusBadRequest
+		writeOO(w, rec.Status, "error", "not-supported", "only Patient?_has:Group:member:_id=<known Group> is supported")
+		return
+	}
+	count, offset := memberSearchPage, 0
+	if v, err := strconv.Atoi(q.Get("_count")); err == nil && v > 0 {
+		count = min(v, 1000)
+	}
+	if v, err := strconv.Atoi(q.Get("_offset")); err == nil && v > 0 {
+		offset = v
+	}
+	members := s.Members(id)
+	page := members[min(offset, len(members)):min(offset+count, len(members))]
+	type entry struct {
+		FullURL  string            `json:"fullUrl"`
+		Resource map[string]string `json:"resource"`
+	}
+	type link struct {
+		Relation string `json:"relation"`
+		URL      string `json:"url"`
+	}
+	base := s.BaseURL()
+	if base == "" {
+		base = s.base(r)
+	}
+	b := struct {
+		ResourceType string  `json:"resourceType"`
+		Type         string  `json:"type"`
+		Total        int     `json:"total"`
+		Link         []link  `json:"link"`
+		Entry        []entry `json:"entry"`
+	}{ResourceType: "Bundle", Type: "searchset", Total: len(members)}
+	self := base + "/Patient?" + q.Encode()
+	b.Link = append(b.Link, link{"self", self})
+	if offset+count < len(members) {
+		nq := maps.Clone(q)
+		nq.Set("_count", strconv.Itoa(count))
+		nq.Set("_offset", strconv.Itoa(offset+count))
+		b.Link = append(b.Link, link{"next", base + "/Patient?" + nq.Encode()})
+	}
+	for _, p := range page {
+		b.Entry = append(b.Entry, entry{FullURL: base + "/Patient/" + p, Resource: map[string]string{"resourceType": "Patient", "id": p}})
+	}
+	out, err := json.Marshal(b)
+	if err != nil {
+		rec.Status = http.StatusInternalServerError
+		writeOO(w, rec.Status, "error", "exception", err.Error())
 		return
 	}
 	rec.Status = http.StatusOK
 	w.Header().Set("Content-Type", "application/fhir+json")
-	_, _ = w.Write(s.gen.renderGroup(nil, s.st.Load(), i))
+	_, _ = w.Write(out)
 }
 
 const capabilityStatement = `{"resourceType":"CapabilityStatement","status":"active","date":"2025-01-01","kind":"instance",` +
@@ -180,5 +304,5 @@ const capabilityStatement = `{"resourceType":"CapabilityStatement","status":"act
 	`"software":{"name":"fhirferry bulktest"},"fhirVersion":"4.0.1","format":["application/fhir+json"],` +
 	`"rest":[{"mode":"server","security":{"service":[{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/restful-security-service","code":"SMART-on-FHIR"}]}]},` +
 	`"resource":[{"type":"Group","interaction":[{"code":"read"}],"operation":[{"name":"export","definition":"http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export"}]},` +
-	`{"type":"Patient","operation":[{"name":"export","definition":"http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export"}]}],` +
+	`{"type":"Patient","interaction":[{"code":"search-type"}],"operation":[{"name":"export","definition":"http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export"}]}],` +
 	`"operation":[{"name":"export","definition":"http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export"}]}]}`

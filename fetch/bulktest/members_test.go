@@ -109,3 +109,51 @@ func TestGroupReadUnsupportedAndExportedGroup(t *testing.T) {
 	_, ok = collect(t, waitManifest(t, kickOff(t, s, "/Group/cohort/$export", nil)), false)[Key{"Group", groupCohort}]
 	require.False(t, ok, "by default a Group export holds no Group")
 }
+
+func TestMemberSearchPages(t *testing.T) {
+	s := newTestServer(t, Options{Patients: 30, Seed: 11})
+	next := s.BaseURL() + "/Patient?_has:Group:member:_id=cohort&_elements=id&_count=7"
+	var got []string
+	pages := 0
+	for next != "" {
+		pages++
+		resp, body := do(t, http.MethodGet, next, nil, "")
+		require.Equal(t, http.StatusOK, resp.StatusCode, string(body))
+		var b struct {
+			Type, ResourceType string
+			Total              int
+			Link               []struct{ Relation, URL string }
+			Entry              []struct {
+				Resource struct{ ResourceType, ID string }
+			}
+		}
+		require.NoError(t, json.Unmarshal(body, &b))
+		require.Equal(t, "searchset", b.Type)
+		require.Equal(t, len(s.Members(groupCohort)), b.Total)
+		require.LessOrEqual(t, len(b.Entry), 7)
+		next = ""
+		for _, l := range b.Link {
+			if l.Relation == "next" {
+				next = l.URL
+			}
+		}
+		for _, e := range b.Entry {
+			require.Equal(t, "Patient", e.Resource.ResourceType)
+			got = append(got, e.Resource.ID)
+		}
+	}
+	require.Equal(t, s.Members(groupCohort), got)
+	require.Equal(t, (len(got)+6)/7, pages)
+
+	resp, _ := do(t, http.MethodGet, s.BaseURL()+"/Patient?name=x", nil, "")
+	require.Equal(t, http.StatusBadRequest, resp.StatusCode, "only the member search")
+
+	// _elements on a Group read keeps id, meta and what was asked, tagged SUBSETTED.
+	resp, body := do(t, http.MethodGet, s.BaseURL()+"/Group/cohort?_elements=member,quantity", nil, "")
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	var g map[string]any
+	require.NoError(t, json.Unmarshal(body, &g))
+	require.NotContains(t, g, "name")
+	require.Contains(t, string(body), "SUBSETTED")
+	require.ElementsMatch(t, s.Members(groupCohort), memberIDs(t, body))
+}
