@@ -173,7 +173,11 @@ func (b *Backfill) plan(ctx context.Context, snap *membership, log *slog.Logger)
 		cyc.Mode = backfillPatients
 	}
 	if len(cyc.Removed) > 0 {
-		log.Info("members left the Group; their data is kept", "removed", len(cyc.Removed))
+		what := "their data is kept"
+		if b.Runner.Purge {
+			what = "their data is purged with the run (export.former_members: purge)"
+		}
+		log.Info("members left the Group; "+what, "removed", len(cyc.Removed))
 	}
 	return cyc, nil
 }

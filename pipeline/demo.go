@@ -97,6 +97,10 @@ sources:
     base_url: %s
     level: group
     group_id: cohort
+    export:
+      # Patients who join get their whole history; those who leave, nothing kept.
+      backfill_new_members: true
+      former_members: purge
     http:
       min_wait: 200ms
       max_wait: 5s
@@ -150,7 +154,8 @@ func (d *Demo) Run(ctx context.Context) (*Result, error) {
 // Advance moves the server's clock a day on: new patients, updated and
 // deleted resources.
 func (d *Demo) Advance() bulktest.MutationResult {
-	return d.Server.Advance(24*time.Hour, bulktest.Mutation{NewPatients: 2, UpdatedResources: 30, DeletedResources: 12})
+	return d.Server.Advance(24*time.Hour, bulktest.Mutation{NewPatients: 2, UpdatedResources: 30, DeletedResources: 12,
+		AddGroupMembers: 1, RemoveGroupMembers: 1})
 }
 
 // Tables lists the warehouse's tables with their row counts.

@@ -61,8 +61,10 @@ func runDemo(ctx context.Context, g *globals, out io.Writer, dir string, patient
 		return err
 	}
 	mut := d.Advance()
-	fmt.Fprintf(out, "\n== The server's clock moves to %s: %d new patients (%d resources), %d resources updated, %d deleted\n",
-		mut.Time.Format(time.RFC3339), len(mut.NewPatients), len(mut.Created), len(mut.Updated), len(mut.Deleted))
+	fmt.Fprintf(out, "\n== The server's clock moves to %s: %d new patients (%d resources), %d resources updated, %d deleted;\n"+
+		"   %d patient(s) join Group/cohort with their history, %d leave it\n",
+		mut.Time.Format(time.RFC3339), len(mut.NewPatients), len(mut.Created), len(mut.Updated), len(mut.Deleted),
+		len(mut.AddedToGroup), len(mut.RemovedFromGroup))
 	res, err := run("Run 2: incremental export (_since = run 1's transactionTime)")
 	if err != nil {
 		return err

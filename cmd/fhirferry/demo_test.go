@@ -39,4 +39,9 @@ func TestDemo(t *testing.T) {
 	}
 	require.Positive(t, patients)
 	require.Contains(t, s, "duckdb -readonly "+filepath.Join(dir, "warehouse.duckdb"))
+	mm := regexp.MustCompile(`demo: Group membership: (\d+) members of Group/cohort in group_member; (\d+) new member\(s\) back-filled, (\d+) left the Group \((\d+) resources of theirs purged\)`).FindStringSubmatch(s)
+	require.NotNil(t, mm, "the demo reports the membership run 2 recorded")
+	require.Equal(t, []string{"3", "1"}, mm[2:4], "two new patients and one existing patient join, one leaves")
+	purged, _ := strconv.Atoi(mm[4])
+	require.Positive(t, purged, "the leaver's data is purged")
 }

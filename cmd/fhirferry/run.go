@@ -136,14 +136,35 @@ func printSummary(w io.Writer, results []*pipeline.Result, errs []error) {
 	}
 	tw.Flush()
 	for _, r := range results {
-		if len(r.NewMembers) > 0 || len(r.RemovedMembers) > 0 {
-			fmt.Fprintf(w, "%s: Group membership: %d new member(s) back-filled, %d left the Group (their data is kept)\n",
-				r.Source, len(r.NewMembers), len(r.RemovedMembers))
-		}
+		printMembers(w, r)
 		if len(r.Deferred) > 0 {
 			fmt.Fprintf(w, "%s: sinks %v hold an older state than this full export can update; they catch up in the next run\n", r.Source, r.Deferred)
 		}
 	}
+}
+
+// printMembers says what a Group source's run recorded in group_member
+// and what became of the members who left.
+func printMembers(w io.Writer, r *pipeline.Result) {
+	if r.Members == nil && len(r.NewMembers) == 0 && len(r.RemovedMembers) == 0 {
+		return
+	}
+	fmt.Fprintf(w, "%s: Group membership", r.Source)
+	if r.Members != nil {
+		fmt.Fprintf(w, ": %d members of Group/%s in group_member", len(r.Members.Patients), r.Members.Group)
+	}
+	if len(r.NewMembers) > 0 || len(r.RemovedMembers) > 0 {
+		var purged int64
+		for _, n := range r.Purged {
+			purged = max(purged, n)
+		}
+		fate := "their data is kept"
+		if purged > 0 {
+			fate = fmt.Sprintf("%d resources of theirs purged", purged)
+		}
+		fmt.Fprintf(w, "; %d new member(s) back-filled, %d left the Group (%s)", len(r.NewMembers), len(r.RemovedMembers), fate)
+	}
+	fmt.Fprintln(w)
 }
 
 // runFailures is the error of the runs that failed, one line per run

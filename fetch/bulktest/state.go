@@ -491,8 +491,8 @@ func (a *advance) addGroupMembers(n int) int {
 	return added
 }
 
-// removeGroupMembers takes up to n members out of the cohort Group, and
-// returns how many it removed.
+// removeGroupMembers takes up to n members out of the cohort Group (not
+// the patients this Advance created), and returns how many it removed.
 func (a *advance) removeGroupMembers(n int) int {
 	st, g := a.st, a.g
 	removed := 0
@@ -501,7 +501,8 @@ func (a *advance) removeGroupMembers(n int) int {
 			break
 		}
 		p := uint32(a.next(st.patients))
-		if !st.inGroup(g, groupCohort, p) {
+		// Patients this Advance created joined with it: they stay.
+		if !st.inGroup(g, groupCohort, p) || st.createdAt(p).Equal(a.now) {
 			continue
 		}
 		delete(st.added, p)
