@@ -46,6 +46,11 @@ type Sink struct {
 	// two are the same.
 	memoryLimit, commitMemory string
 
+	// rewrites counts the views commits rewrote (planDeletes); tests set
+	// rewriteAll to rewrite every view a commit removes rows from.
+	rewrites   atomic.Int64
+	rewriteAll bool
+
 	// writer holds a token while a Txn, Prepare or ReplaceTable runs.
 	writer chan struct{}
 

@@ -438,11 +438,18 @@ func (t *Txn) Commit(ctx context.Context, sum sinks.RunSummary) (err error) {
 		if ap.allWon && step.ifAllWon != nil {
 			q, args = step.ifAllWon.sql, step.ifAllWon.args
 		}
-		res, err := tx.ExecContext(ctx, q, args...)
+		var res sql.Result
+		var err error
+		switch {
+		case step.exec != nil:
+			err = step.exec(ctx, tx)
+		case q != "":
+			res, err = tx.ExecContext(ctx, q, args...)
+		}
 		if err != nil {
 			return fmt.Errorf("%s: %w", step.name, withMemory(ctx, t.s.db, err))
 		}
-		if step.affected != nil {
+		if step.affected != nil && res != nil {
 			n, err := res.RowsAffected()
 			if err != nil {
 				return fmt.Errorf("%s: %w", step.name, err)
@@ -475,6 +482,9 @@ type applied struct {
 	allWon   bool  // every raw row of the run won, and none was deleted
 	replaces bool  // some winner replaces a stored row
 	removed  int64 // stored resources replaced or deleted (rows)
+	// rewrite names the views whose removed rows go by a rewrite of the
+	// table rather than a DELETE (see planDeletes).
+	rewrite map[string]bool
 }
 
 // measureWinners fills ap from the winners table: whether it holds every
@@ -532,6 +542,9 @@ type step struct {
 	affected func(n int64, ap *applied)
 	// then runs after the step, to measure what it did.
 	then func(context.Context, *sql.Tx, *applied) error
+	// exec, when set, is the step instead of sql: work that takes several
+	// statements planned from what earlier steps found.
+	exec func(context.Context, *sql.Tx) error
 }
 
 // countRemoved counts the stored resources a step replaced or deleted.
@@ -609,6 +622,7 @@ func (t *Txn) steps(del string, sum sinks.RunSummary) []step {
 			// A resource the run both sent and deleted is no winner: its
 			// staged view rows must be filtered out too.
 			affected: func(n int64, ap *applied) { ap.allWon = ap.allWon && n == 0 }},
+		{name: "delete plan", then: t.planDeletes, skip: func(ap *applied) bool { return ap.removed == 0 }},
 	}
 	for _, v := range t.s.tables.Views() {
 		st := t.stages[v.Name]
@@ -619,7 +633,9 @@ func (t *Txn) steps(del string, sum sinks.RunSummary) []step {
 				SELECT id FROM win WHERE resource_type = ? UNION ALL SELECT id FROM gone WHERE resource_type = ?) k
 			WHERE v.namespace = ` + ns + ` AND v.` + quote(schemas.ColResourceID) + ` = k.id`, args: []any{v.ResourceType, v.ResourceType},
 				// View rows exist only for stored resources.
-				skip: func(ap *applied) bool { return ap.removed == 0 }})
+				skip: func(ap *applied) bool { return ap.removed == 0 || ap.rewrite[v.Name] }},
+				step{name: "view " + v.Name + " rewrite", exec: func(ctx context.Context, tx *sql.Tx) error { return t.rewriteView(ctx, tx, v) },
+					skip: func(ap *applied) bool { return !ap.rewrite[v.Name] }})
 		}
 		if st != nil {
 			insert := insertFrom(v, st.rel, runStamp(t.run))
