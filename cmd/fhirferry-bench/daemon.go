@@ -145,8 +145,14 @@ func sumCounter(reg *prometheus.Registry, name string) float64 {
 	return n
 }
 
+// warnLog is the daemon child's logger: warnings, or the level in
+// FHIRFERRY_BENCH_LOG (debug shows each commit step and its duration).
 func warnLog() *slog.Logger {
-	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	level := slog.LevelWarn
+	if v := os.Getenv("FHIRFERRY_BENCH_LOG"); v != "" {
+		_ = level.UnmarshalText([]byte(v))
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 }
 
 // benchDaemon runs the daemon child while the server changes: every two

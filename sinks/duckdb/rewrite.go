@@ -13,24 +13,31 @@ import (
 )
 
 // A DELETE in DuckDB keeps, until the transaction commits, a version
-// record for every 2048-row vector it touches: 2048 transaction ids, 16
-// KiB, held in the buffer pool and never spilled. The changes of an
-// incremental run are spread over the whole warehouse, so the deletes of
-// its commit touch nearly every vector of every table they reach, and the
-// memory they pin grows with the warehouse, not with the run: 8 bytes per
-// stored row (measured: 4,883 scattered deletes in a 10M-row table failed
-// under 80 MiB and committed under 96 MiB; 1,221 committed under 48 MiB).
-// On a 5 GB warehouse with the default views that is more than a 512 MiB
-// budget gives DuckDB. So a commit plans its deletes: while the vectors
-// they would touch fit the commit's memory, a view's replaced rows are
-// deleted; beyond that, the views that would pin the most are rewritten
-// instead, copying the rows that stay into a new table (streamed, spilled
-// to disk as needed) that replaces the old one in the same transaction. A
-// rewrite costs time in proportion to the table, so it is the exception a
-// commit takes only when the DELETE would not fit.
+// record for every 2048-row vector it touches (2048 transaction ids, 16
+// KiB), allocated in 256 KiB blocks per row group, held in the buffer
+// pool and never spilled. With this sink's 16,384-row groups a touched row
+// group pins a whole block, however few of its rows go. The changes of an
+// incremental run are spread over the warehouse, so its deletes touch
+// nearly every row group of every table they reach, and the memory they
+// pin grows with the warehouse, not with the run: 16 bytes per stored row.
+// Measured: one deleted row in each of 82 row groups failed under 24 MiB
+// and committed under 32 MiB; a 5 GB warehouse's first incremental run
+// (107,783 changed resources) ran out of 192 MiB at the 25th view with
+// 172 MiB of base_table memory pinned. On such a warehouse that is more
+// than a 512 MiB budget gives DuckDB. So a commit plans its deletes: while
+// the row groups they would touch fit the commit's memory, a view's
+// replaced rows are deleted; beyond that, the views that would pin the
+// most are rewritten instead, copying the rows that stay into a new table
+// (streamed, spilled to disk as needed) that replaces the old one in the
+// same transaction. A rewrite costs time in proportion to the table, so it
+// is the exception a commit takes only when the DELETE would not fit.
 const (
-	vectorRows     = 2048
-	bytesPerVector = 16 << 10
+	vectorRows      = 2048
+	vectorInfoBytes = 16 << 10
+	versionBlock    = 256 << 10
+	// rowGroupPin is what the deletes in one row group pin: the blocks
+	// that hold its vectors' records.
+	rowGroupPin = versionBlock * ((rowGroupSize/vectorRows*vectorInfoBytes + versionBlock - 1) / versionBlock)
 	// minDeleteReserve is what a commit keeps for everything else it
 	// holds (the appends' last row groups, hash tables, scans): half the
 	// commit memory, and never less than this.
@@ -63,7 +70,7 @@ func (t *Txn) planDeletes(ctx context.Context, tx *sql.Tx, ap *applied) error {
 		return err
 	}
 	touched := func(table string, keys int64) int64 {
-		return min(keys, (rows[table]+vectorRows-1)/vectorRows)
+		return min(keys, (rows[table]+rowGroupSize-1)/rowGroupSize)
 	}
 	var total int64
 	for _, n := range keys {
@@ -81,6 +88,12 @@ func (t *Txn) planDeletes(ctx context.Context, tx *sql.Tx, ap *applied) error {
 		}
 	}
 	ap.rewrite = chooseRewrites(allow, touched(schemas.RawTable, total), views)
+	var need int64
+	for _, c := range views {
+		need += c.rowGroups
+	}
+	t.s.log.Debug("commit delete plan", "run", t.run.RunID, "keys", total, "raw_row_groups", touched(schemas.RawTable, total),
+		"view_row_groups", need, "allow_mib", allow>>20, "rewrite", rewriteNames(ap))
 	if len(ap.rewrite) > 0 {
 		t.s.log.Info("the commit's deletes would pin more memory than DuckDB has; rewriting the largest views instead",
 			"run", t.run.RunID, "views", rewriteNames(ap), "memory_limit", limit)
@@ -88,23 +101,23 @@ func (t *Txn) planDeletes(ctx context.Context, tx *sql.Tx, ap *applied) error {
 	return nil
 }
 
-// viewCost is the vectors a view's DELETE would touch.
+// viewCost is the row groups a view's DELETE would touch.
 type viewCost struct {
-	view    string
-	vectors int64
+	view      string
+	rowGroups int64
 }
 
-// chooseRewrites picks the views to rewrite so that the vectors the
-// remaining deletes touch (rawVectors included, which always stay
+// chooseRewrites picks the views to rewrite so that the row groups the
+// remaining deletes touch (rawRowGroups included, which always stay
 // deletes) fit allow bytes: the costliest first, as few as it takes. nil
 // when the deletes fit.
-func chooseRewrites(allow, rawVectors int64, views []viewCost) map[string]bool {
-	need := rawVectors * bytesPerVector
+func chooseRewrites(allow, rawRowGroups int64, views []viewCost) map[string]bool {
+	need := rawRowGroups * rowGroupPin
 	for _, c := range views {
-		need += c.vectors * bytesPerVector
+		need += c.rowGroups * rowGroupPin
 	}
 	views = slices.Clone(views)
-	slices.SortStableFunc(views, func(a, b viewCost) int { return cmp.Compare(b.vectors, a.vectors) })
+	slices.SortStableFunc(views, func(a, b viewCost) int { return cmp.Compare(b.rowGroups, a.rowGroups) })
 	var out map[string]bool
 	for _, c := range views {
 		if need <= allow {
@@ -114,7 +127,7 @@ func chooseRewrites(allow, rawVectors int64, views []viewCost) map[string]bool {
 			out = map[string]bool{}
 		}
 		out[c.view] = true
-		need -= c.vectors * bytesPerVector
+		need -= c.rowGroups * rowGroupPin
 	}
 	return out
 }
