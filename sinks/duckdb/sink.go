@@ -102,8 +102,11 @@ func New(cfg configs.DuckDBSink, env sinks.Env) (*Sink, error) {
 	}
 	// The file is attached rather than opened, for ATTACH's ROW_GROUP_SIZE;
 	// every connection of the pool then makes it its default catalog.
+	// STORAGE_VERSION: a new warehouse stays readable by DuckDB 1.x, the
+	// CLI many analysts have (DuckDB 2.0 would write a format they cannot
+	// open); a warehouse keeps the version it was created with.
 	attach := "ATTACH IF NOT EXISTS " + lit(cfg.Path) + " AS " + catalog +
-		" (ROW_GROUP_SIZE " + strconv.Itoa(rowGroupSize) + ")"
+		" (ROW_GROUP_SIZE " + strconv.Itoa(rowGroupSize) + ", STORAGE_VERSION 'v1.0.0')"
 	conn, err := duckdb.NewConnector(":memory:?"+q.Encode(), func(ex driver.ExecerContext) error {
 		for _, stmt := range []string{attach, "USE " + catalog} {
 			if _, err := ex.ExecContext(context.Background(), stmt, nil); err != nil {
