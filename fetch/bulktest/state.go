@@ -473,44 +473,48 @@ func (a *advance) pick(allowPatient bool) (uint64, bool) {
 // or were removed) to the cohort Group, and returns how many it added.
 // Patients this Advance removed are not candidates.
 func (a *advance) addGroupMembers(n int) int {
-	st, g := a.st, a.g
-	added := 0
-	for range n * 50 {
-		if added == n || st.patients == 0 {
-			break
-		}
-		p := uint32(a.next(st.patients))
-		if st.inGroup(g, groupCohort, p) || st.removed[p].Equal(a.now) {
-			continue
+	st := a.st
+	return a.pickPatients(n, func(p uint32) bool {
+		if st.inGroup(a.g, groupCohort, p) || st.removed[p].Equal(a.now) {
+			return false
 		}
 		delete(st.removed, p)
 		st.added[p] = a.now
-		added++
-		a.res.AddedToGroup = append(a.res.AddedToGroup, Key{"Patient", g.id(tPatient, p, 0)})
-	}
-	return added
+		a.res.AddedToGroup = append(a.res.AddedToGroup, Key{"Patient", a.g.id(tPatient, p, 0)})
+		return true
+	})
 }
 
 // removeGroupMembers takes up to n members out of the cohort Group (not
 // the patients this Advance created), and returns how many it removed.
 func (a *advance) removeGroupMembers(n int) int {
-	st, g := a.st, a.g
-	removed := 0
-	for range n * 50 {
-		if removed == n || st.patients == 0 {
-			break
-		}
-		p := uint32(a.next(st.patients))
+	st := a.st
+	return a.pickPatients(n, func(p uint32) bool {
 		// Patients this Advance created joined with it: they stay.
-		if !st.inGroup(g, groupCohort, p) || st.createdAt(p).Equal(a.now) {
-			continue
+		if !st.inGroup(a.g, groupCohort, p) || st.createdAt(p).Equal(a.now) {
+			return false
 		}
 		delete(st.added, p)
 		st.removed[p] = a.now
-		removed++
-		a.res.RemovedFromGroup = append(a.res.RemovedFromGroup, Key{"Patient", g.id(tPatient, p, 0)})
+		a.res.RemovedFromGroup = append(a.res.RemovedFromGroup, Key{"Patient", a.g.id(tPatient, p, 0)})
+		return true
+	})
+}
+
+// pickPatients draws random patients until take has accepted n of them
+// (or 50 draws per wanted patient found too few), and returns how many it
+// accepted.
+func (a *advance) pickPatients(n int, take func(p uint32) bool) int {
+	taken := 0
+	for range n * 50 {
+		if taken == n || a.st.patients == 0 {
+			break
+		}
+		if take(uint32(a.next(a.st.patients))) {
+			taken++
+		}
 	}
-	return removed
+	return taken
 }
 
 // Members returns the ids of the Patients in Group id now, sorted; nil
