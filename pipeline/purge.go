@@ -113,42 +113,48 @@ func compartments(ctx context.Context, q sinks.Querier, namespace string, leaver
 		keys = append(keys, transform.Key{Type: "Patient", ID: p})
 	}
 	for chunk := range slices.Chunk(leavers, purgeChunk) {
-		args := []any{namespace}
-		var like []string
-		for _, p := range chunk {
-			args = append(args, `%Patient/`+p+`"%`)
-			like = append(like, fmt.Sprintf("CAST(resource AS VARCHAR) LIKE $%d", len(args)))
-		}
-		rows, err := q.Query(ctx, `SELECT resource_type, id, CAST(resource AS VARCHAR) FROM `+schemas.RawTable+`
-			WHERE namespace = $1 AND resource_type <> 'Patient' AND (`+strings.Join(like, " OR ")+`)`, args...)
+		found, err := compartmentChunk(ctx, q, namespace, chunk, gone)
 		if err != nil {
 			return nil, err
 		}
-		for rows.Next() {
-			var typ, id, res string
-			if err := rows.Scan(&typ, &id, &res); err != nil {
-				_ = rows.Close()
-				return nil, err
-			}
-			if transform.Shared(typ) {
-				continue
-			}
-			refs, err := transform.PatientRefs([]byte(res))
-			if err != nil {
-				_ = rows.Close()
-				return nil, fmt.Errorf("%s/%s: %w", typ, id, err)
-			}
-			if len(refs) > 0 && !slices.ContainsFunc(refs, func(p string) bool { return !gone[p] }) {
-				keys = append(keys, transform.Key{Type: typ, ID: id})
-			}
-		}
-		err = rows.Err()
-		_ = rows.Close()
-		if err != nil {
-			return nil, err
-		}
+		keys = append(keys, found...)
 	}
 	// A resource mentioning two leavers matches two chunks.
 	slices.SortFunc(keys, func(a, b transform.Key) int { return strings.Compare(a.Type+"/"+a.ID, b.Type+"/"+b.ID) })
 	return slices.Compact(keys), nil
+}
+
+// compartmentChunk finds the resources that mention one of chunk's
+// leavers and whose Patient references all name leavers (gone).
+func compartmentChunk(ctx context.Context, q sinks.Querier, namespace string, chunk []string, gone map[string]bool) ([]transform.Key, error) {
+	args := []any{namespace}
+	var like []string
+	for _, p := range chunk {
+		args = append(args, `%Patient/`+p+`"%`)
+		like = append(like, fmt.Sprintf("CAST(resource AS VARCHAR) LIKE $%d", len(args)))
+	}
+	rows, err := q.Query(ctx, `SELECT resource_type, id, CAST(resource AS VARCHAR) FROM `+schemas.RawTable+`
+		WHERE namespace = $1 AND resource_type <> 'Patient' AND (`+strings.Join(like, " OR ")+`)`, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = rows.Close() }()
+	var out []transform.Key
+	for rows.Next() {
+		var typ, id, res string
+		if err := rows.Scan(&typ, &id, &res); err != nil {
+			return nil, err
+		}
+		if transform.Shared(typ) {
+			continue
+		}
+		refs, err := transform.PatientRefs([]byte(res))
+		if err != nil {
+			return nil, fmt.Errorf("%s/%s: %w", typ, id, err)
+		}
+		if len(refs) > 0 && !slices.ContainsFunc(refs, func(p string) bool { return !gone[p] }) {
+			out = append(out, transform.Key{Type: typ, ID: id})
+		}
+	}
+	return out, rows.Err()
 }
