@@ -72,25 +72,35 @@ type groupRead struct {
 }
 
 func (c *Client) readGroup(ctx context.Context, u, groupID string) (groupRead, error) {
-	x := exchange{kind: "group", method: http.MethodGet, url: u, accept: "application/fhir+json", auth: true}
 	var g groupRead
-	err := c.exchangeRetrying(ctx, x, maxGroupBytes+1, "group read", func(resp *http.Response, body []byte) error {
+	err := c.getGroupJSON(ctx, u, "group read", func(body []byte) error {
+		var err error
+		g, err = parseGroup(body, groupID)
+		return err
+	})
+	return g, err
+}
+
+// getGroupJSON GETs one body of a membership read (a Group, or a page of
+// the member search) and hands it to parse. Retries follow KickOff; 401
+// and 403 left after them fail as *HTTPError, any other 4xx as an
+// *UnsupportedError naming feature, so the caller can fall back.
+func (c *Client) getGroupJSON(ctx context.Context, u, feature string, parse func(body []byte) error) error {
+	x := exchange{kind: "group", method: http.MethodGet, url: u, accept: "application/fhir+json", auth: true}
+	return c.exchangeRetrying(ctx, x, maxGroupBytes+1, feature, func(resp *http.Response, body []byte) error {
 		switch {
 		case resp.StatusCode == http.StatusOK:
 			if len(body) > maxGroupBytes {
-				return fmt.Errorf("fetch: group read %s: the Group is larger than %d MiB", redact(x.url), maxGroupBytes>>20)
+				return fmt.Errorf("fetch: %s %s: the body is larger than %d MiB", feature, redact(x.url), maxGroupBytes>>20)
 			}
-			var err error
-			g, err = parseGroup(body, groupID)
-			return err
+			return parse(body)
 		case resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden:
 			return httpError("group", x.url, resp, body)
 		case resp.StatusCode >= 400:
-			return &UnsupportedError{Feature: "group read", HTTPError: *httpError("group", x.url, resp, body)}
+			return &UnsupportedError{Feature: feature, HTTPError: *httpError("group", x.url, resp, body)}
 		}
 		return httpError("group", x.url, resp, body)
 	})
-	return g, err
 }
 
 // ParseGroupMembers extracts the active Patient members of a Group
@@ -181,15 +191,9 @@ func (c *Client) searchMembers(ctx context.Context, groupID string) ([]string, e
 		if err != nil || origin(u) != origin(c.base) {
 			return nil, fmt.Errorf("fetch: Group/%s: the member search's next link %s is not on the FHIR server", groupID, redact(next))
 		}
-		x := exchange{kind: "group", method: http.MethodGet, url: next, accept: "application/fhir+json", auth: true}
+		this := next
 		next = ""
-		err = c.exchangeRetrying(ctx, x, maxGroupBytes+1, "group member search", func(resp *http.Response, body []byte) error {
-			if resp.StatusCode != http.StatusOK {
-				if resp.StatusCode >= 400 && resp.StatusCode != http.StatusUnauthorized && resp.StatusCode != http.StatusForbidden {
-					return &UnsupportedError{Feature: "group member search", HTTPError: *httpError("group", x.url, resp, body)}
-				}
-				return httpError("group", x.url, resp, body)
-			}
+		err = c.getGroupJSON(ctx, this, "group member search", func(body []byte) error {
 			ids, link, err := parseMemberPage(body)
 			if err != nil {
 				return fmt.Errorf("fetch: Group/%s: member search page %d: %w", groupID, page+1, err)
