@@ -1,6 +1,7 @@
 package sinktest
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"slices"
@@ -17,28 +18,9 @@ import (
 // the way an analyst does: "source|group|patient|joined_run|left_run" with
 // the joined_at and left_at instants checked against at, the instant of
 // each run.
-// query runs a one-column query through the sink's SQL reader.
-func (e *env) query(sql string) []string {
-	e.t.Helper()
-	q, ok := e.s.(sinks.Querier)
-	require.True(e.t, ok, "the sink has no SQL reader")
-	rows, err := q.Query(e.ctx, sql)
-	require.NoError(e.t, err)
-	defer func() { _ = rows.Close() }()
-	var out []string
-	for rows.Next() {
-		var v string
-		require.NoError(e.t, rows.Scan(&v))
-		out = append(out, v)
-	}
-	require.NoError(e.t, rows.Err())
-	return out
-}
-
 func (e *env) members(table string, at map[string]time.Time) []string {
 	e.t.Helper()
-	q, ok := e.s.(sinks.Querier)
-	require.True(e.t, ok, "the sink has no SQL reader")
+	q := e.querier()
 	left := "left_run, left_at"
 	if table == schemas.CurrentMemberView {
 		left = "NULL, NULL"
@@ -71,6 +53,23 @@ func (e *env) members(table string, at map[string]time.Time) []string {
 	return out
 }
 
+// query runs a one-column query through the sink's SQL reader.
+func (e *env) query(sql string) []string {
+	e.t.Helper()
+	q := e.querier()
+	rows, err := q.Query(e.ctx, sql)
+	require.NoError(e.t, err)
+	defer func() { _ = rows.Close() }()
+	var out []string
+	for rows.Next() {
+		var v string
+		require.NoError(e.t, rows.Scan(&v))
+		out = append(out, v)
+	}
+	require.NoError(e.t, rows.Err())
+	return out
+}
+
 // caseGroupMembership: each run's membership opens stays for newcomers and
 // closes those of leavers; a rejoin is a second stay; a run that did not
 // learn the membership, and one that failed, change nothing; sources and
@@ -89,11 +88,7 @@ func caseGroupMembership(t *testing.T, e *env, _ Harness) {
 		}
 		txn := e.write(run, e.rawB(e.pat(fmt.Sprintf("p%d", e.n), "1", T(1), 1)))
 		require.NoError(t, txn.Commit(e.ctx, sinks.RunSummary{Finished: Base, Outcome: "success", Membership: m, MembersFrom: from}))
-		want := "NULL"
-		if from != "" {
-			want = from
-		}
-		require.Equal(t, []string{want}, e.query(`SELECT coalesce(membership, 'NULL') FROM runs WHERE run_id = '`+run.RunID+`'`),
+		require.Equal(t, []string{cmp.Or(from, "NULL")}, e.query(`SELECT coalesce(membership, 'NULL') FROM runs WHERE run_id = '`+run.RunID+`'`),
 			"the runs row says how the run learnt its members")
 		return run.RunID
 	}
@@ -133,4 +128,12 @@ func caseGroupMembership(t *testing.T, e *env, _ Harness) {
 		"other|g1|z|" + r6 + "|NULL",
 	}
 	require.Equal(t, want, e.members(schemas.GroupMemberTable, at))
+}
+
+// querier is the sink's SQL reader, which these checks read through.
+func (e *env) querier() sinks.Querier {
+	e.t.Helper()
+	q, ok := e.s.(sinks.Querier)
+	require.True(e.t, ok, "the sink has no SQL reader")
+	return q
 }
