@@ -344,19 +344,10 @@ func (t *Txn) replaceViewRows(ctx context.Context) error {
 // record writes the runs row and the checkpoint (steps 5).
 func (t *Txn) record(ctx context.Context, sum sinks.RunSummary) error {
 	r := t.run
-	finished := sum.Finished
-	if finished.IsZero() {
-		finished = time.Now()
-	}
-	if err := t.exec(ctx, "record run", fmt.Sprintf(`INSERT INTO %s (run_id, source, export_id, since,
-		transaction_time, started_at, finished_at, outcome, files, bytes, resources, deleted, rejects, outcomes, membership, purged)
-		VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,NULLIF($15, ''),$16) ON CONFLICT (run_id) DO UPDATE SET
-		finished_at = excluded.finished_at, outcome = excluded.outcome, files = excluded.files, bytes = excluded.bytes,
-		resources = excluded.resources, deleted = excluded.deleted, rejects = excluded.rejects, outcomes = excluded.outcomes,
-		membership = excluded.membership, purged = excluded.purged
-		WHERE %[1]s.outcome <> 'success'`, t.s.ident(schemas.RunsTable)),
-		r.RunID, r.Source, r.ExportID, r.Since, r.TransactionTime, r.Started, finished, sum.Outcome,
-		sum.Files, sum.Bytes, sum.Resources, sum.Deleted, sum.Rejects, sum.Outcomes, sum.MembersFrom, sum.Purged); err != nil {
+	if err := t.exec(ctx, "record run", insertRun(t.s.ident(schemas.RunsTable), `finished_at = excluded.finished_at,
+		outcome = excluded.outcome, files = excluded.files, bytes = excluded.bytes, resources = excluded.resources,
+		deleted = excluded.deleted, rejects = excluded.rejects, outcomes = excluded.outcomes,
+		membership = excluded.membership, purged = excluded.purged`), runArgs(r, sum)...); err != nil {
 		return err
 	}
 	if t.Noop {
