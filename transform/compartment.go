@@ -72,11 +72,7 @@ func DeletedBatch(mem memory.Allocator, o Origin, file string, keys []Key) schem
 	for _, k := range keys {
 		b.Field(0).(*array.StringBuilder).Append(k.Type)
 		b.Field(1).(*array.StringBuilder).Append(k.ID)
-		b.Field(2).(*array.StringBuilder).Append(o.Source)
-		b.Field(3).(*array.StringBuilder).Append(o.ExportID)
-		b.Field(4).(*array.StringBuilder).Append(o.TransactionTime)
-		b.Field(5).(*array.StringBuilder).Append(file)
-		b.Field(6).(*array.Int64Builder).Append(0)
+		appendProvenance(b, 2, o, file, 0)
 	}
 	return schemas.Batch{Table: schemas.Deleted, Rec: b.NewRecordBatch()}
 }

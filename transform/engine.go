@@ -290,10 +290,15 @@ func (fp *fileProc) release() {
 // appendProvenance fills the provenance columns, which every non-view
 // system table ends with, starting at column i.
 func (fp *fileProc) appendProvenance(b *array.RecordBuilder, i int, line int64) {
-	b.Field(i).(*array.StringBuilder).Append(fp.origin.Source)
-	b.Field(i + 1).(*array.StringBuilder).Append(fp.origin.ExportID)
-	b.Field(i + 2).(*array.StringBuilder).Append(fp.origin.TransactionTime)
-	b.Field(i + 3).(*array.StringBuilder).Append(fp.in.Name)
+	appendProvenance(b, i, fp.origin, fp.in.Name, line)
+}
+
+// appendProvenance fills the provenance columns from field i on.
+func appendProvenance(b *array.RecordBuilder, i int, o Origin, file string, line int64) {
+	b.Field(i).(*array.StringBuilder).Append(o.Source)
+	b.Field(i + 1).(*array.StringBuilder).Append(o.ExportID)
+	b.Field(i + 2).(*array.StringBuilder).Append(o.TransactionTime)
+	b.Field(i + 3).(*array.StringBuilder).Append(file)
 	b.Field(i + 4).(*array.Int64Builder).Append(line)
 }
 
