@@ -22,6 +22,9 @@ const (
 	// CurrentMemberView is GroupMemberTable's open rows: who is in each
 	// Group now.
 	CurrentMemberView = "current_member"
+	// ValueSetCodesTable holds the expansions of the loaded value sets, one
+	// row per code, for the quality measures' value-set membership.
+	ValueSetCodesTable = "valueset_code"
 )
 
 // Timestamp is the type of every instant column: microseconds in UTC, which
@@ -138,6 +141,27 @@ var ViewDefinitions = &Table{
 		{Name: "updated_at", Type: Timestamp},
 	}, nil),
 	Description: "The ViewDefinition (SHA-256 of its canonical JSON) each view table was last rebuilt from.",
+}
+
+// ValueSetCodes is the codes of the value sets the quality measures use,
+// from their expansions. It describes no source, so like view_definitions
+// it carries no namespace, and `fhirferry valuesets load` replaces it
+// whole. Membership is (url or oid, system, code): the code system's
+// version is kept for display only, since measures ignore it.
+var ValueSetCodes = &Table{
+	Name: ValueSetCodesTable,
+	Kind: KindMeta,
+	Schema: arrow.NewSchema([]arrow.Field{
+		str("url", false),
+		str("oid", true),
+		str("name", true),
+		str("version", true),
+		str("system", false),
+		str("system_version", true),
+		str("code", false),
+		str("display", true),
+	}, nil),
+	Description: "Codes of the loaded value sets' expansions (fhirferry valuesets load), for value-set membership.",
 }
 
 // System returns the non-view tables every sink holds.

@@ -40,6 +40,8 @@ var sqlName = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9_]*$`)
 var reservedNames = map[string]bool{
 	RawTable: true, DeletedTable: true, RejectsTable: true,
 	OutcomesTable: true, RunsTable: true, CheckTable: true,
+	ViewDefsTable: true, GroupMemberTable: true, CurrentMemberView: true,
+	ValueSetCodesTable: true,
 }
 
 // DefaultViews returns the embedded view pack, sorted by name. The files are
