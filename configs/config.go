@@ -30,6 +30,7 @@ type Config struct {
 	Log         Log             `yaml:"log"`
 	Admin       Admin           `yaml:"admin"`
 	Views       Views           `yaml:"views"`
+	Measures    Measures        `yaml:"measures"`
 	Transform   TransformConfig `yaml:"transform"`
 	Daemon      Daemon          `yaml:"daemon"`
 	Sources     []Source        `yaml:"sources"`
@@ -46,6 +47,13 @@ type Log struct {
 // and the local trigger API. It binds to localhost unless told otherwise.
 type Admin struct {
 	Listen string `yaml:"listen"`
+}
+
+// Measures configures the quality-measure pack.
+type Measures struct {
+	// ValueSets is a file or folder of FHIR ValueSet expansions, loaded
+	// into every sink's valueset_code table before measures are computed.
+	ValueSets string `yaml:"valuesets"`
 }
 
 // Views selects the SQL-on-FHIR ViewDefinitions the pipeline evaluates.
@@ -487,6 +495,7 @@ func (c *Config) resolvePaths(base string) {
 	}
 	abs(&c.DataDir)
 	abs(&c.Views.Dir)
+	abs(&c.Measures.ValueSets)
 	for i := range c.Sources {
 		a, h := &c.Sources[i].Auth, &c.Sources[i].HTTP
 		abs(&a.PrivateKeyFile)

@@ -106,7 +106,7 @@ configuration error (nothing was run).`,
 	root.PersistentFlags().StringVar(&g.logFormat, "log-format", "text", "text or json (default: the config's log.format)")
 	root.AddCommand(
 		newRunCmd(g), newLoadCmd(g), newExportCmd(g), newDaemonCmd(g), newTriggerCmd(g), newHealthCmd(g),
-		newViewsCmd(g), newConfigCmd(g), newDemoCmd(g), newTestServerCmd(g), newKeysCmd(g), newVersionCmd(g),
+		newViewsCmd(g), newValueSetsCmd(g), newConfigCmd(g), newDemoCmd(g), newTestServerCmd(g), newKeysCmd(g), newVersionCmd(g),
 	)
 	usageArgs(root)
 	return root

@@ -112,6 +112,12 @@ func queryRows(t *testing.T, db *sql.DB, q string) []string {
 	t.Helper()
 	rows, err := db.Query(q)
 	require.NoError(t, err, q)
+	return scanRows(t, rows)
+}
+
+// scanRows reads and closes rows, each row's cells joined by "|".
+func scanRows(t *testing.T, rows *sql.Rows) []string {
+	t.Helper()
 	defer rows.Close()
 	cols, err := rows.Columns()
 	require.NoError(t, err)
